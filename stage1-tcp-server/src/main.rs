@@ -1,0 +1,156 @@
+//! Stage 1: a blocking TCP echo server that serves one client at a time.
+//!
+//! `socket`, `bind`, `listen`, then `accept` a client and echo its bytes
+//! until it hangs up. While that client stays connected, the next one waits
+//! in the kernel's accept queue: the limitation the later stages remove.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrStorage, accept, bind,
+    getpeername, getsockname, listen, send, setsockopt, socket, sockopt,
+};
+use nix::unistd::read;
+
+const USAGE: &str = "\
+usage: stage1-tcp-server [-q] [ADDR]
+
+A blocking TCP echo server that serves one client at a time.
+
+  ADDR        IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  -q          do not log connections to stderr
+  -h, --help  print this help";
+
+struct Args {
+    addr: SocketAddr,
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = parse_args();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `BIN [-q] [ADDR]`; exits 0 after `--help` and 2 after a bad argument.
+fn parse_args() -> Args {
+    let mut args = Args {
+        addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        quiet: false,
+    };
+    let mut addr_given = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "-q" => args.quiet = true,
+            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
+                Ok(addr) => (args.addr, addr_given) = (addr, true),
+                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            },
+            _ => usage_error(&format!("unexpected argument {arg:?}")),
+        }
+    }
+    args
+}
+
+fn usage_error(msg: &str) -> ! {
+    eprintln!("error: {msg}\n\n{USAGE}");
+    std::process::exit(2);
+}
+
+// ANCHOR: listen
+/// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
+/// listening socket.
+fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let listen_fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(io::Error::from)
+        .context("cannot create a socket")?;
+    // Lets a restarted server bind while old connections sit in TIME_WAIT.
+    setsockopt(&listen_fd, sockopt::ReuseAddr, &true)
+        .map_err(io::Error::from)
+        .context("cannot set SO_REUSEADDR")?;
+    bind(listen_fd.as_raw_fd(), &SockaddrStorage::from(addr))
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot bind {addr}"))?;
+    // The largest backlog the system allows: a burst of connects waits in
+    // the kernel's accept queue instead of being dropped.
+    listen(&listen_fd, Backlog::MAXCONN)
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(listen_fd)
+}
+// ANCHOR_END: listen
+
+// ANCHOR: run
+fn run(args: &Args) -> Result<()> {
+    let listen_fd = listen_on(args.addr)?;
+    let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
+    // Scripts and tests wait for this line, so it goes out at once.
+    println!("listening on {local}");
+    io::stdout().flush()?;
+
+    loop {
+        // accept(2) blocks until a client arrives, then returns its own socket.
+        let client_fd = match accept(listen_fd.as_raw_fd()) {
+            // SAFETY: accept(2) just returned this descriptor; nothing else owns it.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+            // The client gave up before we got to it: wait for the next one.
+            Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
+            Err(err) => return Err(io::Error::from(err)).context("accept failed"),
+        };
+        let fd = client_fd.as_raw_fd();
+        if !args.quiet {
+            let peer: SockaddrStorage = getpeername(fd)?;
+            eprintln!("accepted fd {fd} from {peer}");
+        }
+        // Every other client waits here until this one hangs up. A client
+        // that resets the connection ends only its own session.
+        let result = echo(&client_fd);
+        drop(client_fd); // close(2)
+        if !args.quiet {
+            if let Err(err) = result {
+                eprintln!("fd {fd}: {}", io::Error::from(err));
+            }
+            eprintln!("closed fd {fd}");
+        }
+    }
+}
+// ANCHOR_END: run
+
+// ANCHOR: echo
+/// Send back every byte the client sends, until it closes its side.
+fn echo(client_fd: &OwnedFd) -> nix::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        // read(2) blocks until bytes arrive; 0 means end-of-file.
+        let n = read(client_fd, &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            // send(2) may take only part of the bytes; MSG_NOSIGNAL turns a
+            // write to a reset peer into EPIPE instead of a fatal SIGPIPE.
+            let sent = send(client_fd.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL)?;
+            rest = &rest[sent..];
+        }
+    }
+}
+// ANCHOR_END: echo

@@ -1,0 +1,319 @@
+//! Test support for the workbook's exercise checks.
+//!
+//! Every stage's tests start the real binary, read its `listening on` line,
+//! talk to it over loopback and kill it when the test ends. Every wait here
+//! has a timeout, so a broken server fails a test instead of hanging it.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub mod conventions;
+
+/// How long any single wait may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The binary under test: the path in `$var` when it is set (a reader's own
+/// implementation), otherwise the workspace's own build (`default`, which a
+/// test passes as `env!("CARGO_BIN_EXE_<name>")`).
+pub fn bin(var: &str, default: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(default),
+    }
+}
+
+/// A port on loopback where nothing listens (bound once, then released).
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe listener");
+    listener.local_addr().expect("probe address").port()
+}
+
+/// What a child wrote to stderr, shared with the thread that collects it.
+#[derive(Default)]
+struct LogState {
+    text: String,
+    /// The child closed its stderr (it exited): `text` is complete.
+    closed: bool,
+}
+
+type Log = Arc<(Mutex<LogState>, Condvar)>;
+
+/// A running server, killed (and reaped) when dropped.
+pub struct Server {
+    child: Child,
+    /// The address from its `listening on` line.
+    pub addr: SocketAddr,
+    stderr: Log,
+}
+
+impl Server {
+    /// Start `bin` with `args` and wait for its `listening on` line.
+    pub fn start(bin: impl Into<PathBuf>, args: &[&str]) -> Server {
+        let mut cmd = Command::new(bin.into());
+        cmd.args(args);
+        Server::spawn(cmd)
+    }
+
+    /// Start a prepared command (for tests that set limits with `pre_exec`).
+    pub fn spawn(mut cmd: Command) -> Server {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+
+        // Read stdout on a thread so a silent server cannot hang the test;
+        // the thread keeps draining stdout so the server never blocks on it.
+        let (first_line, line) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = first_line.send(lines.next());
+            for _ in lines {}
+        });
+        let line = match line.recv_timeout(TIMEOUT) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = stderr.0.lock().unwrap().text.clone();
+                panic!("server printed no `listening on` line ({other:?}); stderr:\n{err}");
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("first line is not `listening on IP:PORT`: {line:?}"));
+        Server {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Connect a new client to the server.
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Everything the server has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.0.lock().unwrap().text.clone()
+    }
+
+    /// Kill the server and return all it wrote to stderr.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (log, changed) = &*self.stderr;
+        let log = log.lock().unwrap();
+        let (log, _) = changed
+            .wait_timeout_while(log, TIMEOUT, |l| !l.closed)
+            .unwrap();
+        log.text.clone()
+    }
+
+    /// Wait until stderr contains `needle`; panics after [`TIMEOUT`].
+    pub fn wait_stderr(&self, needle: &str) {
+        let (text, changed) = &*self.stderr;
+        let log = text.lock().unwrap();
+        let (log, timeout) = changed
+            .wait_timeout_while(log, TIMEOUT, |l| !l.text.contains(needle))
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "server never logged {needle:?}; stderr:\n{}",
+            log.text
+        );
+    }
+
+    /// Send a signal (for example `libc::SIGTERM`) to the server.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+    }
+
+    /// Wait for the server to exit; panics after [`TIMEOUT`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit in time");
+            thread::sleep(Duration::from_millis(10)); // polling a child's exit, not synchronising
+        }
+    }
+
+    /// The number of descriptors the server has open (`/proc/PID/fd`).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
+    /// The server's user + system CPU time so far, from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// The server's resident set size in bytes (`VmRSS` in `/proc/PID/status`).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Collect a child's stderr on a thread, waking waiters on every chunk.
+fn collect(mut pipe: impl Read + Send + 'static) -> Log {
+    let log: Log = Arc::default();
+    let shared = Arc::clone(&log);
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let (state, changed) = &*shared;
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            state.lock().unwrap().text.push_str(&text);
+            changed.notify_all();
+        }
+        state.lock().unwrap().closed = true;
+        changed.notify_all();
+    });
+    log
+}
+
+/// A test client over loopback: every read has a timeout.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Client::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// Write all of `bytes`.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send to server");
+    }
+
+    /// Read exactly `n` bytes, or fail after the timeout.
+    pub fn recv_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.reader
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("expected {n} bytes: {e}"));
+        buf
+    }
+
+    /// Read one line (without its `\n`), or fail after the timeout.
+    pub fn recv_line(&mut self) -> String {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => panic!("connection closed while waiting for a line"),
+            Ok(_) => line.trim_end_matches('\n').to_string(),
+            Err(e) => panic!("expected a line, got {e} (partial: {line:?})"),
+        }
+    }
+
+    /// Read lines until one satisfies `pred`; returns it.
+    pub fn recv_line_until(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            assert!(Instant::now() < deadline, "no matching line in time");
+            let line = self.recv_line();
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Assert that nothing arrives for `wait`: the server must stay silent.
+    pub fn expect_silence(&mut self, wait: Duration) {
+        self.reader.get_ref().set_read_timeout(Some(wait)).unwrap();
+        let mut byte = [0u8; 1];
+        let got = self.reader.read(&mut byte);
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(TIMEOUT))
+            .unwrap();
+        match got {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("expected silence, got {other:?} ({:?})", byte[0] as char),
+        }
+    }
+
+    /// Read until the server closes the connection; returns what came first.
+    pub fn recv_to_eof(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => rest,
+            // A server that closes with unread input sends a reset: still a close.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => rest,
+            Err(e) => panic!("expected the server to close the connection: {e}"),
+        }
+    }
+
+    /// Close our sending side (`shutdown(SHUT_WR)`): the server reads EOF.
+    pub fn shutdown_write(&self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+
+    /// Close with a reset instead of a FIN: `SO_LINGER` with a zero timeout.
+    pub fn reset(self) {
+        set_linger_zero(&self.stream);
+    }
+}
+
+/// Make `close` send a reset (RST) instead of a FIN.
+pub fn set_linger_zero(stream: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(stream, sockopt::Linger, &linger).expect("SO_LINGER");
+}
