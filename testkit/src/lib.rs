@@ -28,6 +28,26 @@ pub fn bin(var: &str, default: &str) -> PathBuf {
     }
 }
 
+/// Another workspace crate's binary (for tests that drive one stage with
+/// another, like the tester against the servers), or `$var` when set.
+/// Cargo passes `CARGO_BIN_EXE_*` only for a package's own binaries, so this
+/// looks beside the test executable: `cargo test --workspace` builds every
+/// binary before it runs any test.
+pub fn workspace_bin(var: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
 /// A port on loopback where nothing listens (bound once, then released).
 pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe listener");
