@@ -39,7 +39,11 @@ pub fn workspace_bin(var: &str, name: &str) -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join(name);
     assert!(
         path.exists(),
         "{} is not built: run `cargo build --workspace` (or `cargo test --workspace`) first",
@@ -183,6 +187,29 @@ impl Server {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read /proc/PID/fd")
             .count()
+    }
+
+    /// The descriptors in the server's epoll interest list: the `tfd:` lines
+    /// of `/proc/PID/fdinfo/N` for its epoll descriptor.
+    pub fn epoll_interest(&self) -> Vec<i32> {
+        let pid = self.pid();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read /proc/PID/fd") {
+            let entry = entry.unwrap();
+            let target = std::fs::read_link(entry.path()).unwrap_or_default();
+            if target.to_string_lossy() != "anon_inode:[eventpoll]" {
+                continue;
+            }
+            let fd = entry.file_name().to_string_lossy().into_owned();
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+            let mut fds: Vec<i32> = info
+                .lines()
+                .filter_map(|l| l.strip_prefix("tfd:"))
+                .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                .collect();
+            fds.sort();
+            return fds;
+        }
+        panic!("server {pid} has no epoll descriptor");
     }
 
     /// The server's user + system CPU time so far, from `/proc/PID/stat`.

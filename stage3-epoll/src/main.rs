@@ -1,0 +1,207 @@
+//! Stage 3: a level-triggered epoll echo server that serves many clients.
+//!
+//! One `epoll_create1`, the listener and every client registered for
+//! `EPOLLIN`, one `epoll_wait` loop. The server sleeps in `epoll_wait` until
+//! some socket is ready, so an idle client no longer blocks the others.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{
+    AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrStorage, accept, bind,
+    getpeername, getsockname, listen, send, setsockopt, socket, sockopt,
+};
+use nix::unistd::read;
+
+const USAGE: &str = "\
+usage: stage3-epoll [-q] [ADDR]
+
+A level-triggered epoll echo server that serves many clients at once.
+
+  ADDR        IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  -q          do not log connections to stderr
+  -h, --help  print this help";
+
+struct Args {
+    addr: SocketAddr,
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = parse_args();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `BIN [-q] [ADDR]`; exits 0 after `--help` and 2 after a bad argument.
+fn parse_args() -> Args {
+    let mut args = Args {
+        addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        quiet: false,
+    };
+    let mut addr_given = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "-q" => args.quiet = true,
+            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
+                Ok(addr) => (args.addr, addr_given) = (addr, true),
+                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            },
+            _ => usage_error(&format!("unexpected argument {arg:?}")),
+        }
+    }
+    args
+}
+
+fn usage_error(msg: &str) -> ! {
+    eprintln!("error: {msg}\n\n{USAGE}");
+    std::process::exit(2);
+}
+
+// ANCHOR: listen
+/// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
+/// listening socket.
+fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let listen_fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(io::Error::from)
+        .context("cannot create a socket")?;
+    // Lets a restarted server bind while old connections sit in TIME_WAIT.
+    setsockopt(&listen_fd, sockopt::ReuseAddr, &true)
+        .map_err(io::Error::from)
+        .context("cannot set SO_REUSEADDR")?;
+    bind(listen_fd.as_raw_fd(), &SockaddrStorage::from(addr))
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot bind {addr}"))?;
+    // The largest backlog the system allows: a burst of connects waits in
+    // the kernel's accept queue instead of being dropped.
+    listen(&listen_fd, Backlog::MAXCONN)
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(listen_fd)
+}
+// ANCHOR_END: listen
+
+// ANCHOR: run
+fn run(args: &Args) -> Result<()> {
+    let listen_fd = listen_on(args.addr)?;
+    let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
+    // Scripts and tests wait for this line, so it goes out at once.
+    println!("listening on {local}");
+    io::stdout().flush()?;
+
+    // epoll_create1(2): the kernel object that watches every socket for us.
+    let epoll_fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        .map_err(io::Error::from)
+        .context("epoll_create1 failed")?;
+    // epoll_ctl(EPOLL_CTL_ADD): the event's data is the fd, so a ready event
+    // names the socket it is about.
+    let listener = listen_fd.as_raw_fd();
+    let interest = EpollEvent::new(EpollFlags::EPOLLIN, listener as u64);
+    epoll_fd
+        .add(&listen_fd, interest)
+        .map_err(io::Error::from)
+        .context("epoll_ctl ADD listener failed")?;
+
+    let mut clients: HashMap<RawFd, OwnedFd> = HashMap::new();
+    let mut ready = [EpollEvent::empty(); 64];
+    loop {
+        // epoll_wait(2) sleeps until at least one watched socket is ready.
+        let n = match epoll_fd.wait(&mut ready, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
+        };
+        for event in &ready[..n] {
+            let fd = event.data() as RawFd;
+            if fd == listener {
+                accept_client(&listen_fd, &epoll_fd, &mut clients, args.quiet)?;
+            } else if let Some(client_fd) = clients.get(&fd) {
+                // 0 bytes is end-of-file; an error (such as a reset) also ends the client.
+                if matches!(echo_once(client_fd), Ok(0) | Err(_)) {
+                    close_client(&epoll_fd, &mut clients, fd, args.quiet);
+                }
+            }
+        }
+    }
+}
+// ANCHOR_END: run
+
+// ANCHOR: accept
+/// One `accept(2)` per readiness event: level-triggered epoll reports the
+/// listener again at the next `epoll_wait` if more clients are waiting.
+fn accept_client(
+    listen_fd: &OwnedFd,
+    epoll_fd: &Epoll,
+    clients: &mut HashMap<RawFd, OwnedFd>,
+    quiet: bool,
+) -> Result<()> {
+    let fd = match accept(listen_fd.as_raw_fd()) {
+        Ok(fd) => fd,
+        // The client gave up before we got to it.
+        Err(Errno::ECONNABORTED | Errno::EINTR) => return Ok(()),
+        Err(err) => return Err(io::Error::from(err)).context("accept failed"),
+    };
+    // SAFETY: accept(2) just returned this descriptor; nothing else owns it.
+    let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    epoll_fd
+        .add(&client_fd, EpollEvent::new(EpollFlags::EPOLLIN, fd as u64))
+        .map_err(io::Error::from)
+        .context("epoll_ctl ADD client failed")?;
+    if !quiet {
+        let peer: SockaddrStorage = getpeername(fd)?;
+        eprintln!("accepted fd {fd} from {peer}");
+    }
+    clients.insert(fd, client_fd);
+    Ok(())
+}
+// ANCHOR_END: accept
+
+// ANCHOR: echo
+/// One `read(2)` per readiness event, then send it all back; returns the
+/// number of bytes echoed.
+fn echo_once(client_fd: &OwnedFd) -> nix::Result<usize> {
+    let mut buf = [0u8; 16 * 1024];
+    let n = read(client_fd, &mut buf)?;
+    let mut rest = &buf[..n];
+    while !rest.is_empty() {
+        // The socket is blocking: a client that does not read its echo
+        // stalls this loop, and with it every other client (stage 4 fixes this).
+        let sent = send(client_fd.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL)?;
+        rest = &rest[sent..];
+    }
+    Ok(n)
+}
+// ANCHOR_END: echo
+
+// ANCHOR: close
+/// `EPOLL_CTL_DEL` before `close(2)`: the interest list forgets the socket
+/// while its descriptor number is still ours.
+fn close_client(epoll_fd: &Epoll, clients: &mut HashMap<RawFd, OwnedFd>, fd: RawFd, quiet: bool) {
+    if let Some(client_fd) = clients.remove(&fd) {
+        let _ = epoll_fd.delete(&client_fd);
+        drop(client_fd); // close(2)
+        if !quiet {
+            eprintln!("closed fd {fd}");
+        }
+    }
+}
+// ANCHOR_END: close
