@@ -1,0 +1,416 @@
+//! The book's diffs, generated from the crates, and the checks that keep the
+//! book in step with them.
+//!
+//! Every stage chapter shows what changed since the stage it grew from, as a
+//! unified diff of the two crates' `src/` folders. The diffs are written to
+//! `book/src/diffs/stageN.diff` by `cargo run -p bookgen` and included in the
+//! chapter; the tests in this crate fail when a committed diff no longer
+//! matches the crates, or when a stage has no chapter.
+//!
+//! Which files are compared (the mapping, also told in each chapter):
+//!
+//! | stage | compared with | files |
+//! | --- | --- | --- |
+//! | 2 | stage 1 | `src/main.rs` → `src/main.rs` (the client grows from the server) |
+//! | 3 | stage 1 | `src/main.rs` → `src/main.rs` (stage 2 is a client; stage 3 grows from the last server) |
+//! | 4 | stage 3 | `src/main.rs` → `src/main.rs` |
+//! | 5 | stage 4 | `src/main.rs` → `src/bin/server.rs`; every other file under `src/` shown as added |
+//! | 6 | none | the tester is a new program, so its chapter shows its code, not a diff |
+//!
+//! Within a pair of stages, a file is compared with the file of the same path
+//! unless the table renames it; a file with no counterpart is shown as added
+//! (or removed). Lines that hold only an mdBook anchor (`// ANCHOR: name`,
+//! `// ANCHOR_END: name`) are left out, so the diff is the lesson alone.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use similar::{Algorithm, TextDiff};
+
+/// The command that rewrites the diffs; every failure message names it.
+pub const REFRESH: &str = "cargo run -p bookgen -- diffs";
+
+/// One stage crate of the workbook.
+#[derive(Debug, Clone, Copy)]
+pub struct Stage {
+    /// 1..=6: the chapter is `book/src/stage<number>.md`.
+    pub number: u32,
+    /// The crate's folder at the top of the workspace.
+    pub dir: &'static str,
+    /// What its chapter's diff compares, or `None` for a stage without one.
+    pub diff: Option<DiffSpec>,
+}
+
+/// How a stage's diff is made.
+#[derive(Debug, Clone, Copy)]
+pub struct DiffSpec {
+    /// The stage it is compared with.
+    pub base: u32,
+    /// `(path in the base, path in this stage)`: files that moved.
+    pub renames: &'static [(&'static str, &'static str)],
+}
+
+/// Every stage, in order. A new stage folder must be added here (a test
+/// fails until it is).
+pub const STAGES: [Stage; 6] = [
+    Stage {
+        number: 1,
+        dir: "stage1-tcp-server",
+        diff: None,
+    },
+    Stage {
+        number: 2,
+        dir: "stage2-tcp-client",
+        diff: Some(DiffSpec {
+            base: 1,
+            renames: &[],
+        }),
+    },
+    Stage {
+        number: 3,
+        dir: "stage3-epoll",
+        diff: Some(DiffSpec {
+            base: 1,
+            renames: &[],
+        }),
+    },
+    Stage {
+        number: 4,
+        dir: "stage4-edge-triggered",
+        diff: Some(DiffSpec {
+            base: 3,
+            renames: &[],
+        }),
+    },
+    Stage {
+        number: 5,
+        dir: "stage5-chat",
+        diff: Some(DiffSpec {
+            base: 4,
+            renames: &[("src/main.rs", "src/bin/server.rs")],
+        }),
+    },
+    Stage {
+        number: 6,
+        dir: "stage6-tester",
+        diff: None,
+    },
+];
+
+/// The stage with this number.
+pub fn stage(number: u32) -> Option<&'static Stage> {
+    STAGES.iter().find(|s| s.number == number)
+}
+
+/// The workspace root (the folder above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bookgen lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The book's root folder (the one with `book.toml`).
+pub fn book_root(root: &Path) -> PathBuf {
+    root.join("book")
+}
+
+/// Where a stage's chapter lives.
+pub fn chapter_path(root: &Path, number: u32) -> PathBuf {
+    root.join(format!("book/src/stage{number}.md"))
+}
+
+/// Where a stage's generated diff lives.
+pub fn diff_path(root: &Path, number: u32) -> PathBuf {
+    root.join(format!("book/src/diffs/stage{number}.diff"))
+}
+
+/// The text a chapter must contain to show its stage's diff.
+pub fn diff_include(number: u32) -> String {
+    format!("```diff\n{{{{#include diffs/stage{number}.diff}}}}\n```")
+}
+
+/// Whether a stage's crate exists yet (stages land one at a time).
+pub fn is_present(root: &Path, stage: &Stage) -> bool {
+    root.join(stage.dir).join("Cargo.toml").is_file()
+}
+
+/// Every `stage*` folder in the workspace with the number after `stage`.
+pub fn stage_dirs(root: &Path) -> Result<Vec<(Option<u32>, String)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type()?.is_dir() || !name.starts_with("stage") {
+            continue;
+        }
+        let digits: String = name["stage".len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        found.push((digits.parse().ok(), name));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The diff a stage's chapter shows, from the crates as they are now, or
+/// `None` when the stage has no diff or has not landed yet.
+pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
+    let Some(spec) = stage.diff else {
+        return Ok(None);
+    };
+    if !is_present(root, stage) {
+        return Ok(None);
+    }
+    let base = self::stage(spec.base).context("the base stage is not in STAGES")?;
+    if !is_present(root, base) {
+        bail!(
+            "stage {} is compared with stage {}, but {} does not exist",
+            stage.number,
+            base.number,
+            base.dir
+        );
+    }
+    let old_files = source_files(&root.join(base.dir))?;
+    let new_files = source_files(&root.join(stage.dir))?;
+
+    // Pair each new file with its old counterpart: renamed, same path, or none.
+    let mut pairs: Vec<(Option<&str>, Option<&str>)> = Vec::new();
+    for new in &new_files {
+        let old = match spec.renames.iter().find(|(_, to)| to == new) {
+            Some((from, _)) => old_files.iter().find(|f| f == from),
+            None => old_files
+                .iter()
+                .find(|f| *f == new && !spec.renames.iter().any(|(from, _)| from == f)),
+        };
+        pairs.push((old.map(String::as_str), Some(new)));
+    }
+    for old in &old_files {
+        if !pairs.iter().any(|(o, _)| *o == Some(old.as_str())) {
+            pairs.push((Some(old), None));
+        }
+    }
+
+    let mut out = String::new();
+    for (old, new) in pairs {
+        let read = |dir: &str, file: Option<&str>| -> Result<(String, String)> {
+            match file {
+                Some(file) => {
+                    let path = root.join(dir).join(file);
+                    let text = fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Ok((format!("{dir}/{file}"), strip_anchors(&text)))
+                }
+                None => Ok(("/dev/null".to_string(), String::new())),
+            }
+        };
+        let (old_name, old_text) = read(base.dir, old)?;
+        let (new_name, new_text) = read(stage.dir, new)?;
+        out.push_str(&unified_diff(&old_name, &old_text, &new_name, &new_text));
+    }
+    if out.is_empty() {
+        let _ = writeln!(out, "# {} has the same source as {}", stage.dir, base.dir);
+    }
+    Ok(Some(out))
+}
+
+/// A unified diff with three lines of context; empty when nothing changed.
+pub fn unified_diff(old_name: &str, old: &str, new_name: &str, new: &str) -> String {
+    // Patience keeps whole functions together, which reads better than the
+    // shortest edit script when a function is rewritten.
+    let diff = TextDiff::configure()
+        .algorithm(Algorithm::Patience)
+        .diff_lines(old, new);
+    diff.unified_diff()
+        .context_radius(3)
+        .header(old_name, new_name)
+        .to_string()
+}
+
+/// The source without the lines that only hold an mdBook anchor.
+pub fn strip_anchors(text: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|line| {
+            let line = line.trim_start();
+            !(line.starts_with("// ANCHOR:") || line.starts_with("// ANCHOR_END:"))
+        })
+        .collect()
+}
+
+/// The crate's `.rs` files under `src/`, as sorted paths relative to `dir`.
+fn source_files(dir: &Path) -> Result<Vec<String>> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
+        for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = format!("{rel}/{name}");
+            if entry.file_type()?.is_dir() {
+                walk(&entry.path(), &rel, out)?;
+            } else if name.ends_with(".rs") {
+                out.push(rel);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(&dir.join("src"), "src", &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+/// Every diff the book should hold now: `(path, text)`.
+pub fn expected_diffs(root: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut diffs = Vec::new();
+    for stage in &STAGES {
+        if let Some(text) = generate(root, stage)? {
+            diffs.push((diff_path(root, stage.number), text));
+        }
+    }
+    Ok(diffs)
+}
+
+/// Rewrite every diff from the crates; returns the files that changed.
+pub fn write_diffs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut changed = Vec::new();
+    for (path, text) in expected_diffs(root)? {
+        if fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        changed.push(path);
+    }
+    Ok(changed)
+}
+
+/// What is wrong with the committed diffs: one sentence per problem.
+pub fn check_diffs(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let expected = expected_diffs(root)?;
+    for (path, text) in &expected {
+        match fs::read_to_string(path) {
+            Ok(committed) if committed == *text => {}
+            Ok(_) => problems.push(format!(
+                "{} differs from the crates as they are now",
+                path.display()
+            )),
+            Err(_) => problems.push(format!("{} is missing", path.display())),
+        }
+    }
+    // A diff left behind for a stage that has none (or not yet) is stale.
+    if let Ok(entries) = fs::read_dir(root.join("book/src/diffs")) {
+        for entry in entries {
+            let path = entry?.path();
+            if !expected.iter().any(|(p, _)| *p == path) {
+                problems.push(format!(
+                    "{} belongs to no stage that has a diff: delete it",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// What is missing from the book's stage chapters: one sentence per problem.
+pub fn check_chapters(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let summary_path = root.join("book/src/SUMMARY.md");
+    let summary = fs::read_to_string(&summary_path)
+        .with_context(|| format!("cannot read {}", summary_path.display()))?;
+    for (number, dir) in stage_dirs(root)? {
+        let Some(stage) = number.and_then(stage).filter(|s| s.dir == dir) else {
+            problems.push(format!(
+                "{dir} is not a stage bookgen knows: add it to STAGES in bookgen/src/lib.rs"
+            ));
+            continue;
+        };
+        let chapter = chapter_path(root, stage.number);
+        let Ok(text) = fs::read_to_string(&chapter) else {
+            problems.push(format!("{dir} has no chapter: write {}", chapter.display()));
+            continue;
+        };
+        let file = format!("stage{}.md", stage.number);
+        if !summary.contains(&format!("({file})")) {
+            problems.push(format!("{file} is not listed in book/src/SUMMARY.md"));
+        }
+        if stage.diff.is_some() && !text.contains(&diff_include(stage.number)) {
+            problems.push(format!(
+                "{} does not show its diff: add\n{}\nthen run `{REFRESH}`",
+                chapter.display(),
+                diff_include(stage.number)
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// Every `{{#include FILE:ANCHOR}}` in the book's Markdown names a file that
+/// exists and an anchor that file has (mdBook itself includes nothing, and
+/// says nothing, for a missing anchor).
+pub fn check_includes(book_src: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let mut pages = Vec::new();
+    markdown_files(book_src, &mut pages)?;
+    for page in pages {
+        let text = fs::read_to_string(&page)?;
+        let dir = page.parent().unwrap_or(book_src);
+        for (at, _) in text.match_indices("{{#include ") {
+            let rest = &text[at + "{{#include ".len()..];
+            let Some(end) = rest.find("}}") else {
+                problems.push(format!("{}: an unclosed include", page.display()));
+                continue;
+            };
+            let target = rest[..end].trim();
+            let (file, anchor) = match target.split_once(':') {
+                Some((file, anchor)) => (file, Some(anchor)),
+                None => (target, None),
+            };
+            let path = dir.join(file);
+            let Ok(source) = fs::read_to_string(&path) else {
+                problems.push(format!(
+                    "{}: includes {file}, which does not exist",
+                    page.display()
+                ));
+                continue;
+            };
+            // Line ranges (`file:10:20`) are not anchors.
+            let Some(anchor) = anchor.filter(|a| !a.starts_with(|c: char| c.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let has = |marker: &str| {
+                source.lines().any(|l| {
+                    l.trim_start()
+                        .starts_with(&format!("// {marker}: {anchor}"))
+                        && l.trim_end().ends_with(anchor)
+                })
+            };
+            if !has("ANCHOR") || !has("ANCHOR_END") {
+                problems.push(format!(
+                    "{}: includes anchor {anchor:?} of {file}, which has no `// ANCHOR: {anchor}` ... `// ANCHOR_END: {anchor}`",
+                    page.display()
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            markdown_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "md") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The book builds with the mdBook library, exactly as `mdbook build book`
+//! does, without a warning, and its HTML holds no unexpanded include, no
+//! empty code block and no missing picture.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mdbook_driver::MDBook;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+
+/// Collects every warning and error mdBook logs (it reports a missing
+/// include file or anchor only this way, and carries on).
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl Subscriber for Warnings {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        // In tracing, a less verbose level compares smaller: WARN and ERROR.
+        *metadata.level() <= Level::WARN
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut text = format!(
+            "{} {}: ",
+            event.metadata().level(),
+            event.metadata().target()
+        );
+        event.record(&mut Message(&mut text));
+        self.0.lock().unwrap().push(text);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+struct Message<'a>(&'a mut String);
+
+impl Visit for Message<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!("{value:?} "));
+        } else {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+}
+
+/// Build the book at `book_root` into a temporary folder and return every
+/// problem found: build errors, logged warnings, and faults in the HTML.
+fn build_and_check(book_root: &Path) -> Vec<String> {
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let warnings = Warnings::default();
+    let built = tracing::subscriber::with_default(warnings.clone(), || {
+        let mut book = MDBook::load(book_root)?;
+        // Never into book/book: the reader's own `mdbook build` lives there.
+        book.config.build.build_dir = out.path().to_path_buf();
+        book.build()
+    });
+
+    let mut problems = bookgen::check_includes(&book_root.join("src")).expect("read the book");
+    problems.extend(warnings.0.lock().unwrap().iter().cloned());
+    if let Err(err) = built {
+        problems.push(format!("the book does not build: {err:#}"));
+        return problems;
+    }
+    let mut pages = Vec::new();
+    html_files(out.path(), &mut pages);
+    if pages.is_empty() {
+        problems.push("the build wrote no HTML".to_string());
+    }
+    for page in &pages {
+        let html = fs::read_to_string(page).unwrap();
+        let name = page.strip_prefix(out.path()).unwrap().display().to_string();
+        if html.contains("{{#") {
+            problems.push(format!(
+                "{name}: an mdBook directive was not expanded (`{{{{#`)"
+            ));
+        }
+        if has_empty_code(&html) {
+            problems.push(format!("{name}: an empty code block"));
+        }
+        for src in image_sources(&html) {
+            if !src.contains("://") && !page.parent().unwrap().join(&src).is_file() {
+                problems.push(format!("{name}: the picture {src} is missing"));
+            }
+        }
+    }
+    for stage in 1..=6 {
+        if !out.path().join(format!("stage{stage}.html")).is_file() {
+            problems.push(format!("stage{stage}.html was not built"));
+        }
+    }
+    problems
+}
+
+fn html_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            html_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "html") {
+            out.push(path);
+        }
+    }
+}
+
+/// A `<code>` element with nothing visible in it: a missing anchor makes
+/// mdBook include nothing, silently. Lines mdBook hides (`class="boring"`,
+/// such as the `fn main` it wraps around Rust snippets) do not count.
+fn has_empty_code(html: &str) -> bool {
+    html.match_indices("<code").any(|(at, _)| {
+        let rest = &html[at..];
+        let (Some(open), Some(close)) = (rest.find('>'), rest.find("</code>")) else {
+            return false;
+        };
+        visible_text(&rest[open + 1..close]).trim().is_empty()
+    })
+}
+
+/// The text of an HTML fragment without its tags and hidden lines.
+fn visible_text(mut html: &str) -> String {
+    let mut text = String::new();
+    while let Some(tag) = html.find('<') {
+        text.push_str(&html[..tag]);
+        html = &html[tag..];
+        if html.starts_with("<span class=\"boring\">") {
+            html = html.find("</span>").map_or("", |end| &html[end..]);
+        }
+        html = html.find('>').map_or("", |end| &html[end + 1..]);
+    }
+    text.push_str(html);
+    text
+}
+
+/// The `src` of every `<img>` in the page.
+fn image_sources(html: &str) -> Vec<String> {
+    html.match_indices("<img")
+        .filter_map(|(at, _)| {
+            let tag = &html[at..at + html[at..].find('>')?];
+            let start = tag.find("src=\"")? + 5;
+            Some(tag[start..start + tag[start..].find('"')?].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_book_builds_without_a_warning() {
+    let root = bookgen::workspace_root();
+    let problems = build_and_check(&bookgen::book_root(&root));
+    assert!(
+        problems.is_empty(),
+        "the book has problems:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// Copy `from` into `to`, leaving out build output.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "target" || name == "book" && from.ends_with("book") {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// The check above can fail: a copy of the book with a broken anchor, a
+/// missing include and an empty code block is caught on each count.
+#[test]
+fn a_broken_include_fails_the_check() {
+    let root = bookgen::workspace_root();
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(&root.join("book"), &copy.path().join("book"));
+    copy_tree(
+        &root.join("stage1-tcp-server/src"),
+        &copy.path().join("stage1-tcp-server/src"),
+    );
+    let chapter = copy.path().join("book/src/stage1.md");
+    let mut text = fs::read_to_string(&chapter).unwrap();
+    text.push_str(concat!(
+        "\n```rust\n{{#include ../../stage1-tcp-server/src/main.rs:no_such_anchor}}\n```\n",
+        "\n```rust\n{{#include ../../no-such-file.rs}}\n```\n",
+    ));
+    fs::write(&chapter, text).unwrap();
+
+    let problems = build_and_check(&copy.path().join("book")).join("\n");
+    assert!(problems.contains("no_such_anchor"), "{problems}");
+    assert!(problems.contains("no-such-file.rs"), "{problems}");
+    assert!(problems.contains("was not expanded"), "{problems}");
+    assert!(problems.contains("empty code block"), "{problems}");
+}

@@ -1,0 +1,117 @@
+//! Every diff in the book equals the diff of the crates as they are, and
+//! every stage has its chapter.
+
+use std::fs;
+use std::path::Path;
+
+use bookgen::{REFRESH, check_chapters, check_diffs, diff_include, generate, stage};
+
+#[test]
+fn committed_diffs_match_the_crates() {
+    let problems = check_diffs(&bookgen::workspace_root()).unwrap();
+    assert!(
+        problems.is_empty(),
+        "{}\nrefresh the diffs with `{REFRESH}` and commit book/src/diffs",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn every_stage_has_its_chapter() {
+    let problems = check_chapters(&bookgen::workspace_root()).unwrap();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A small workspace of fake stages in a temporary folder.
+fn write(root: &Path, path: &str, text: &str) {
+    let path = root.join(path);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+#[test]
+fn anchors_are_left_out_and_renamed_files_are_compared() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write(root, "stage4-edge-triggered/Cargo.toml", "");
+    write(
+        root,
+        "stage4-edge-triggered/src/main.rs",
+        "fn main() {\n    // ANCHOR: run\n    serve();\n    // ANCHOR_END: run\n}\n",
+    );
+    write(root, "stage5-chat/Cargo.toml", "");
+    write(
+        root,
+        "stage5-chat/src/bin/server.rs",
+        "fn main() {\n    // ANCHOR: run\n    chat();\n    // ANCHOR_END: run\n}\n",
+    );
+    write(root, "stage5-chat/src/bin/client.rs", "fn main() {}\n");
+
+    let diff = generate(root, stage(5).unwrap()).unwrap().unwrap();
+    assert!(!diff.contains("ANCHOR"), "{diff}");
+    assert!(
+        diff.contains("--- stage4-edge-triggered/src/main.rs\n+++ stage5-chat/src/bin/server.rs\n"),
+        "{diff}"
+    );
+    assert!(diff.contains("-    serve();\n+    chat();\n"), "{diff}");
+    assert!(
+        diff.contains("--- /dev/null\n+++ stage5-chat/src/bin/client.rs\n"),
+        "{diff}"
+    );
+    // Stage 6 has not landed in this workspace: nothing to generate.
+    assert!(generate(root, stage(6).unwrap()).unwrap().is_none());
+}
+
+#[test]
+fn a_stale_diff_and_a_missing_chapter_are_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    write(root, "stage1-tcp-server/Cargo.toml", "");
+    write(root, "stage1-tcp-server/src/main.rs", "fn main() {}\n");
+    write(root, "stage3-epoll/Cargo.toml", "");
+    write(root, "stage3-epoll/src/main.rs", "fn main() { epoll(); }\n");
+    write(root, "stage9-extra/Cargo.toml", "");
+    write(root, "book/src/SUMMARY.md", "- [Stage 1](stage1.md)\n");
+    write(root, "book/src/stage1.md", "# Stage 1\n");
+    write(root, "book/src/diffs/stage3.diff", "--- an old diff\n");
+
+    let diffs = check_diffs(root).unwrap().join("\n");
+    assert!(
+        diffs.contains("stage3.diff differs from the crates"),
+        "{diffs}"
+    );
+    let chapters = check_chapters(root).unwrap().join("\n");
+    assert!(
+        chapters.contains("stage3-epoll has no chapter"),
+        "{chapters}"
+    );
+    assert!(
+        chapters.contains("stage9-extra is not a stage bookgen knows"),
+        "{chapters}"
+    );
+
+    // Written and listed, but without its diff: still reported.
+    write(root, "book/src/stage3.md", "# Stage 3\n");
+    let chapters = check_chapters(root).unwrap().join("\n");
+    assert!(
+        chapters.contains("stage3.md is not listed in book/src/SUMMARY.md"),
+        "{chapters}"
+    );
+    assert!(chapters.contains("does not show its diff"), "{chapters}");
+
+    // Refreshed, listed and included: nothing left to report for stage 3.
+    bookgen::write_diffs(root).unwrap();
+    assert!(check_diffs(root).unwrap().is_empty());
+    write(
+        root,
+        "book/src/SUMMARY.md",
+        "- [Stage 1](stage1.md)\n- [Stage 3](stage3.md)\n",
+    );
+    write(
+        root,
+        "book/src/stage3.md",
+        &format!("# Stage 3\n\n{}\n", diff_include(3)),
+    );
+    let chapters = check_chapters(root).unwrap();
+    assert_eq!(chapters.len(), 1, "{chapters:?}"); // only stage9-extra
+}
