@@ -432,7 +432,6 @@ async fn serve(
     writer.write_all(&welcome).await?;
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
-    let mut batch = Vec::new();
     loop {
         tokio::select! {
             // Cancel-safe: a partly read line stays in `buf` for next time.
@@ -456,17 +455,19 @@ async fn serve(
                 // `None`: the server is shutting down and everything queued
                 // has been written.
                 let Some(first) = queued else { return Ok(()) };
-                // Whatever else is already queued goes out in the same write.
-                batch.clear();
-                batch.extend_from_slice(&first);
-                while batch.len() < BATCH {
-                    match me.queue.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
-                        Err(_) => break,
+                // Whatever else is already queued goes out in the same write;
+                // the batch is freed after it, so an idle client holds no
+                // output buffer.
+                let mut batch = Vec::new();
+                while batch.len() < BATCH && let Ok(more) = me.queue.try_recv() {
+                    if batch.is_empty() {
+                        batch.extend_from_slice(&first);
                     }
+                    batch.extend_from_slice(&more);
                 }
-                writer.write_all(&batch).await?;
-                me.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                let bytes: &[u8] = if batch.is_empty() { &first } else { &batch };
+                writer.write_all(bytes).await?;
+                me.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
             }
         }
     }
@@ -480,12 +481,10 @@ async fn linger(
     writer: &mut OwnedWriteHalf,
 ) -> io::Result<()> {
     writer.shutdown().await?;
-    let drain = async {
-        let mut sink = [0u8; 4096];
-        while reader.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    // `io::copy` keeps its buffer on the heap: a buffer array here would be
+    // part of every connection's task, idle or not.
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(LINGER, tokio::io::copy(&mut reader, &mut sink)).await;
     Ok(())
 }
 

@@ -146,3 +146,34 @@ fn sigterm_tells_everyone_and_exits_zero() {
     }
     assert!(server.wait_exit().success());
 }
+
+#[test]
+fn a_client_that_never_reads_is_dropped_as_too_slow() {
+    let server = Server::start(bin(), &["-q", "--max-queue", "262144", "127.0.0.1:0"]);
+    let (mut talker, _) = join(&server);
+    let (mut sleeper, name) = join(&server);
+    talker.recv_line(); // the sleeper joined
+    // 12 MB: more than the kernel's socket buffers (a few MB on loopback)
+    // plus the 256 KiB queue, so the sleeper's queue must overflow.
+    let text = vec![b'z'; 999];
+    for _ in 0..12_000 {
+        talker.send(&[&text[..], b"\n"].concat());
+    }
+    // The talker hears only notices, so this is the next line it gets.
+    assert_eq!(talker.recv_line(), format!("* {name} left (too slow)"));
+    // The sleeper's connection was closed after what the kernel held.
+    let held = sleeper.recv_to_eof();
+    assert!(held.len() < 12_000 * 1000, "got {} bytes", held.len());
+}
+
+#[test]
+fn no_join_notices_above_the_announce_limit() {
+    let server = Server::start(bin(), &["-q", "--announce-limit", "1", "127.0.0.1:0"]);
+    let (mut a, _) = join(&server);
+    let mut b = server.connect();
+    // The newcomer's welcome still gives the count.
+    assert_eq!(b.recv_line(), "* welcome client2 (2 online)");
+    b.send(b"hi\n");
+    // Had a join notice gone out, it would have come before this line.
+    assert_eq!(a.recv_line(), "client2: hi");
+}
