@@ -159,13 +159,15 @@ fn serve(stream: TcpStream, fd: i32, quiet: bool) {
     // that resets mid-write is an error here, not a SIGPIPE (Rust programs
     // start with SIGPIPE ignored).
     let result = io::copy(&mut &stream, &mut &stream);
-    drop(stream); // close(2)
+    // Logged before the close, so a new connection that reuses the fd
+    // number is always logged after this one's end.
     if !quiet {
         if let Err(err) = result {
             eprintln!("fd {fd}: {err}");
         }
         eprintln!("closed fd {fd}");
     }
+    drop(stream); // close(2)
 }
 
 /// `EMFILE`/`ENFILE`: this process, or the whole system, is out of descriptors.

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc};
@@ -373,7 +373,12 @@ fn line(text: impl AsRef<[u8]>) -> Line {
 }
 
 /// One client from accept to close.
-async fn connection(stream: TcpStream, peer: SocketAddr, chat: Arc<Mutex<Registry>>, args: &Args) {
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    chat: Arc<Mutex<Registry>>,
+    args: &Args,
+) {
     let fd = stream.as_raw_fd();
     if !args.quiet {
         eprintln!("accepted fd {fd} from {peer}");
@@ -381,19 +386,22 @@ async fn connection(stream: TcpStream, peer: SocketAddr, chat: Arc<Mutex<Registr
     // Chat lines are small: send each batch at once instead of waiting to
     // coalesce it with the next one (Nagle's algorithm).
     let _ = stream.set_nodelay(true);
-    let result = session(stream, &chat, args).await;
+    let result = session(&mut stream, &chat, args).await;
+    // Logged before the close, so a new connection that reuses the fd
+    // number is always logged after this one's end.
     if !args.quiet {
         if let Err(err) = result {
             eprintln!("fd {fd}: {err}");
         }
         eprintln!("closed fd {fd}");
     }
+    drop(stream); // close(2)
 }
 
-/// Register the client, serve it, and unregister it; the stream (both
-/// halves) is closed when this returns.
-async fn session(stream: TcpStream, chat: &Mutex<Registry>, args: &Args) -> io::Result<()> {
-    let (reader, mut writer) = stream.into_split();
+/// Register the client, serve it, and unregister it.
+async fn session(stream: &mut TcpStream, chat: &Mutex<Registry>, args: &Args) -> io::Result<()> {
+    // Borrowed halves: both stay in this one task.
+    let (reader, mut writer) = stream.split();
     let joined = {
         let mut chat = chat.lock().unwrap();
         (chat.peers.len() < args.max_clients).then(|| chat.join())
@@ -422,8 +430,8 @@ enum Next {
 /// The client's loop: lines from the socket and lines from the others,
 /// whichever comes first.
 async fn serve(
-    reader: OwnedReadHalf,
-    writer: &mut OwnedWriteHalf,
+    reader: ReadHalf<'_>,
+    writer: &mut WriteHalf<'_>,
     me: &mut Me,
     welcome: Line,
     chat: &Mutex<Registry>,
@@ -476,10 +484,7 @@ async fn serve(
 /// Close politely after an error: closing with unread input would send a
 /// reset, which can destroy the error line before the client reads it. So
 /// send FIN, then discard input until the client closes too (bounded).
-async fn linger(
-    mut reader: BufReader<OwnedReadHalf>,
-    writer: &mut OwnedWriteHalf,
-) -> io::Result<()> {
+async fn linger(mut reader: BufReader<ReadHalf<'_>>, writer: &mut WriteHalf<'_>) -> io::Result<()> {
     writer.shutdown().await?;
     // `io::copy` keeps its buffer on the heap: a buffer array here would be
     // part of every connection's task, idle or not.
@@ -501,7 +506,7 @@ enum Framed {
 /// Read up to and including the next `\n` into `buf`, never holding more
 /// than `max_line` bytes of text (plus the `\r\n`).
 async fn read_line(
-    reader: &mut BufReader<OwnedReadHalf>,
+    reader: &mut BufReader<ReadHalf<'_>>,
     buf: &mut Vec<u8>,
     max_line: usize,
 ) -> io::Result<Framed> {
@@ -536,7 +541,7 @@ async fn handle_line(
     buf: &[u8],
     id: u64,
     chat: &Mutex<Registry>,
-    writer: &mut OwnedWriteHalf,
+    writer: &mut WriteHalf<'_>,
 ) -> io::Result<Next> {
     let text = buf.strip_suffix(b"\n").unwrap_or(buf);
     let text = text.strip_suffix(b"\r").unwrap_or(text);
