@@ -397,9 +397,10 @@ fn service_fd(
     }
 }
 
-/// The `~t:SENDER:SEQ:NANOS~` token anywhere in a line.
+/// The `~t:SENDER:SEQ:NANOS~` token anywhere in a line; the last one if
+/// there are several, since relays put their own prefix before the text.
 pub fn find_token(line: &[u8]) -> Option<(u32, u32, u64)> {
-    let start = line.windows(3).position(|w| w == b"~t:")? + 3;
+    let start = line.windows(3).rposition(|w| w == b"~t:")? + 3;
     let rest = &line[start..];
     let end = rest.iter().position(|&b| b == b'~')?;
     let text = std::str::from_utf8(&rest[..end]).ok()?;
@@ -652,6 +653,7 @@ mod tests {
             Some((3, 17, 99))
         );
         assert_eq!(find_token(b"~t:1:2:3~"), Some((1, 2, 3)));
+        assert_eq!(find_token(b"~t:1:1:5~: ~t:1:2:6~"), Some((1, 2, 6)));
         assert_eq!(find_token(b"* client3 joined\n"), None);
         assert_eq!(find_token(b"~t:1:2~"), None);
         assert_eq!(find_token(b"~t:1:x:3~"), None);

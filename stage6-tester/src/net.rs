@@ -395,3 +395,26 @@ pub fn source_for(target: SocketAddr, index: u64, per_source: u64) -> Option<IpA
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_addresses_move_on_past_one_port_range() {
+        let target: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(source_for(target, 0, 28_000), None);
+        assert_eq!(source_for(target, 27_999, 28_000), None);
+        assert_eq!(
+            source_for(target, 28_000, 28_000),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            source_for(target, 60_000, 28_000),
+            Some("127.0.0.3".parse().unwrap())
+        );
+        // IPv6 has one loopback address: no spreading.
+        let v6: SocketAddr = "[::1]:8080".parse().unwrap();
+        assert_eq!(source_for(v6, 60_000, 28_000), None);
+    }
+}

@@ -116,7 +116,8 @@ pub fn hold(
                 let report = line
                     .context("reading a worker's report")
                     .and_then(|l| serde_json::from_str(&l).context("bad worker report"));
-                if tx.send((index, report)).is_err() {
+                let last = matches!(report, Ok(Report::Done(_) | Report::Error(_)));
+                if tx.send((index, report)).is_err() || last {
                     return;
                 }
             }

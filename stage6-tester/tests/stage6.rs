@@ -1,0 +1,450 @@
+//! Exercise checks for the tester: every subcommand against the real stage
+//! servers with small numbers, the chat verifier against relays that are
+//! wrong on purpose, and clear errors for bad input. Run them against your
+//! own tester with `STAGE6_BIN=/path/to/yours cargo test -p stage6-tester`
+//! (the servers can be replaced too: `STAGE3_BIN`, `STAGE4_BIN`, `STAGE5_BIN`).
+
+mod relay;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+use testkit::{Server, closed_port};
+
+use relay::Fault;
+
+/// Long enough for any run below; a hung tester fails instead of hanging.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn tester() -> PathBuf {
+    testkit::bin("STAGE6_BIN", env!("CARGO_BIN_EXE_tester"))
+}
+
+fn stage1() -> PathBuf {
+    testkit::workspace_bin("STAGE1_BIN", "stage1-tcp-server")
+}
+
+fn stage3() -> PathBuf {
+    testkit::workspace_bin("STAGE3_BIN", "stage3-epoll")
+}
+
+fn stage4() -> PathBuf {
+    testkit::workspace_bin("STAGE4_BIN", "stage4-edge-triggered")
+}
+
+fn cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(tester());
+    cmd.args(args).timeout(RUN_TIMEOUT);
+    cmd
+}
+
+/// Run the tester with `--json`, expect success, return the one JSON object.
+fn run_json(args: &[&str]) -> Value {
+    let output = cmd(args).arg("--json").output().expect("run the tester");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tester {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"))
+}
+
+// ---- echo ----
+
+#[test]
+fn echo_checks_every_byte_from_stage4() {
+    let server = Server::start(stage4(), &["-q", "127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    let report = run_json(&[
+        "echo",
+        &addr,
+        "--clients",
+        "8",
+        "--messages",
+        "50",
+        "--size",
+        "3000",
+    ]);
+    assert_eq!(report["round_trips"], 400);
+    assert_eq!(report["bytes_checked"], 400 * 3000);
+    assert_eq!(report["latency"]["samples"], 400);
+    assert_eq!(report["faults"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn echo_works_against_stage1_with_one_client() {
+    let server = Server::start(stage1(), &["-q", "127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    // The summary states every setting, so the run can be repeated.
+    cmd(&[
+        "echo",
+        &addr,
+        "--clients",
+        "1",
+        "--messages",
+        "100",
+        "--size",
+        "64",
+    ])
+    .assert()
+    .success()
+    .stdout(
+        predicate::str::starts_with(format!(
+            "tester echo {addr} --clients 1 --messages 100 --size 64 --timeout 5s\n"
+        ))
+        .and(predicate::str::contains("round trips  100 of 100"))
+        .and(predicate::str::contains(
+            "every byte came back (6,400 checked)",
+        )),
+    );
+}
+
+#[test]
+fn echo_works_over_ipv6() {
+    if TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let server = Server::start(stage3(), &["-q", "[::1]:0"]);
+    let report = run_json(&[
+        "echo",
+        &server.addr.to_string(),
+        "--clients",
+        "3",
+        "--messages",
+        "20",
+    ]);
+    assert_eq!(report["round_trips"], 60);
+}
+
+/// An echo server that changes one byte: the 100th byte of each connection.
+fn start_corrupting_echo() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut offset = 0usize;
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if (offset..offset + n).contains(&100) {
+                        buf[100 - offset] ^= 0xff;
+                    }
+                    offset += n;
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn echo_names_a_corrupted_byte() {
+    let addr = start_corrupting_echo();
+    cmd(&[
+        "echo",
+        &addr,
+        "--clients",
+        "1",
+        "--messages",
+        "10",
+        "--size",
+        "64",
+    ])
+    .assert()
+    .code(1)
+    .stdout(
+        predicate::str::contains("FAILED").and(predicate::str::contains(
+            "client 1 message 2: byte 36 came back as",
+        )),
+    );
+}
+
+// ---- connect ----
+
+#[test]
+fn connect_counts_every_connection_to_stage3() {
+    let server = Server::start(stage3(), &["-q", "127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    let report = run_json(&["connect", &addr, "--count", "300", "--concurrency", "16"]);
+    assert_eq!(report["attempts"], 300);
+    assert_eq!(report["connections"], 300);
+    assert_eq!(report["latency"]["samples"], 300);
+    assert_eq!(report["errors"]["refused"], 0);
+    assert_eq!(report["errors"]["timeout"], 0);
+}
+
+#[test]
+fn connect_with_greeting_waits_for_the_first_line() {
+    // A listener that never accepts: the kernel completes the handshakes,
+    // but nobody ever says a word.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let report = run_json(&["connect", &addr, "--count", "5"]);
+    assert_eq!(
+        report["connections"], 5,
+        "a handshake alone counts without --greeting"
+    );
+
+    cmd(&[
+        "connect",
+        &addr,
+        "--count",
+        "5",
+        "--greeting",
+        "--timeout",
+        "300ms",
+    ])
+    .assert()
+    .code(1)
+    .stderr(predicate::str::starts_with(format!(
+        "error: cannot connect to {addr}: timed out"
+    )));
+
+    // A server that greets: every connection counts once its line arrived.
+    let relay = relay::start(Fault::None, true, false).to_string();
+    let report = run_json(&["connect", &relay, "--count", "20", "--greeting"]);
+    assert_eq!(report["connections"], 20);
+    assert_eq!(report["settings"]["greeting"], true);
+}
+
+// ---- hold ----
+
+#[test]
+fn hold_keeps_connections_open_on_stage3() {
+    let server = Server::start(stage3(), &["-q", "127.0.0.1:0"]);
+    let idle_fds = server.open_fds();
+    let pid = server.pid().to_string();
+    let child = std::process::Command::new(tester())
+        .args(["hold", &server.addr.to_string(), "--connections", "150"])
+        .args(["--duration", "2s", "--server-pid", &pid, "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the tester holds, the server really has all 150 connections.
+    let deadline = Instant::now() + testkit::TIMEOUT;
+    while server.open_fds() < idle_fds + 150 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never saw 150 connections"
+        );
+        thread::sleep(Duration::from_millis(10)); // polling /proc, not synchronising
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["open"], 150);
+    assert_eq!(report["open_at_end"], 150);
+    assert_eq!(report["closed_by_server"], 0);
+    assert!(report["server_rss_after"].as_u64().unwrap() > 0);
+    assert!(report["server_bytes_per_connection"].is_number());
+    // Closed again afterwards.
+    let deadline = Instant::now() + testkit::TIMEOUT;
+    while server.open_fds() > idle_fds {
+        assert!(Instant::now() < deadline, "the server kept the connections");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn hold_spreads_over_worker_processes() {
+    let server = Server::start(stage3(), &["-q", "127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    let output = cmd(&["hold", &addr, "--connections", "120", "--workers", "3"])
+        .args(["--duration", "200ms"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("120 of 120 open"), "{summary}");
+    assert!(summary.contains("3 worker processes"), "{summary}");
+    assert!(summary.contains("120 still open after 200ms"), "{summary}");
+}
+
+// ---- chat ----
+
+#[test]
+fn chat_passes_a_correct_relay() {
+    let addr = relay::start(Fault::None, true, false).to_string();
+    let report = run_json(&["chat", &addr, "--clients", "4", "--messages", "30"]);
+    assert_eq!(report["sent"], 120);
+    assert_eq!(report["delivered"], 4 * 3 * 30);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["reordered"], 0);
+    assert_eq!(report["latency"]["samples"], 360);
+}
+
+#[test]
+fn chat_names_a_lost_line() {
+    let addr = relay::start(Fault::DropOne, true, false).to_string();
+    cmd(&[
+        "chat",
+        &addr,
+        "--clients",
+        "3",
+        "--messages",
+        "10",
+        "--drain-timeout",
+        "500ms",
+    ])
+    .assert()
+    .code(1)
+    .stdout(
+        predicate::str::contains("FAILED: lost 1 line (client ")
+            .and(predicate::str::contains("never reached client 2)"))
+            .and(predicate::str::contains("delivered    59 of 60")),
+    );
+}
+
+#[test]
+fn chat_names_a_reordered_line() {
+    let addr = relay::start(Fault::SwapTwo, true, false).to_string();
+    cmd(&["chat", &addr, "--clients", "3", "--messages", "10"])
+        .assert()
+        .code(1)
+        .stdout(
+            predicate::str::contains("FAILED: reordered 1 line (client ")
+                .and(predicate::str::contains("reached client 2 after seq"))
+                .and(predicate::str::contains("lost").not()),
+        );
+}
+
+#[test]
+fn chat_hello_is_sent_first() {
+    // This relay takes a client's first line as its name.
+    let addr = relay::start(Fault::None, true, true).to_string();
+    let report = run_json(&[
+        "chat",
+        &addr,
+        "--clients",
+        "3",
+        "--messages",
+        "5",
+        "--hello",
+        "bot",
+    ]);
+    assert_eq!(report["delivered"], 30);
+    // Without --hello, each client's first line becomes its name instead.
+    cmd(&[
+        "chat",
+        &addr,
+        "--clients",
+        "3",
+        "--messages",
+        "5",
+        "--drain-timeout",
+        "300ms",
+    ])
+    .assert()
+    .code(1)
+    .stdout(predicate::str::contains("seq 1 never reached"));
+}
+
+#[test]
+fn chat_needs_no_greeting_when_told() {
+    let addr = relay::start(Fault::None, false, false).to_string();
+    cmd(&[
+        "chat",
+        &addr,
+        "--clients",
+        "2",
+        "--messages",
+        "5",
+        "--timeout",
+        "300ms",
+    ])
+    .assert()
+    .code(1)
+    .stderr(predicate::str::contains("--no-greeting"));
+    let report = run_json(&[
+        "chat",
+        &addr,
+        "--clients",
+        "2",
+        "--messages",
+        "5",
+        "--no-greeting",
+    ]);
+    assert_eq!(report["delivered"], 10);
+}
+
+#[test]
+fn chat_says_when_the_rate_was_not_met() {
+    let addr = relay::start(Fault::None, true, false).to_string();
+    // A billion lines a second: no machine sends 400 lines in 0.4µs.
+    cmd(&[
+        "chat",
+        &addr,
+        "--clients",
+        "2",
+        "--messages",
+        "200",
+        "--rate",
+        "1000000000",
+    ])
+    .assert()
+    .success()
+    .stdout(
+        predicate::str::contains("--rate 1000000000")
+            .and(predicate::str::contains("note         rate not met: sent")),
+    );
+}
+
+// ---- bad input ----
+
+#[test]
+fn an_unreachable_address_is_one_clear_error() {
+    let addr = format!("127.0.0.1:{}", closed_port());
+    for sub in ["connect", "hold", "echo", "chat"] {
+        cmd(&[sub, &addr]).assert().code(1).stdout("").stderr(
+            predicate::str::starts_with(format!(
+                "error: cannot connect to {addr}: Connection refused (os error 111)\n"
+            ))
+            .and(predicate::str::contains("panicked").not()),
+        );
+    }
+}
+
+#[test]
+fn zero_clients_is_a_clear_error() {
+    for sub in ["echo", "chat"] {
+        cmd(&[sub, "--clients", "0"])
+            .assert()
+            .code(1)
+            .stderr("error: --clients must be at least 1\n");
+    }
+}
+
+#[test]
+fn bad_flags_exit_two() {
+    cmd(&["echo", "--no-such-flag"]).assert().code(2);
+    cmd(&["echo", "not-an-address"]).assert().code(2);
+    cmd(&["connect", "--duration", "soon"]).assert().code(2);
+    cmd(&["nonsense"]).assert().code(2);
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    cmd(&["--help"]).assert().success().stdout(
+        predicate::str::contains("connect")
+            .and(predicate::str::contains("hold"))
+            .and(predicate::str::contains("echo"))
+            .and(predicate::str::contains("chat"))
+            .and(predicate::str::contains("127.0.0.1:8080")),
+    );
+}
