@@ -189,9 +189,9 @@ impl Server {
             .count()
     }
 
-    /// The descriptors in the server's epoll interest list: the `tfd:` lines
-    /// of `/proc/PID/fdinfo/N` for its epoll descriptor.
-    pub fn epoll_interest(&self) -> Vec<i32> {
+    /// The server's epoll interest list as (fd, event mask) pairs, from the
+    /// `tfd:` lines of `/proc/PID/fdinfo/N` for its epoll descriptor.
+    pub fn epoll_interest(&self) -> Vec<(i32, u32)> {
         let pid = self.pid();
         for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read /proc/PID/fd") {
             let entry = entry.unwrap();
@@ -201,15 +201,32 @@ impl Server {
             }
             let fd = entry.file_name().to_string_lossy().into_owned();
             let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
-            let mut fds: Vec<i32> = info
+            // tfd:        5 events: 80002019 data: ...
+            let mut watched: Vec<(i32, u32)> = info
                 .lines()
-                .filter_map(|l| l.strip_prefix("tfd:"))
-                .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                .filter_map(|l| {
+                    let mut words = l.strip_prefix("tfd:")?.split_whitespace();
+                    let fd = words.next()?.parse().ok()?;
+                    let events = u32::from_str_radix(words.nth(1)?, 16).ok()?;
+                    Some((fd, events))
+                })
                 .collect();
-            fds.sort();
-            return fds;
+            watched.sort();
+            return watched;
         }
         panic!("server {pid} has no epoll descriptor");
+    }
+
+    /// The fd the server logged (`accepted fd N from PEER`) for `client`.
+    pub fn fd_of(&self, client: &Client) -> i32 {
+        let peer = client.stream.local_addr().unwrap();
+        self.wait_stderr(&format!("from {peer}\n"));
+        let log = self.stderr();
+        let line = log
+            .lines()
+            .find(|l| l.ends_with(&format!("from {peer}")))
+            .unwrap();
+        line.split(' ').nth(2).unwrap().parse().unwrap()
     }
 
     /// The server's user + system CPU time so far, from `/proc/PID/stat`.
@@ -237,6 +254,16 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Wait until `condition` holds, checking every few milliseconds; panics
+/// after [`TIMEOUT`]. For state that can only be polled, such as `/proc`.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(5)); // polling /proc, which has no notification
     }
 }
 
@@ -269,6 +296,27 @@ impl Client {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
             .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         Client::from_stream(stream)
+    }
+
+    /// Connect with a small receive buffer (set before `connect`, so the
+    /// window is small from the handshake on): the server's writes to this
+    /// client hit `EAGAIN` after a few kilobytes.
+    pub fn connect_small_window(addr: SocketAddr) -> Client {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrStorage, connect, setsockopt, socket,
+            sockopt,
+        };
+        use std::os::fd::AsRawFd;
+        let family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        setsockopt(&fd, sockopt::RcvBuf, &4096).unwrap();
+        connect(fd.as_raw_fd(), &SockaddrStorage::from(addr))
+            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Client::from_stream(TcpStream::from(fd))
     }
 
     pub fn from_stream(stream: TcpStream) -> Client {
