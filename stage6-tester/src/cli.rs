@@ -88,6 +88,11 @@ pub struct HoldArgs {
     /// Worker processes to spread the connections over (default: as many as the fd limit needs)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: Option<u32>,
+    /// Connections per source address before moving to the next (default:
+    /// the ephemeral port range less 1000); hidden, for the tests to reach
+    /// 127.0.0.2 without 28,000 connections
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub per_source: Option<u64>,
 }
 
 #[derive(Args, Debug)]

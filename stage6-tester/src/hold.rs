@@ -84,9 +84,11 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
     let target = args.common.addr;
     let fd_limit = net::raise_fd_limit();
     let per_process = fd_limit.saturating_sub(RESERVED_FDS).max(1);
-    let per_source = (u64::from(net::ephemeral_ports()))
-        .saturating_sub(SPARE_PORTS)
-        .max(1);
+    let per_source = args.per_source.unwrap_or_else(|| {
+        u64::from(net::ephemeral_ports())
+            .saturating_sub(SPARE_PORTS)
+            .max(1)
+    });
     let mut notes = Vec::new();
 
     // Only 127.0.0.0/8 offers more source addresses; elsewhere (::1) one

@@ -275,6 +275,57 @@ fn hold_spreads_over_worker_processes() {
     assert!(summary.contains("120 still open after 200ms"), "{summary}");
 }
 
+#[test]
+fn hold_moves_to_the_next_source_address_past_one_port_range() {
+    // Stage 3 logs each peer address; the tester is told that one source
+    // address holds only 40 connections (normally about 27,000).
+    let server = Server::start(stage3(), &["127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    let output = cmd(&["hold", &addr, "--connections", "100", "--per-source", "40"])
+        .args(["--duration", "100ms"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("100 of 100 open"), "{summary}");
+    assert!(
+        summary.contains("source addresses 127.0.0.1-127.0.0.3"),
+        "{summary}"
+    );
+    let log = server.stop();
+    for (source, count) in [("127.0.0.1:", 40), ("127.0.0.2:", 40), ("127.0.0.3:", 20)] {
+        let seen = log
+            .lines()
+            .filter(|l| l.starts_with("accepted") && l.contains(&format!("from {source}")))
+            .count();
+        assert_eq!(seen, count, "connections from {source}\n{log}");
+    }
+}
+
+#[test]
+fn hold_on_ipv6_stops_at_one_port_range_and_says_so() {
+    if TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let server = Server::start(stage3(), &["-q", "[::1]:0"]);
+    let addr = server.addr.to_string();
+    let report = run_json(&[
+        "hold",
+        &addr,
+        "--connections",
+        "50",
+        "--per-source",
+        "30",
+        "--duration",
+        "100ms",
+    ]);
+    assert_eq!(report["attempted"], 30);
+    assert_eq!(report["open"], 30);
+    let note = report["notes"][0].as_str().unwrap();
+    assert!(note.contains("capped at 30"), "{note}");
+}
+
 // ---- chat ----
 
 #[test]
