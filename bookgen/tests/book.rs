@@ -85,7 +85,12 @@ fn build_and_check(book_root: &Path) -> Vec<String> {
         if has_empty_code(&html) {
             problems.push(format!("{name}: an empty code block"));
         }
-        for src in image_sources(&html) {
+        for href in attribute_values(&html, "<a ", "href") {
+            if let Some(problem) = broken_link(page, &href) {
+                problems.push(format!("{name}: {problem}"));
+            }
+        }
+        for src in attribute_values(&html, "<img", "src") {
             if !src.contains("://") && !page.parent().unwrap().join(&src).is_file() {
                 problems.push(format!("{name}: the picture {src} is missing"));
             }
@@ -138,15 +143,42 @@ fn visible_text(mut html: &str) -> String {
     text
 }
 
-/// The `src` of every `<img>` in the page.
-fn image_sources(html: &str) -> Vec<String> {
-    html.match_indices("<img")
+/// The value of `attr` in every tag of the page that starts with `tag`.
+fn attribute_values(html: &str, tag: &str, attr: &str) -> Vec<String> {
+    let key = format!("{attr}=\"");
+    html.match_indices(tag)
         .filter_map(|(at, _)| {
             let tag = &html[at..at + html[at..].find('>')?];
-            let start = tag.find("src=\"")? + 5;
+            let start = tag.find(&key)? + key.len();
             Some(tag[start..start + tag[start..].find('"')?].to_string())
         })
         .collect()
+}
+
+/// A link to a page of the book that does not exist, or to a heading that
+/// the page does not have.
+fn broken_link(page: &Path, href: &str) -> Option<String> {
+    if href.contains("://") || href.starts_with("mailto:") {
+        return None;
+    }
+    let (file, fragment) = href.split_once('#').unwrap_or((href, ""));
+    let target = if file.is_empty() {
+        page.to_path_buf()
+    } else {
+        page.parent().unwrap().join(file)
+    };
+    if target.is_dir() || (file.is_empty() && fragment.is_empty()) {
+        return None;
+    }
+    let Ok(html) = fs::read_to_string(&target) else {
+        return Some(format!("the link {href} leads nowhere"));
+    };
+    if !fragment.is_empty() && !html.contains(&format!("id=\"{fragment}\"")) {
+        return Some(format!(
+            "the link {href} names a heading that does not exist"
+        ));
+    }
+    None
 }
 
 #[test]
@@ -178,7 +210,8 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// The check above can fail: a copy of the book with a broken anchor, a
-/// missing include and an empty code block is caught on each count.
+/// missing include, an empty code block and broken links is caught on each
+/// count.
 #[test]
 fn a_broken_include_fails_the_check() {
     let root = bookgen::workspace_root();
@@ -193,6 +226,7 @@ fn a_broken_include_fails_the_check() {
     text.push_str(concat!(
         "\n```rust\n{{#include ../../stage1-tcp-server/src/main.rs:no_such_anchor}}\n```\n",
         "\n```rust\n{{#include ../../no-such-file.rs}}\n```\n",
+        "\nSee [a heading](pitfalls.md#no-such-heading) and [a page](no-such-page.md).\n",
     ));
     fs::write(&chapter, text).unwrap();
 
@@ -201,4 +235,12 @@ fn a_broken_include_fails_the_check() {
     assert!(problems.contains("no-such-file.rs"), "{problems}");
     assert!(problems.contains("was not expanded"), "{problems}");
     assert!(problems.contains("empty code block"), "{problems}");
+    assert!(
+        problems.contains("pitfalls.html#no-such-heading names a heading that does not exist"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("no-such-page.html leads nowhere"),
+        "{problems}"
+    );
 }
