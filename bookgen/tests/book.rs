@@ -233,6 +233,8 @@ fn a_broken_include_fails_the_check() {
     let problems = build_and_check(&copy.path().join("book")).join("\n");
     assert!(problems.contains("no_such_anchor"), "{problems}");
     assert!(problems.contains("no-such-file.rs"), "{problems}");
+    // mdBook's own log line, caught by the subscriber, not only our checks.
+    assert!(problems.contains("ERROR mdbook"), "{problems}");
     assert!(problems.contains("was not expanded"), "{problems}");
     assert!(problems.contains("empty code block"), "{problems}");
     assert!(
