@@ -51,7 +51,14 @@ struct Client {
     highest: Vec<u32>,
     /// Distinct lines of other clients received.
     got: u64,
+    /// Has received client 1's sync line (see phase 2 of `run`).
+    synced: bool,
 }
+
+/// The line client 1 repeats until every other client has received it.
+const SYNC: &[u8] = b"~sync~";
+/// How often client 1 repeats it.
+const SYNC_EVERY: Duration = Duration::from_millis(100);
 
 /// One receiver's view of one sender's lines, kept only once a gap opened:
 /// the sequence numbers skipped so far, that may still arrive late.
@@ -104,6 +111,7 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
             sent: 0,
             highest: vec![0; count],
             got: 0,
+            synced: false,
         })
         .collect();
     let mut gaps = Gaps::new();
@@ -188,6 +196,43 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
             }
         }
         progress.tick(|| format!("{ready_clients} of {count} clients connected"));
+    }
+
+    // Phase 2: a connected (even a greeted) client is not proof that the
+    // server relays to it yet. Client 1 sends a sync line, again every
+    // 100ms, until every other client has received one: then every
+    // connection has been accepted and registered, and no counted line can
+    // be lost to a late registration.
+    let sync_deadline = Instant::now() + args.common.timeout;
+    let mut next_sync = Instant::now();
+    clients[0].synced = true;
+    while let Some(waiting) = clients.iter().position(|c| !c.synced) {
+        let now = Instant::now();
+        if now >= sync_deadline {
+            bail!(
+                "the server relayed no line from client 1 to client {} within {} \
+                 (is it a chat server?)",
+                waiting + 1,
+                show_duration(args.common.timeout)
+            );
+        }
+        if now >= next_sync {
+            let first = &mut clients[0];
+            first.out.extend_from_slice(SYNC);
+            first.out.push(b'\n');
+            next_sync = now + SYNC_EVERY;
+        }
+        // Sending happens in service(); client 1 may have no event coming.
+        let first_ok = service(&mut clients[0], &mut buf, &mut tokens);
+        first_ok.map_err(|why| anyhow::anyhow!("client 1: {why} before the test began"))?;
+        let n = net::wait(&epoll, &mut ready, next_sync.saturating_duration_since(now))?;
+        for event in &ready[..n] {
+            let index = event.data() as usize;
+            service(&mut clients[index], &mut buf, &mut tokens).map_err(|why| {
+                anyhow::anyhow!("client {}: {why} before the test began", index + 1)
+            })?;
+        }
+        tokens.clear();
     }
     let connected_in = start.elapsed();
 
@@ -382,6 +427,8 @@ fn service_fd(
                 };
                 if let Some(token) = find_token(line) {
                     tokens.push(token);
+                } else if line.windows(SYNC.len()).any(|w| w == SYNC) {
+                    client.synced = true;
                 }
                 lines += 1;
                 client.partial.clear();

@@ -42,14 +42,14 @@ pub fn start(fault: Fault, greet: bool, named: bool) -> SocketAddr {
         for (n, stream) in listener.incoming().enumerate() {
             let Ok(mut stream) = stream else { return };
             let id = n as u32 + 1;
+            // Registered before the welcome goes out: a client that has
+            // its welcome receives every line sent after it.
+            let mut state = shared.lock().unwrap();
+            state.clients.push((id, stream.try_clone().unwrap()));
             if greet {
                 let _ = writeln!(stream, "* welcome client{id}");
             }
-            shared
-                .lock()
-                .unwrap()
-                .clients
-                .push((id, stream.try_clone().unwrap()));
+            drop(state);
             let shared = Arc::clone(&shared);
             thread::spawn(move || serve(id, stream, shared, fault, named));
         }
