@@ -153,7 +153,13 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
             rss_after = args.server_pid.map(vm_rss)
         })?
     };
-    let rss_after = rss_after.transpose()?;
+    // A server that died under the load still leaves the tester's figures.
+    let rss_after = rss_after.transpose().unwrap_or_else(|err| {
+        notes.push(format!(
+            "no server memory figure after: {err:#} (did it exit?)"
+        ));
+        None
+    });
 
     let mut errors = Errors::default();
     let mut latency = Latency::default();

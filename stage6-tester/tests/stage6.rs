@@ -39,6 +39,10 @@ fn stage4() -> PathBuf {
     testkit::workspace_bin("STAGE4_BIN", "stage4-edge-triggered")
 }
 
+fn stage5() -> PathBuf {
+    testkit::workspace_bin("STAGE5_BIN", "server")
+}
+
 fn cmd(args: &[&str]) -> Command {
     let mut cmd = Command::new(tester());
     cmd.args(args).timeout(RUN_TIMEOUT);
@@ -337,6 +341,50 @@ fn hold_on_ipv6_stops_at_one_port_range_and_says_so() {
 }
 
 // ---- chat ----
+
+#[test]
+fn chat_through_stage5_loses_nothing() {
+    let server = Server::start(stage5(), &["-q", "127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    let report = run_json(&["chat", &addr, "--clients", "6", "--messages", "40"]);
+    assert_eq!(report["sent"], 240);
+    assert_eq!(report["delivered"], 6 * 5 * 40);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["reordered"], 0);
+    // At a set rate too, and the summary says the rate it was asked for.
+    cmd(&[
+        "chat",
+        &addr,
+        "--clients",
+        "3",
+        "--messages",
+        "20",
+        "--rate",
+        "200",
+    ])
+    .assert()
+    .success()
+    .stdout(
+        predicate::str::contains("(200 requested)")
+            .and(predicate::str::contains("delivered    120 of 120"))
+            .and(predicate::str::contains("once and in order")),
+    );
+}
+
+#[test]
+fn connect_with_greeting_counts_stage5_welcomes() {
+    let server = Server::start(stage5(), &["-q", "127.0.0.1:0"]);
+    let report = run_json(&[
+        "connect",
+        &server.addr.to_string(),
+        "--count",
+        "100",
+        "--greeting",
+    ]);
+    assert_eq!(report["connections"], 100);
+    assert_eq!(report["errors"]["refused"], 0);
+}
 
 #[test]
 fn chat_passes_a_correct_relay() {
