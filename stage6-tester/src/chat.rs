@@ -4,6 +4,11 @@
 //! line (so `client3: hello ~t:..~` from any line-relaying server works).
 //! Each receiver checks it got every other client's lines exactly once and
 //! in order, and the send time in the token gives the delivery latency.
+//!
+//! A run has three phases: connect every client (and wait for each one's
+//! first line from the server), sync (client 1's sync line has reached
+//! everyone, so the server relays to all of them), then send and check until
+//! every line arrived or none has for `--drain-timeout`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
@@ -236,7 +241,7 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
     }
     let connected_in = start.elapsed();
 
-    // Phase 2: send on schedule, receive and check, until every line has
+    // Phase 3: send on schedule, receive and check, until every line has
     // arrived or none has arrived for --drain-timeout after the last send.
     let total = u64::from(args.clients) * u64::from(args.messages);
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));

@@ -129,7 +129,7 @@ pub struct ChatArgs {
     /// Do not wait for a first line from the server before sending (for servers that say nothing on connect)
     #[arg(long)]
     pub no_greeting: bool,
-    /// After the last send, wait this long for outstanding lines before counting them lost
+    /// After the last send, stop once no line has arrived for this long; lines still missing count as lost
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 }
