@@ -1,0 +1,155 @@
+//! The benchmark behind the book's Measuring chapter: start every server,
+//! drive it with `tester`, and write results.json (every raw figure),
+//! results.md (the tables the chapter includes) and the SVG charts.
+//!
+//! `scripts/bench` builds the release binaries and runs this; run it by hand
+//! as `bench [--quick|--full|--smoke] [--bin-dir DIR] [--out DIR]`.
+
+mod charts;
+mod machine;
+mod measure;
+mod plan;
+mod process;
+mod results;
+mod table;
+mod targets;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Parser};
+
+use machine::{Commit, Machine};
+use plan::Profile;
+use results::Results;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    about = "Measure every server of the workbook with the tester; write results.json, results.md and SVG charts.",
+    group(ArgGroup::new("profile").args(["quick", "full", "smoke"]))
+)]
+struct Cli {
+    /// A short run, under 2 minutes (the default)
+    #[arg(long)]
+    quick: bool,
+    /// The longer run with more points per chart, under 15 minutes
+    #[arg(long)]
+    full: bool,
+    /// Tiny numbers, only to prove the harness works (the test's profile)
+    #[arg(long)]
+    smoke: bool,
+    /// Where the server binaries and `tester` are (default: beside this program)
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Where to write results.json, results.md and the charts
+    #[arg(long, value_name = "DIR", default_value = "book/src/measuring")]
+    out: PathBuf,
+    /// Measure nothing: redraw results.md and the charts from OUT/results.json
+    #[arg(long)]
+    render_only: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Measure (or reload), then write everything; false when a run failed.
+fn run(cli: &Cli) -> Result<bool> {
+    let results = if cli.render_only {
+        let path = cli.out.join("results.json");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?
+    } else {
+        measure(cli)?
+    };
+    write(&results, &cli.out)?;
+    print!("{}", table::render(&results));
+    let failed = results
+        .measurements
+        .iter()
+        .filter(|m| m.error.is_some())
+        .count();
+    if failed > 0 {
+        eprintln!("{failed} runs failed; results.md lists them under \"Runs that failed\"");
+    }
+    Ok(failed == 0)
+}
+
+fn measure(cli: &Cli) -> Result<Results> {
+    let profile = if cli.full {
+        Profile::Full
+    } else if cli.smoke {
+        Profile::Smoke
+    } else {
+        Profile::Quick
+    };
+    let bin_dir = match &cli.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()
+            .context("cannot find this program's path")?
+            .parent()
+            .context("this program has no folder")?
+            .to_path_buf(),
+    };
+    let tester = bin_dir.join("tester");
+    if !tester.is_file() {
+        bail!(
+            "cannot find {}: build the workspace first (scripts/bench does)",
+            tester.display()
+        );
+    }
+    let numbers = profile.numbers();
+    let machine = Machine::probe();
+    let commit = Commit::probe();
+    eprintln!(
+        "bench: {profile:?} profile, binaries from {}, commit {}",
+        bin_dir.display(),
+        commit.describe()
+    );
+    let (servers, measurements) =
+        measure::run_all(&numbers, &bin_dir, &tester, machine.max_connections());
+    let targets = targets::evaluate(&measurements, &numbers);
+    let command = match profile {
+        Profile::Smoke => "bench --smoke".to_string(),
+        Profile::Quick => "scripts/bench --quick".to_string(),
+        Profile::Full => "scripts/bench --full".to_string(),
+    };
+    Ok(Results {
+        profile,
+        command,
+        machine,
+        commit,
+        servers,
+        measurements,
+        targets,
+    })
+}
+
+fn write(results: &Results, out: &Path) -> Result<()> {
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let json = serde_json::to_string_pretty(results)? + "\n";
+    let path = out.join("results.json");
+    fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    let path = out.join("results.md");
+    fs::write(&path, table::render(results))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let charts = charts::draw_all(results, out)?;
+    eprintln!(
+        "bench: wrote results.json, results.md, {} in {}",
+        charts.join(", "),
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Running the plan: for each server and each of its tests, start a fresh
+//! server, run one `tester ... --json` against it, note its peak memory,
+//! and kill it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::plan::{Kind, Numbers, SERVERS, ServerSpec};
+use crate::process::{Server, run_tester, server_args};
+use crate::results::{Measurement, ServerInfo, Test};
+
+/// Measure every server whose binary is in `bin_dir`.
+pub fn run_all(
+    numbers: &Numbers,
+    bin_dir: &Path,
+    tester: &Path,
+    max_connections: u64,
+) -> (Vec<ServerInfo>, Vec<Measurement>) {
+    let mut servers = Vec::new();
+    let mut measurements = Vec::new();
+    for spec in SERVERS {
+        let bin = bin_dir.join(spec.bin);
+        let built = bin.is_file();
+        servers.push(ServerInfo {
+            name: spec.name.into(),
+            label: spec.label.into(),
+            command: format!("{} {}", spec.bin, server_args().join(" ")),
+            built,
+        });
+        if !built {
+            eprintln!(
+                "{:<22} not built ({} missing): skipped",
+                spec.name,
+                bin.display()
+            );
+            continue;
+        }
+        for test in tests_for(spec, numbers, max_connections) {
+            let m = measure(spec, &bin, tester, test, numbers);
+            eprintln!("{:<22} {}", spec.name, summary(&m));
+            measurements.push(m);
+        }
+    }
+    (servers, measurements)
+}
+
+/// The tests a server gets, in the order they run.
+fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<Test> {
+    let mut tests: Vec<Test> = numbers
+        .connect_concurrency
+        .iter()
+        .map(|&concurrency| Test::Connect { concurrency })
+        .collect();
+    if spec.hold {
+        for connections in numbers.hold_sizes(max_connections) {
+            tests.push(Test::Hold { connections });
+        }
+    }
+    match spec.kind {
+        Kind::Echo => tests.push(Test::Echo {
+            clients: numbers.echo_clients,
+            messages: numbers.echo_messages,
+            size: numbers.echo_size,
+        }),
+        Kind::Chat => {
+            for &clients in numbers.chat_clients {
+                tests.push(Test::Chat {
+                    clients,
+                    messages: numbers.unpaced_messages(clients),
+                    rate: 0,
+                });
+                for &base_rate in numbers.chat_rates {
+                    let rate = numbers.scaled_rate(base_rate, clients);
+                    tests.push(Test::Chat {
+                        clients,
+                        messages: numbers.paced_messages(clients, rate),
+                        rate,
+                    });
+                }
+            }
+            tests.push(Test::Join {
+                clients: numbers.join_clients.min(max_connections),
+            });
+        }
+    }
+    tests
+}
+
+/// One test against a fresh server, so no run inherits another's memory.
+fn measure(
+    spec: &ServerSpec,
+    bin: &Path,
+    tester: &Path,
+    test: Test,
+    numbers: &Numbers,
+) -> Measurement {
+    let mut m = Measurement {
+        server: spec.name.into(),
+        command: format!(
+            "tester {}",
+            tester_args(&test, numbers, "ADDR", "PID").join(" ")
+        ),
+        test,
+        tester: None,
+        server_peak_rss: None,
+        error: None,
+    };
+    if let Err(err) = run_one(&mut m, bin, tester, numbers) {
+        m.error = Some(format!("{err:#}"));
+    }
+    m
+}
+
+fn run_one(m: &mut Measurement, bin: &Path, tester: &Path, numbers: &Numbers) -> Result<()> {
+    let mut server = Server::start(bin)?;
+    let args = tester_args(
+        &m.test,
+        numbers,
+        &server.addr.to_string(),
+        &server.pid().to_string(),
+    );
+    let run = run_tester(tester, &args, numbers.run_limit)?;
+    m.tester = run.json;
+    m.server_peak_rss = server.peak_rss();
+    // A server that died mid-run explains the tester's errors better than
+    // they do themselves.
+    m.error = server.exited().or(run.error);
+    Ok(())
+}
+
+/// The tester's arguments for `test`, with `addr` and `pid` filled in.
+fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<String> {
+    let mut args: Vec<String> = match *test {
+        Test::Connect { concurrency } => {
+            let mut a = vec![
+                "connect".into(),
+                addr.into(),
+                "--concurrency".into(),
+                concurrency.to_string(),
+            ];
+            match numbers.connect_count {
+                Some(count) => a.extend(["--count".into(), count.to_string()]),
+                None => a.extend(["--duration".into(), duration(numbers.connect_for)]),
+            }
+            a
+        }
+        Test::Hold { connections } => hold_args(addr, pid, connections, numbers),
+        Test::Join { clients } => hold_args(addr, pid, clients, numbers),
+        Test::Echo {
+            clients,
+            messages,
+            size,
+        } => vec![
+            "echo".into(),
+            addr.into(),
+            "--clients".into(),
+            clients.to_string(),
+            "--messages".into(),
+            messages.to_string(),
+            "--size".into(),
+            size.to_string(),
+        ],
+        Test::Chat {
+            clients,
+            messages,
+            rate,
+        } => vec![
+            "chat".into(),
+            addr.into(),
+            "--clients".into(),
+            clients.to_string(),
+            "--messages".into(),
+            messages.to_string(),
+            "--rate".into(),
+            rate.to_string(),
+        ],
+    };
+    args.push("--json".into());
+    args
+}
+
+fn hold_args(addr: &str, pid: &str, connections: u64, numbers: &Numbers) -> Vec<String> {
+    vec![
+        "hold".into(),
+        addr.into(),
+        "--connections".into(),
+        connections.to_string(),
+        "--duration".into(),
+        duration(numbers.hold_for),
+        "--server-pid".into(),
+        pid.into(),
+    ]
+}
+
+/// A duration as the tester reads it: `250ms`.
+fn duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// One progress line: the test and its headline figure.
+fn summary(m: &Measurement) -> String {
+    let what = m.command.trim_end_matches(" --json");
+    let figure = match m.test {
+        Test::Connect { .. } => m
+            .figure("/connections_per_s")
+            .map(|v| format!("{v:.0} connections/s")),
+        Test::Hold { .. } | Test::Join { .. } => m.figure("/open_at_end").map(|open| {
+            let rss = m.figure("/server_rss_after").unwrap_or(0.0) / 1048576.0;
+            format!("{open:.0} held, server RSS {rss:.1} MiB")
+        }),
+        Test::Echo { .. } => m
+            .figure("/round_trips_per_s")
+            .map(|v| format!("{v:.0} round trips/s")),
+        Test::Chat { .. } => m.figure("/deliveries_per_s").map(|v| {
+            let p99 = m.figure("/latency/p99_us").unwrap_or(0.0);
+            format!("{v:.0} deliveries/s, p99 {p99:.0} µs")
+        }),
+    };
+    match (&m.error, figure) {
+        (Some(err), _) => format!("{what}: FAILED: {err}"),
+        (None, Some(figure)) => format!("{what}: {figure}"),
+        (None, None) => format!("{what}: no figure"),
+    }
+}

@@ -1,0 +1,216 @@
+//! What the benchmark measures: the servers, which tests each one gets, and
+//! the numbers of each profile (smoke, quick, full).
+
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+/// How much to measure: `quick` for a look (under 2 minutes), `full` for the
+/// figures the book shows, `smoke` for the test that keeps the harness alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Smoke,
+    Quick,
+    Full,
+}
+
+/// What a server speaks, which decides the tests it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Echo,
+    Chat,
+}
+
+/// One server under test.
+pub struct ServerSpec {
+    /// The key in results.json: the crate or baseline name.
+    pub name: &'static str,
+    /// The binary in the bin folder.
+    pub bin: &'static str,
+    /// The short name tables and charts use.
+    pub label: &'static str,
+    pub kind: Kind,
+    /// Gets the `hold` tests (the servers the held-connections chart compares).
+    pub hold: bool,
+}
+
+/// Every server, in the order the tables list them.
+pub const SERVERS: &[ServerSpec] = &[
+    ServerSpec {
+        name: "stage1-tcp-server",
+        bin: "stage1-tcp-server",
+        label: "stage 1",
+        kind: Kind::Echo,
+        hold: false,
+    },
+    ServerSpec {
+        name: "stage3-epoll",
+        bin: "stage3-epoll",
+        label: "stage 3",
+        kind: Kind::Echo,
+        hold: true,
+    },
+    ServerSpec {
+        name: "stage4-edge-triggered",
+        bin: "stage4-edge-triggered",
+        label: "stage 4",
+        kind: Kind::Echo,
+        hold: false,
+    },
+    ServerSpec {
+        name: "threads-echo",
+        bin: "threads-echo",
+        label: "threads-echo",
+        kind: Kind::Echo,
+        hold: true,
+    },
+    ServerSpec {
+        name: "stage5-chat",
+        bin: "server",
+        label: "stage 5",
+        kind: Kind::Chat,
+        hold: true,
+    },
+    ServerSpec {
+        name: "tokio-chat",
+        bin: "tokio-chat",
+        label: "tokio-chat",
+        kind: Kind::Chat,
+        hold: true,
+    },
+];
+
+/// The server whose targets the benchmark checks.
+pub const STAGE5: &str = "stage5-chat";
+/// The baseline stage 5's fan-out is compared with.
+pub const TOKIO: &str = "tokio-chat";
+
+/// The numbers of one profile.
+pub struct Numbers {
+    /// `tester connect --duration` (or `--count` when set, for the smoke run).
+    pub connect_for: Duration,
+    pub connect_count: Option<u64>,
+    pub connect_concurrency: [u32; 2],
+    /// `tester hold --connections`: these, then the most the machine allows.
+    pub hold_steps: &'static [u64],
+    /// The most connections a hold may ask for in this profile, whatever
+    /// the fd limit allows.
+    pub hold_cap: u64,
+    pub hold_for: Duration,
+    pub echo_clients: u32,
+    pub echo_messages: u64,
+    pub echo_size: u64,
+    /// Chat client counts; the first is the one the targets are set at.
+    pub chat_clients: &'static [u32],
+    /// Paced send rates (lines/s across all clients) at the first client
+    /// count; a run with more clients sends proportionally fewer lines per
+    /// second, so every client count gets the same deliveries per second.
+    pub chat_rates: &'static [u64],
+    /// Deliveries an unpaced chat run aims at (decides `--messages`).
+    pub chat_unpaced_deliveries: u64,
+    /// How long a paced chat run sends (decides `--messages`).
+    pub chat_paced_for: Duration,
+    /// `tester hold` against the chat servers: clients joining at once.
+    pub join_clients: u64,
+    /// Any single tester run taking longer than this is stopped and recorded
+    /// as failed.
+    pub run_limit: Duration,
+}
+
+/// The rate (sends/s across 100 clients) of the latency target.
+pub const TARGET_RATE: u64 = 5000;
+
+impl Profile {
+    pub fn numbers(self) -> Numbers {
+        match self {
+            Profile::Smoke => Numbers {
+                connect_for: Duration::from_secs(1),
+                connect_count: Some(40),
+                connect_concurrency: [1, 8],
+                hold_steps: &[20],
+                hold_cap: 40,
+                hold_for: Duration::from_millis(200),
+                echo_clients: 2,
+                echo_messages: 20,
+                echo_size: 64,
+                chat_clients: &[4, 8],
+                chat_rates: &[200],
+                chat_unpaced_deliveries: 100,
+                chat_paced_for: Duration::from_millis(100),
+                join_clients: 50,
+                run_limit: Duration::from_secs(30),
+            },
+            Profile::Quick => Numbers {
+                connect_for: Duration::from_secs(1),
+                connect_count: None,
+                connect_concurrency: [1, 64],
+                hold_steps: &[1000],
+                hold_cap: 19_500,
+                hold_for: Duration::from_secs(1),
+                echo_clients: 10,
+                echo_messages: 5000,
+                echo_size: 64,
+                chat_clients: &[100, 1000],
+                chat_rates: &[TARGET_RATE],
+                chat_unpaced_deliveries: 2_000_000,
+                chat_paced_for: Duration::from_secs(2),
+                join_clients: 10_000,
+                run_limit: Duration::from_secs(60),
+            },
+            Profile::Full => Numbers {
+                connect_for: Duration::from_secs(3),
+                connect_count: None,
+                connect_concurrency: [1, 64],
+                hold_steps: &[1000, 5000, 10_000, 15_000],
+                hold_cap: 50_000,
+                hold_for: Duration::from_secs(2),
+                echo_clients: 10,
+                echo_messages: 20_000,
+                echo_size: 64,
+                chat_clients: &[100, 300, 1000],
+                chat_rates: &[1000, TARGET_RATE, 10_000],
+                chat_unpaced_deliveries: 5_000_000,
+                chat_paced_for: Duration::from_secs(5),
+                join_clients: 10_000,
+                run_limit: Duration::from_secs(120),
+            },
+        }
+    }
+}
+
+impl Numbers {
+    /// The hold sizes: the steps below the limit, then the limit itself.
+    pub fn hold_sizes(&self, machine_max: u64) -> Vec<u64> {
+        let top = machine_max.min(self.hold_cap);
+        let mut sizes: Vec<u64> = self
+            .hold_steps
+            .iter()
+            .copied()
+            .filter(|&n| n < top)
+            .collect();
+        sizes.push(top);
+        sizes
+    }
+
+    /// `--rate` for `clients` clients that gives the same deliveries per
+    /// second as `base_rate` does at the first client count.
+    pub fn scaled_rate(&self, base_rate: u64, clients: u32) -> u64 {
+        let base = u64::from(self.chat_clients[0]);
+        (base_rate * base / u64::from(clients)).max(1)
+    }
+
+    /// `--messages` per client for an unpaced run of `clients` clients.
+    pub fn unpaced_messages(&self, clients: u32) -> u32 {
+        let c = u64::from(clients);
+        let per_send = c.saturating_sub(1).max(1);
+        (self.chat_unpaced_deliveries / (c * per_send)).clamp(1, u64::from(u32::MAX)) as u32
+    }
+
+    /// `--messages` per client for a run paced at `rate` lines/s.
+    pub fn paced_messages(&self, clients: u32, rate: u64) -> u32 {
+        let lines = rate as f64 * self.chat_paced_for.as_secs_f64();
+        ((lines / f64::from(clients)).round() as u32).max(1)
+    }
+}

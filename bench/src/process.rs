@@ -1,0 +1,192 @@
+//! Starting the processes the benchmark measures: a server (read its
+//! `listening on` line, kill it by PID when done) and a tester run (its JSON,
+//! stopped if it overruns). Every wait here has a limit.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::machine::{kib, proc_field};
+
+/// How long a server may take to print its `listening on` line.
+const START_LIMIT: Duration = Duration::from_secs(10);
+
+/// How much of a server's stderr is kept for an error message.
+const STDERR_KEPT: usize = 4096;
+
+/// A running server; killed (SIGKILL to its own PID) and reaped on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Tail,
+}
+
+impl Server {
+    /// Start `bin -q 127.0.0.1:0` and wait for its `listening on` line.
+    pub fn start(bin: &Path) -> Result<Server> {
+        let mut child = Command::new(bin)
+            .args(server_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = keep_tail(child.stderr.take().expect("piped stderr"));
+        let (first_line, line) = mpsc::channel();
+        // The thread goes on draining stdout so the server never blocks on it.
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = first_line.send(lines.next());
+            for _ in lines {}
+        });
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr,
+        };
+        let line = match line.recv_timeout(START_LIMIT) {
+            Ok(Some(Ok(line))) => line,
+            _ => bail!(
+                "{} printed no `listening on` line: {}",
+                bin.display(),
+                server.exited().unwrap_or_default()
+            ),
+        };
+        server.addr = line
+            .strip_prefix("listening on ")
+            .and_then(|addr| addr.trim().parse().ok())
+            .with_context(|| format!("first line is not `listening on IP:PORT`: {line:?}"))?;
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = format!("/proc/{}/status", self.pid());
+        proc_field(&status, "VmHWM").and_then(|v| kib(&v))
+    }
+
+    /// If the server has exited: how, and the end of what it wrote to stderr.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok()??;
+        Some(match last_line(&self.stderr) {
+            Some(line) => format!("server exited ({status}): {line}"),
+            None => format!("server exited ({status})"),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The flags every server gets: quiet, loopback, a port the kernel picks.
+pub fn server_args() -> [&'static str; 2] {
+    ["-q", "127.0.0.1:0"]
+}
+
+/// The end of what a child wrote to a pipe.
+type Tail = Arc<Mutex<Vec<u8>>>;
+
+/// Its last non-empty line.
+fn last_line(tail: &Tail) -> Option<String> {
+    let bytes = tail.lock().unwrap();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_string)
+}
+
+/// Collect a pipe on a thread, keeping only its last few kilobytes.
+fn keep_tail(mut pipe: impl Read + Send + 'static) -> Tail {
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&kept);
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut bytes = sink.lock().unwrap();
+            bytes.extend_from_slice(&buf[..n]);
+            if bytes.len() > 2 * STDERR_KEPT {
+                let cut = bytes.len() - STDERR_KEPT;
+                bytes.drain(..cut);
+            }
+        }
+    });
+    kept
+}
+
+/// What a tester run gave back.
+pub struct TesterRun {
+    /// Its `--json` object, when it printed one.
+    pub json: Option<Value>,
+    /// Why the run failed: a non-zero exit, no JSON, or overrunning `limit`.
+    pub error: Option<String>,
+}
+
+/// Run `tester ARGS`, stopping it (SIGKILL to its PID) after `limit`.
+pub fn run_tester(tester: &Path, args: &[String], limit: Duration) -> Result<TesterRun> {
+    let mut child = Command::new(tester)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", tester.display()))?;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let stderr = keep_tail(child.stderr.take().expect("piped stderr"));
+    let (done, output) = mpsc::channel();
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        let _ = done.send(text);
+    });
+    let (text, overran) = match output.recv_timeout(limit) {
+        Ok(text) => (text, false),
+        Err(_) => {
+            let _ = child.kill();
+            (String::new(), true)
+        }
+    };
+    let status = child.wait().context("cannot wait for the tester")?;
+    let json: Option<Value> = serde_json::from_str(text.trim()).ok();
+    let error = if overran {
+        Some(format!(
+            "tester overran {}s and was stopped",
+            limit.as_secs()
+        ))
+    } else if !status.success() || json.is_none() {
+        let why = last_line(&stderr);
+        let faults = json
+            .as_ref()
+            .and_then(|j| j.get("faults"))
+            .filter(|f| f.as_array().is_some_and(|a| !a.is_empty()))
+            .map(|f| format!(" faults: {f}"));
+        Some(format!(
+            "tester {status}{}{}",
+            why.map(|w| format!(": {w}")).unwrap_or_default(),
+            faults.unwrap_or_default()
+        ))
+    } else {
+        None
+    };
+    Ok(TesterRun { json, error })
+}

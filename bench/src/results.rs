@@ -1,0 +1,112 @@
+//! The shape of results.json: every raw figure the tester printed, with the
+//! machine, the commit and the commands that produced it. The table and the
+//! charts are drawn from this alone, so `bench render` can redraw them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::machine::{Commit, Machine};
+use crate::plan::Profile;
+use crate::targets::Target;
+
+#[derive(Serialize, Deserialize)]
+pub struct Results {
+    pub profile: Profile,
+    /// How the benchmark was started.
+    pub command: String,
+    pub machine: Machine,
+    pub commit: Commit,
+    pub servers: Vec<ServerInfo>,
+    pub measurements: Vec<Measurement>,
+    pub targets: Vec<Target>,
+}
+
+/// A server as the benchmark started it.
+#[derive(Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub name: String,
+    pub label: String,
+    /// The command line, with the binary's name instead of its path.
+    pub command: String,
+    /// False when its binary was not in the bin folder (nothing measured).
+    pub built: bool,
+}
+
+/// What one tester run measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "test", rename_all = "snake_case")]
+pub enum Test {
+    Connect {
+        concurrency: u32,
+    },
+    Hold {
+        connections: u64,
+    },
+    Echo {
+        clients: u32,
+        messages: u64,
+        size: u64,
+    },
+    Chat {
+        clients: u32,
+        messages: u32,
+        rate: u64,
+    },
+    /// `tester hold` against a chat server: many clients joining at once.
+    Join {
+        clients: u64,
+    },
+}
+
+/// One tester run against a freshly started server.
+#[derive(Serialize, Deserialize)]
+pub struct Measurement {
+    pub server: String,
+    #[serde(flatten)]
+    pub test: Test,
+    /// The tester's command line; ADDR and PID stand for the server's
+    /// address and process id in this run.
+    pub command: String,
+    /// The tester's `--json` object, whole.
+    pub tester: Option<Value>,
+    /// The server's peak resident memory (VmHWM) by the end of the run, bytes.
+    pub server_peak_rss: Option<u64>,
+    /// Why the run gave no figures (or faulty ones).
+    pub error: Option<String>,
+}
+
+impl Measurement {
+    /// A number from the tester's JSON by JSON pointer (`/latency/p99_us`).
+    pub fn figure(&self, pointer: &str) -> Option<f64> {
+        self.tester.as_ref()?.pointer(pointer)?.as_f64()
+    }
+}
+
+impl Results {
+    /// The first measurement of `server` whose test `matches`.
+    pub fn find(&self, server: &str, matches: impl Fn(&Test) -> bool) -> Option<&Measurement> {
+        self.measurements
+            .iter()
+            .find(|m| m.server == server && matches(&m.test))
+    }
+
+    /// Every measurement of `server` whose test `matches`, in run order.
+    pub fn all(&self, server: &str, matches: impl Fn(&Test) -> bool) -> Vec<&Measurement> {
+        self.measurements
+            .iter()
+            .filter(|m| m.server == server && matches(&m.test))
+            .collect()
+    }
+
+    /// The servers that were built, in table order.
+    pub fn built(&self) -> impl Iterator<Item = &ServerInfo> {
+        self.servers.iter().filter(|s| s.built)
+    }
+
+    pub fn label<'a>(&'a self, server: &'a str) -> &'a str {
+        self.servers
+            .iter()
+            .find(|s| s.name == server)
+            .map_or(server, |s| s.label.as_str())
+    }
+}

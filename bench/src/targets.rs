@@ -1,0 +1,241 @@
+//! Issue 6's targets for stage 5, each a ratio of two figures from the same
+//! run, judged met or missed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Numbers, STAGE5, TARGET_RATE, TOKIO};
+use crate::results::{Measurement, Test};
+
+/// The memory budget of the join and fan-out targets.
+pub const RSS_BUDGET: u64 = 64 << 20;
+/// The most a held, idle connection may cost the server.
+pub const BYTES_PER_CONNECTION: f64 = 256.0;
+/// The p99 delivery latency allowed at the target rate.
+pub const P99_US: f64 = 2000.0;
+/// Stage 5's fan-out must be this many times tokio-chat's.
+pub const FANOUT_FACTOR: f64 = 2.0;
+/// Stage 5's connections/s must be at least this share of the fastest server's.
+pub const CONNECT_SHARE: f64 = 0.95;
+
+#[derive(Serialize, Deserialize)]
+pub struct Target {
+    /// A short key: fanout, latency, idle_bytes, join_rss, connect.
+    pub key: String,
+    /// What must hold, in words.
+    pub goal: String,
+    /// The figures behind the ratio, in words.
+    pub measured: String,
+    /// The ratio the goal is about (see `needs`).
+    pub ratio: Option<f64>,
+    /// `≥ 2`, `≤ 1`, ...: what the ratio must be.
+    pub needs: String,
+    /// None when the figures were not measured (stage 5 not built).
+    pub met: Option<bool>,
+}
+
+/// Judge every target from one run's measurements.
+pub fn evaluate(ms: &[Measurement], numbers: &Numbers) -> Vec<Target> {
+    let clients = numbers.chat_clients[0];
+    let rate = if numbers.chat_rates.contains(&TARGET_RATE) {
+        TARGET_RATE
+    } else {
+        *numbers.chat_rates.last().expect("a paced rate")
+    };
+    let connect_c = numbers.connect_concurrency[1];
+    vec![
+        fanout(ms, clients),
+        latency(ms, clients, rate),
+        idle_bytes(ms),
+        join_rss(ms, numbers),
+        connect(ms, connect_c),
+    ]
+}
+
+fn find<'a>(
+    ms: &'a [Measurement],
+    server: &str,
+    test: impl Fn(&Test) -> bool,
+) -> Option<&'a Measurement> {
+    ms.iter().find(|m| m.server == server && test(&m.test))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+/// A target whose figures are missing or whose run failed.
+fn unmeasured(
+    key: &str,
+    goal: String,
+    needs: &str,
+    runs: &[Option<&Measurement>],
+) -> Option<Target> {
+    let (met, measured) = if runs.iter().any(Option::is_none) {
+        (None, "not measured".to_string())
+    } else if let Some(err) = runs.iter().flatten().find_map(|m| m.error.as_ref()) {
+        (Some(false), format!("run failed: {err}"))
+    } else {
+        return None;
+    };
+    Some(Target {
+        key: key.into(),
+        goal,
+        measured,
+        ratio: None,
+        needs: needs.into(),
+        met,
+    })
+}
+
+fn fanout(ms: &[Measurement], clients: u32) -> Target {
+    let unpaced = |t: &Test| matches!(*t, Test::Chat { clients: c, rate: 0, .. } if c == clients);
+    let (stage5, tokio) = (find(ms, STAGE5, unpaced), find(ms, TOKIO, unpaced));
+    let goal = format!(
+        "fan-out, {clients} clients unpaced: stage 5 deliveries/s ≥ {FANOUT_FACTOR}× tokio-chat's, \
+         peak RSS < {}",
+        mib(RSS_BUDGET)
+    );
+    if let Some(t) = unmeasured("fanout", goal.clone(), "≥ 2", &[stage5, tokio]) {
+        return t;
+    }
+    let (stage5, tokio) = (stage5.unwrap(), tokio.unwrap());
+    let ours = stage5.figure("/deliveries_per_s").unwrap_or(0.0);
+    let theirs = tokio.figure("/deliveries_per_s").unwrap_or(0.0);
+    let ratio = if theirs > 0.0 { ours / theirs } else { 0.0 };
+    let peak = stage5.server_peak_rss.unwrap_or(u64::MAX);
+    Target {
+        key: "fanout".into(),
+        goal,
+        measured: format!(
+            "{ours:.0} vs {theirs:.0} deliveries/s; stage 5 peak RSS {}",
+            mib(peak)
+        ),
+        ratio: Some(ratio),
+        needs: format!("≥ {FANOUT_FACTOR}"),
+        met: Some(ratio >= FANOUT_FACTOR && peak < RSS_BUDGET),
+    }
+}
+
+fn latency(ms: &[Measurement], clients: u32, rate: u64) -> Target {
+    let run = find(
+        ms,
+        STAGE5,
+        |t| matches!(*t, Test::Chat { clients: c, rate: r, .. } if c == clients && r == rate),
+    );
+    let goal = format!("p99 delivery latency at {rate} sends/s across {clients} clients ≤ 2 ms");
+    if let Some(t) = unmeasured("latency", goal.clone(), "≤ 1", &[run]) {
+        return t;
+    }
+    let run = run.unwrap();
+    let p99 = run.figure("/latency/p99_us").unwrap_or(f64::INFINITY);
+    let achieved = run.figure("/send_rate").unwrap_or(0.0);
+    let rate_met = run
+        .tester
+        .as_ref()
+        .and_then(|j| j.get("rate_met"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    Target {
+        key: "latency".into(),
+        goal,
+        measured: format!(
+            "p99 {:.3} ms at {achieved:.0} sends/s achieved{}",
+            p99 / 1000.0,
+            if rate_met {
+                ""
+            } else {
+                " (below the asked rate)"
+            }
+        ),
+        ratio: Some(p99 / P99_US),
+        needs: "≤ 1".into(),
+        met: Some(p99 <= P99_US && rate_met),
+    }
+}
+
+fn idle_bytes(ms: &[Measurement]) -> Target {
+    let largest = ms
+        .iter()
+        .filter(|m| m.server == STAGE5)
+        .filter_map(|m| match m.test {
+            Test::Hold { connections } => Some((connections, m)),
+            _ => None,
+        })
+        .max_by_key(|&(n, _)| n);
+    let goal = format!("bytes per idle connection ≤ {BYTES_PER_CONNECTION} (the largest hold)");
+    if let Some(t) = unmeasured(
+        "idle_bytes",
+        goal.clone(),
+        "≤ 1",
+        &[largest.map(|(_, m)| m)],
+    ) {
+        return t;
+    }
+    let (n, run) = largest.unwrap();
+    let held = run.figure("/open_at_end").unwrap_or(0.0);
+    let bytes = run
+        .figure("/server_bytes_per_connection")
+        .unwrap_or(f64::INFINITY);
+    Target {
+        key: "idle_bytes".into(),
+        goal,
+        measured: format!("{bytes:.0} bytes per connection, {held:.0} of {n} held"),
+        ratio: Some(bytes / BYTES_PER_CONNECTION),
+        needs: "≤ 1".into(),
+        met: Some(bytes <= BYTES_PER_CONNECTION && held as u64 == n),
+    }
+}
+
+fn join_rss(ms: &[Measurement], numbers: &Numbers) -> Target {
+    let run = find(ms, STAGE5, |t| matches!(t, Test::Join { .. }));
+    let goal = format!(
+        "{} clients joining: server peak RSS < {}",
+        numbers.join_clients,
+        mib(RSS_BUDGET)
+    );
+    if let Some(t) = unmeasured("join_rss", goal.clone(), "< 1", &[run]) {
+        return t;
+    }
+    let run = run.unwrap();
+    let peak = run.server_peak_rss.unwrap_or(u64::MAX);
+    let held = run.figure("/open_at_end").unwrap_or(0.0);
+    Target {
+        key: "join_rss".into(),
+        goal,
+        measured: format!("peak RSS {}, {held:.0} clients held", mib(peak)),
+        ratio: Some(peak as f64 / RSS_BUDGET as f64),
+        needs: "< 1".into(),
+        met: Some(peak < RSS_BUDGET && held as u64 == numbers.join_clients),
+    }
+}
+
+fn connect(ms: &[Measurement], concurrency: u32) -> Target {
+    let at = |t: &Test| matches!(*t, Test::Connect { concurrency: c } if c == concurrency);
+    let run = find(ms, STAGE5, at);
+    let goal = format!(
+        "connections/s (concurrency {concurrency}) within 5% of the fastest server in the run"
+    );
+    if let Some(t) = unmeasured("connect", goal.clone(), "≥ 0.95", &[run]) {
+        return t;
+    }
+    let ours = run.unwrap().figure("/connections_per_s").unwrap_or(0.0);
+    let fastest = ms
+        .iter()
+        .filter(|m| at(&m.test) && m.error.is_none())
+        .filter_map(|m| Some((m.figure("/connections_per_s")?, m.server.as_str())))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap_or((ours, STAGE5));
+    let ratio = if fastest.0 > 0.0 {
+        ours / fastest.0
+    } else {
+        0.0
+    };
+    Target {
+        key: "connect".into(),
+        goal,
+        measured: format!("{ours:.0}/s vs {:.0}/s ({})", fastest.0, fastest.1),
+        ratio: Some(ratio),
+        needs: format!("≥ {CONNECT_SHARE}"),
+        met: Some(ratio >= CONNECT_SHARE),
+    }
+}

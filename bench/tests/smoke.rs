@@ -1,0 +1,186 @@
+//! The benchmark's smoke check: run `bench --smoke` (the quick path on tiny
+//! numbers) against the workspace's debug binaries and check that it wrote
+//! every file with the figures the chapter relies on. It asserts no timing:
+//! which server is faster is the benchmark's business, not a test's.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+/// The whole smoke run takes a few seconds; a hang fails instead.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The servers the benchmark measures: (results key, binary, table label).
+const SERVERS: &[(&str, &str, &str)] = &[
+    ("stage1-tcp-server", "stage1-tcp-server", "stage 1"),
+    ("stage3-epoll", "stage3-epoll", "stage 3"),
+    ("stage4-edge-triggered", "stage4-edge-triggered", "stage 4"),
+    ("threads-echo", "threads-echo", "threads-echo"),
+    ("stage5-chat", "server", "stage 5"),
+    ("tokio-chat", "tokio-chat", "tokio-chat"),
+];
+
+/// The folder of the workspace's debug binaries (the tester and the servers).
+fn bin_dir() -> PathBuf {
+    let tester = testkit::workspace_bin("STAGE6_BIN", "tester");
+    tester.parent().expect("the tester's folder").to_path_buf()
+}
+
+fn run_smoke(out: &Path) {
+    Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("--smoke")
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .arg("--out")
+        .arg(out)
+        .timeout(RUN_TIMEOUT)
+        .assert()
+        .success();
+}
+
+fn tests_of<'a>(results: &'a Value, server: &str) -> Vec<&'a Value> {
+    results["measurements"]
+        .as_array()
+        .expect("measurements is a list")
+        .iter()
+        .filter(|m| m["server"] == server)
+        .collect()
+}
+
+#[test]
+fn smoke_run_writes_every_figure_table_and_chart() {
+    let out = tempfile::tempdir().expect("a temporary folder");
+    run_smoke(out.path());
+
+    let text = fs::read_to_string(out.path().join("results.json")).expect("results.json");
+    let results: Value = serde_json::from_str(&text).expect("results.json is JSON");
+    assert_eq!(results["profile"], "smoke");
+    for key in ["cores", "cpu_model", "kernel", "nofile_soft", "nofile_hard"] {
+        assert!(!results["machine"][key].is_null(), "machine.{key} missing");
+    }
+    assert!(results["commit"]["hash"].is_string());
+    assert!(results["commit"]["dirty"].is_boolean());
+
+    // Every server the workspace builds was measured with every test it gets,
+    // and each run kept the tester's whole JSON.
+    let bins = bin_dir();
+    for &(name, bin, _) in SERVERS {
+        let built = bins.join(bin).is_file();
+        let info = results["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from servers"));
+        assert_eq!(info["built"], built, "{name}: built");
+        let runs = tests_of(&results, name);
+        if !built {
+            assert!(runs.is_empty(), "{name} is not built but has figures");
+            continue;
+        }
+        let kinds: Vec<&str> = runs.iter().map(|m| m["test"].as_str().unwrap()).collect();
+        let chat = name.contains("chat");
+        let mut expected = vec!["connect", if chat { "chat" } else { "echo" }];
+        if chat {
+            expected.push("join");
+        }
+        if matches!(
+            name,
+            "stage3-epoll" | "threads-echo" | "stage5-chat" | "tokio-chat"
+        ) {
+            expected.push("hold");
+        }
+        for kind in expected {
+            assert!(kinds.contains(&kind), "{name}: no {kind} run in {kinds:?}");
+        }
+        for m in runs {
+            assert!(m["error"].is_null(), "{name}: {m}");
+            assert!(m["command"].as_str().unwrap().starts_with("tester "));
+            let figure = match m["test"].as_str().unwrap() {
+                "connect" => "connections_per_s",
+                "hold" | "join" => "server_bytes_per_connection",
+                "echo" => "round_trips_per_s",
+                "chat" => "deliveries_per_s",
+                other => panic!("unknown test {other}"),
+            };
+            assert!(
+                m["tester"][figure].is_number(),
+                "{name}: {figure} missing in {m}"
+            );
+            assert!(m["server_peak_rss"].is_u64(), "{name}: no peak RSS in {m}");
+        }
+    }
+
+    // All five targets are judged, or marked unmeasured when stage 5 is not built.
+    let stage5_built = bins.join("server").is_file();
+    let keys: Vec<&str> = results["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["met"].is_boolean(), stage5_built, "{t}");
+            t["key"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        ["fanout", "latency", "idle_bytes", "join_rss", "connect"]
+    );
+
+    let table = fs::read_to_string(out.path().join("results.md")).expect("results.md");
+    for heading in [
+        "### Targets for stage 5",
+        "### Connections per second",
+        "### Holding idle connections",
+        "### Echo round trips",
+        "### Chat fan-out",
+        "### Clients joining a chat at once",
+        "### The machine",
+        "### The exact commands",
+    ] {
+        assert!(
+            table.contains(heading),
+            "results.md lacks {heading}:\n{table}"
+        );
+    }
+    for &(_, bin, label) in SERVERS {
+        if bins.join(bin).is_file() {
+            assert!(
+                table.contains(&format!("| {label} |")),
+                "results.md lacks {label}"
+            );
+        }
+    }
+
+    for chart in ["held.svg", "chat-deliveries.svg", "chat-p99.svg"] {
+        let svg = fs::read_to_string(out.path().join(chart)).expect(chart);
+        assert!(svg.starts_with("<svg"), "{chart} is not SVG");
+    }
+    let held = fs::read_to_string(out.path().join("held.svg")).unwrap();
+    assert!(
+        held.contains("threads-echo") && held.contains("stage 3"),
+        "held.svg legend"
+    );
+}
+
+#[test]
+fn render_only_redraws_from_results_json() {
+    let out = tempfile::tempdir().expect("a temporary folder");
+    run_smoke(out.path());
+    let table = out.path().join("results.md");
+    let first = fs::read_to_string(&table).unwrap();
+    fs::remove_file(&table).unwrap();
+    fs::remove_file(out.path().join("held.svg")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("--render-only")
+        .arg("--out")
+        .arg(out.path())
+        .timeout(RUN_TIMEOUT)
+        .assert()
+        .success();
+    assert_eq!(fs::read_to_string(&table).unwrap(), first);
+    assert!(out.path().join("held.svg").is_file());
+}
