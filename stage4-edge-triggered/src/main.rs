@@ -147,6 +147,9 @@ fn run(args: &Args) -> Result<()> {
     // One buffer serves every read: a connection keeps only what it owes.
     let mut scratch = vec![0u8; 64 * 1024];
     let mut ready = [EpollEvent::empty(); 64];
+    // Connections left in the accept queue when accept4 failed: no new edge
+    // will report them, so we must remember to come back.
+    let mut backlog_left = false;
     loop {
         // epoll_wait(2) sleeps until at least one watched socket is ready.
         let n = match epoll_fd.wait(&mut ready, EpollTimeout::NONE) {
@@ -157,7 +160,7 @@ fn run(args: &Args) -> Result<()> {
         for event in &ready[..n] {
             let fd = event.data() as RawFd;
             if fd == listener {
-                accept_clients(&listen_fd, &epoll_fd, &mut clients, args.quiet)?;
+                backlog_left = !accept_clients(&listen_fd, &epoll_fd, &mut clients, args.quiet)?;
             } else if let Some(conn) = clients.get_mut(&fd) {
                 // Whatever the event says, try both directions: reading may
                 // have paused for a full buffer that writing just emptied.
@@ -167,6 +170,10 @@ fn run(args: &Args) -> Result<()> {
                 };
                 if done {
                     close_client(&epoll_fd, &mut clients, fd, args.quiet);
+                    if backlog_left {
+                        backlog_left =
+                            !accept_clients(&listen_fd, &epoll_fd, &mut clients, args.quiet)?;
+                    }
                 } else {
                     update_interest(&epoll_fd, conn)?;
                 }
@@ -179,22 +186,27 @@ fn run(args: &Args) -> Result<()> {
 // ANCHOR: accept
 /// Accept until `EAGAIN`: an edge-triggered listener is reported once for a
 /// burst of connections, and any left in the queue would wait for the next
-/// newcomer.
+/// newcomer. Returns whether the queue was drained.
 fn accept_clients(
     listen_fd: &OwnedFd,
     epoll_fd: &Epoll,
     clients: &mut HashMap<RawFd, Connection>,
     quiet: bool,
-) -> Result<()> {
+) -> Result<bool> {
     loop {
         // accept4(2) sets the new socket non-blocking in the same call.
         let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
         let fd = match accept4(listen_fd.as_raw_fd(), flags) {
             Ok(fd) => fd,
-            Err(Errno::EAGAIN) => return Ok(()), // the queue is empty
+            Err(Errno::EAGAIN) => return Ok(true), // the queue is empty
             // The client gave up before we got to it.
             Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
-            Err(err) => return Err(io::Error::from(err)).context("accept4 failed"),
+            // Out of descriptors (EMFILE) or memory: keep serving the clients
+            // we have, and come back to the queue when one of them leaves.
+            Err(err) => {
+                eprintln!("cannot accept: {}", io::Error::from(err));
+                return Ok(false);
+            }
         };
         // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
         let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };

@@ -3,6 +3,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::thread;
 
@@ -129,5 +130,33 @@ fn a_client_that_resets_before_reading_stops_nothing() {
     leaves.reset();
     server.wait_stderr("closed fd");
     echo_probe(&mut stays);
+    echo_probe(&mut server.connect());
+}
+
+#[test]
+fn running_out_of_descriptors_does_not_stop_the_server() {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["127.0.0.1:0"]);
+    // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 16,
+                rlim_max: 16,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = Server::spawn(cmd);
+    // Sixteen descriptors cannot hold thirty clients: accept4 fails with EMFILE.
+    let mut clients: Vec<Client> = (0..30).map(|_| server.connect()).collect();
+    server.wait_stderr("cannot accept: Too many open files");
+    echo_probe(&mut clients[0]);
+    // When clients leave, the server goes back to the queue it could not drain.
+    clients.truncate(1);
+    echo_probe(&mut clients[0]);
     echo_probe(&mut server.connect());
 }
