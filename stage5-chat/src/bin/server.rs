@@ -214,10 +214,6 @@ struct Server {
 fn run(args: &Args) -> Result<()> {
     raise_fd_limit()?;
     let listen_fd = listen_on(args.addr)?;
-    let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
-    // Scripts and tests wait for this line, so it goes out at once.
-    println!("listening on {local}");
-    io::stdout().flush()?;
     let signal_fd = watch_signals()?;
 
     // epoll_create1(2): the kernel object that watches every socket for us.
@@ -240,6 +236,11 @@ fn run(args: &Args) -> Result<()> {
         )
         .map_err(io::Error::from)
         .context("epoll_ctl ADD signalfd failed")?;
+    let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
+    // Scripts and tests wait for this line, so it goes out at once, and
+    // only once the server is ready to serve.
+    println!("listening on {local}");
+    io::stdout().flush()?;
 
     let mut server = Server {
         args: args.clone(),
