@@ -461,7 +461,7 @@ fn a_client_that_never_reads_is_dropped_and_stalls_no_one() {
         })
     };
     // The other reader keeps receiving, in order, while the hog reads nothing.
-    let mut relayed = 0;
+    let mut relayed: usize = 0;
     let mut dropped = false;
     let mut peak = baseline;
     loop {
