@@ -105,6 +105,7 @@ fn measure(
         test,
         tester: None,
         server_peak_rss: None,
+        server_cpu_s: None,
         error: None,
     };
     if let Err(err) = run_one(&mut m, bin, tester, numbers) {
@@ -124,6 +125,7 @@ fn run_one(m: &mut Measurement, bin: &Path, tester: &Path, numbers: &Numbers) ->
     let run = run_tester(tester, &args, numbers.run_limit)?;
     m.tester = run.json;
     m.server_peak_rss = server.peak_rss();
+    m.server_cpu_s = server.cpu_seconds();
     // A server that died mid-run explains the tester's errors better than
     // they do themselves.
     m.error = server.exited().or(run.error);

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use nix::unistd::{SysconfVar, sysconf};
 use serde_json::Value;
 
 use crate::machine::{kib, proc_field};
@@ -76,6 +77,19 @@ impl Server {
     pub fn peak_rss(&self) -> Option<u64> {
         let status = format!("/proc/{}/status", self.pid());
         proc_field(&status, "VmHWM").and_then(|v| kib(&v))
+    }
+
+    /// CPU time the server has used so far (user + system, all threads).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The fields after the command name (which may hold spaces) start
+        // with the state, field 3; utime and stime are fields 14 and 15.
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let per_second = sysconf(SysconfVar::CLK_TCK).ok()??;
+        Some(ticks as f64 / per_second as f64)
     }
 
     /// If the server has exited: how, and the end of what it wrote to stderr.

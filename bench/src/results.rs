@@ -71,11 +71,20 @@ pub struct Measurement {
     pub tester: Option<Value>,
     /// The server's peak resident memory (VmHWM) by the end of the run, bytes.
     pub server_peak_rss: Option<u64>,
+    /// CPU time the server used in this run (user + system), seconds.
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
     /// Why the run gave no figures (or faulty ones).
     pub error: Option<String>,
 }
 
 impl Measurement {
+    /// Server CPU time per `figure` (`/delivered`, `/connections`), in ns.
+    pub fn cpu_ns_per(&self, pointer: &str) -> Option<f64> {
+        let n = self.figure(pointer).filter(|&n| n > 0.0)?;
+        Some(self.server_cpu_s? * 1e9 / n)
+    }
+
     /// A number from the tester's JSON by JSON pointer (`/latency/p99_us`).
     pub fn figure(&self, pointer: &str) -> Option<f64> {
         self.tester.as_ref()?.pointer(pointer)?.as_f64()

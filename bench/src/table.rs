@@ -68,11 +68,14 @@ fn connect(out: &mut String, r: &Results) {
     }
     out.push_str("### Connections per second\n\n| server |");
     for c in &levels {
-        let _ = write!(out, " concurrency {c} | p99 connect |");
+        let _ = write!(
+            out,
+            " concurrency {c} | p99 connect | server CPU per connection |"
+        );
     }
     out.push_str("\n| --- |");
     for _ in &levels {
-        out.push_str(" ---: | ---: |");
+        out.push_str(" ---: | ---: | ---: |");
     }
     out.push('\n');
     for s in r.built() {
@@ -81,9 +84,10 @@ fn connect(out: &mut String, r: &Results) {
             let m = r.find(&s.name, |t| *t == Test::Connect { concurrency: c });
             let _ = write!(
                 out,
-                " {} | {} |",
+                " {} | {} | {} |",
                 figure(m, "/connections_per_s", count),
-                figure(m, "/latency/p99_us", micros)
+                figure(m, "/latency/p99_us", micros),
+                cpu_per(m, "/connections"),
             );
         }
         out.push('\n');
@@ -171,8 +175,8 @@ fn chat(out: &mut String, r: &Results) {
          rate across all clients.\n\n",
     );
     out.push_str(
-        "| server | clients | sends/s asked | lines sent | deliveries/s | p50 | p99 | server peak RSS |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| server | clients | sends/s asked | lines sent | deliveries/s | p50 | p99 | server CPU per delivery | server peak RSS |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for m in rows {
         let Test::Chat { clients, rate, .. } = m.test else {
@@ -185,13 +189,14 @@ fn chat(out: &mut String, r: &Results) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {asked} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {asked} | {} | {} | {} | {} | {} | {} |",
             r.label(&m.server),
             count(f64::from(clients)),
             figure(Some(m), "/sent", count),
             figure(Some(m), "/deliveries_per_s", count),
             figure(Some(m), "/latency/p50_us", micros),
             figure(Some(m), "/latency/p99_us", micros),
+            cpu_per(Some(m), "/delivered"),
             m.server_peak_rss.map_or("—".into(), |b| mib(b as f64)),
         );
     }
@@ -327,6 +332,15 @@ fn figure(m: Option<&Measurement>, pointer: &str, show: fn(f64) -> String) -> St
         Some(m) => m
             .figure(pointer)
             .map_or("failed".into(), |v| format!("{} (failed)", show(v))),
+        None => "—".into(),
+    }
+}
+
+/// The server's CPU time per unit of `pointer` (`/delivered`), or `—`.
+fn cpu_per(m: Option<&Measurement>, pointer: &str) -> String {
+    match m.and_then(|m| m.cpu_ns_per(pointer)) {
+        Some(ns) if ns < 1000.0 => format!("{ns:.0} ns"),
+        Some(ns) => format!("{:.1} µs", ns / 1000.0),
         None => "—".into(),
     }
 }

@@ -103,11 +103,18 @@ fn fanout(ms: &[Measurement], clients: u32) -> Target {
     let theirs = tokio.figure("/deliveries_per_s").unwrap_or(0.0);
     let ratio = if theirs > 0.0 { ours / theirs } else { 0.0 };
     let peak = stage5.server_peak_rss.unwrap_or(u64::MAX);
+    let cpu = |m: &Measurement| {
+        m.cpu_ns_per("/delivered")
+            .map_or("?".into(), |ns| format!("{ns:.0}"))
+    };
     Target {
         key: "fanout".into(),
         goal,
         measured: format!(
-            "{ours:.0} vs {theirs:.0} deliveries/s; stage 5 peak RSS {}",
+            "{ours:.0} vs {theirs:.0} deliveries/s (server CPU {} vs {} ns per delivery); \
+             stage 5 peak RSS {}",
+            cpu(stage5),
+            cpu(tokio),
             mib(peak)
         ),
         ratio: Some(ratio),
@@ -176,10 +183,34 @@ fn idle_bytes(ms: &[Measurement]) -> Target {
     let bytes = run
         .figure("/server_bytes_per_connection")
         .unwrap_or(f64::INFINITY);
+    // The cost of one more connection, from the smallest hold to the
+    // largest: it leaves out what the server keeps from the first ones.
+    let smallest = ms
+        .iter()
+        .filter(|m| m.server == STAGE5 && m.error.is_none())
+        .filter(|m| matches!(m.test, Test::Hold { connections } if connections < n))
+        .min_by_key(|m| match m.test {
+            Test::Hold { connections } => connections,
+            _ => u64::MAX,
+        });
+    let marginal = smallest.and_then(|small| {
+        let rss = run.figure("/server_rss_after")? - small.figure("/server_rss_after")?;
+        let more = held - small.figure("/open_at_end")?;
+        (more > 0.0).then(|| {
+            format!(
+                "; {:.0} bytes per connection past the first {:.0}",
+                rss / more,
+                held - more
+            )
+        })
+    });
     Target {
         key: "idle_bytes".into(),
         goal,
-        measured: format!("{bytes:.0} bytes per connection, {held:.0} of {n} held"),
+        measured: format!(
+            "{bytes:.0} bytes per connection, {held:.0} of {n} held{}",
+            marginal.unwrap_or_default()
+        ),
         ratio: Some(bytes / BYTES_PER_CONNECTION),
         needs: "≤ 1".into(),
         met: Some(bytes <= BYTES_PER_CONNECTION && held as u64 == n),

@@ -64,23 +64,20 @@ fn smoke_run_writes_every_figure_table_and_chart() {
     assert!(results["commit"]["hash"].is_string());
     assert!(results["commit"]["dirty"].is_boolean());
 
-    // Every server the workspace builds was measured with every test it gets,
-    // and each run kept the tester's whole JSON.
-    let bins = bin_dir();
-    for &(name, bin, _) in SERVERS {
-        let built = bins.join(bin).is_file();
+    // Every server was measured with every test it gets, and each run kept
+    // the tester's whole JSON.
+    for &(name, _, _) in SERVERS {
         let info = results["servers"]
             .as_array()
             .unwrap()
             .iter()
             .find(|s| s["name"] == name)
             .unwrap_or_else(|| panic!("{name} missing from servers"));
-        assert_eq!(info["built"], built, "{name}: built");
+        assert_eq!(
+            info["built"], true,
+            "{name} was not found in the bin folder"
+        );
         let runs = tests_of(&results, name);
-        if !built {
-            assert!(runs.is_empty(), "{name} is not built but has figures");
-            continue;
-        }
         let kinds: Vec<&str> = runs.iter().map(|m| m["test"].as_str().unwrap()).collect();
         let chat = name.contains("chat");
         let mut expected = vec!["connect", if chat { "chat" } else { "echo" }];
@@ -111,17 +108,19 @@ fn smoke_run_writes_every_figure_table_and_chart() {
                 "{name}: {figure} missing in {m}"
             );
             assert!(m["server_peak_rss"].is_u64(), "{name}: no peak RSS in {m}");
+            assert!(m["server_cpu_s"].is_number(), "{name}: no CPU time in {m}");
         }
     }
 
-    // All five targets are judged, or marked unmeasured when stage 5 is not built.
-    let stage5_built = bins.join("server").is_file();
+    // All five targets are judged, met or missed (which, is not a test's
+    // business on tiny numbers).
     let keys: Vec<&str> = results["targets"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| {
-            assert_eq!(t["met"].is_boolean(), stage5_built, "{t}");
+            assert!(t["met"].is_boolean(), "{t}");
+            assert!(t["ratio"].is_number(), "{t}");
             t["key"].as_str().unwrap()
         })
         .collect();
@@ -146,13 +145,11 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             "results.md lacks {heading}:\n{table}"
         );
     }
-    for &(_, bin, label) in SERVERS {
-        if bins.join(bin).is_file() {
-            assert!(
-                table.contains(&format!("| {label} |")),
-                "results.md lacks {label}"
-            );
-        }
+    for &(_, _, label) in SERVERS {
+        assert!(
+            table.contains(&format!("| {label} |")),
+            "results.md lacks {label}"
+        );
     }
 
     for chart in ["held.svg", "chat-deliveries.svg", "chat-p99.svg"] {
@@ -160,10 +157,11 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         assert!(svg.starts_with("<svg"), "{chart} is not SVG");
     }
     let held = fs::read_to_string(out.path().join("held.svg")).unwrap();
-    assert!(
-        held.contains("threads-echo") && held.contains("stage 3"),
-        "held.svg legend"
-    );
+    for label in ["stage 3", "stage 5", "threads-echo", "tokio-chat"] {
+        assert!(held.contains(label), "held.svg has no line for {label}");
+    }
+    let deliveries = fs::read_to_string(out.path().join("chat-deliveries.svg")).unwrap();
+    assert!(deliveries.contains("stage 5") && deliveries.contains("tokio-chat"));
 }
 
 #[test]
