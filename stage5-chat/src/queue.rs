@@ -25,6 +25,13 @@ pub fn line(text: impl AsRef<[u8]>) -> Line {
 /// The lines owed to one client, oldest first.
 #[derive(Default)]
 pub struct OutQueue {
+    /// `None` while nothing is owed: an idle client's queue is one null
+    /// pointer, and the bookkeeping below exists only while it is needed.
+    pending: Option<Box<Pending>>,
+}
+
+#[derive(Default)]
+struct Pending {
     lines: VecDeque<Line>,
     /// How much of the front line the socket has already taken.
     written: usize,
@@ -34,27 +41,32 @@ pub struct OutQueue {
 
 impl OutQueue {
     pub fn push(&mut self, line: Line) {
-        self.bytes += line.len();
-        self.lines.push_back(line);
+        let pending = self.pending.get_or_insert_with(Box::default);
+        pending.bytes += line.len();
+        pending.lines.push_back(line);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.pending.is_none()
     }
 
     /// Bytes still to write.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.pending.as_ref().map_or(0, |p| p.bytes)
     }
 
     /// The unwritten bytes as at most `max` slices, for one `writev(2)`.
     pub fn slices(&self, max: usize) -> Vec<IoSlice<'_>> {
-        self.lines
+        let Some(pending) = &self.pending else {
+            return Vec::new();
+        };
+        pending
+            .lines
             .iter()
             .take(max)
             .enumerate()
             .map(|(i, line)| {
-                let skip = if i == 0 { self.written } else { 0 };
+                let skip = if i == 0 { pending.written } else { 0 };
                 IoSlice::new(&line[skip..])
             })
             .collect()
@@ -62,19 +74,22 @@ impl OutQueue {
 
     /// Forget the first `n` unwritten bytes: the socket has taken them.
     pub fn consume(&mut self, mut n: usize) {
-        self.bytes -= n;
-        while let Some(front) = self.lines.front() {
-            let left = front.len() - self.written;
+        let Some(pending) = &mut self.pending else {
+            return;
+        };
+        pending.bytes -= n;
+        while let Some(front) = pending.lines.front() {
+            let left = front.len() - pending.written;
             if n < left {
-                self.written += n;
+                pending.written += n;
                 return;
             }
             n -= left;
-            self.written = 0;
-            self.lines.pop_front(); // the last queue holding it frees the line
+            pending.written = 0;
+            pending.lines.pop_front(); // the last queue holding it frees the line
         }
-        // A fresh VecDeque owns no memory: an idle client keeps no write buffer.
-        self.lines = VecDeque::new();
+        // All written: give the memory back, so an idle client keeps none.
+        self.pending = None;
     }
 }
 // ANCHOR_END: queue
@@ -137,7 +152,8 @@ mod tests {
     fn an_emptied_queue_gives_its_memory_back() {
         let mut queue = OutQueue::default();
         queue.push(line("x"));
+        assert!(queue.pending.is_some());
         queue.consume(2);
-        assert_eq!(queue.lines.capacity(), 0);
+        assert!(queue.pending.is_none());
     }
 }

@@ -56,6 +56,10 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Reads of one client per round before the others get their turn.
 const READS_PER_ROUND: usize = 8;
+/// Connections accepted per round: between batches the round's output is
+/// written, so a burst of joins never piles thousands of notices into
+/// every queue at once (memory the allocator would keep afterwards).
+const ACCEPTS_PER_ROUND: usize = 64;
 /// The most slices one `writev(2)` takes (`IOV_MAX`).
 const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
 /// What every client socket is registered for.
@@ -199,6 +203,8 @@ struct Server {
     unread: Vec<RawFd>,
     /// Clients with more queued than one `writev` took: write next round.
     unwritten: Vec<RawFd>,
+    /// The accept loop stopped at `ACCEPTS_PER_ROUND`: accept next round.
+    accept_more: bool,
     /// `accept` ran out of descriptors: the listener is out of the interest
     /// list until a client closes, or until this time.
     accept_paused: Option<Instant>,
@@ -250,6 +256,7 @@ fn run(args: &Args) -> Result<()> {
         lingering: VecDeque::new(),
         unread: Vec::new(),
         unwritten: Vec::new(),
+        accept_more: false,
         accept_paused: None,
         accept_failing: false,
         fd_freed: false,
@@ -265,6 +272,10 @@ fn run(args: &Args) -> Result<()> {
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
         };
+        // Work carried over from the last round: edge-triggered epoll will
+        // not report these again, so we must remember them ourselves.
+        let unread = std::mem::take(&mut server.unread);
+        let accept_more = std::mem::take(&mut server.accept_more);
         for event in &ready[..n] {
             let fd = event.data() as RawFd;
             if fd == listener {
@@ -277,8 +288,11 @@ fn run(args: &Args) -> Result<()> {
                 server.serve_event(fd, event.events(), &mut scratch);
             }
         }
-        for fd in std::mem::take(&mut server.unread) {
+        for fd in unread {
             server.serve(fd, &mut scratch);
+        }
+        if accept_more {
+            server.accept_clients()?;
         }
         server.expire_lingering();
         // The one write per client per round.
@@ -297,7 +311,7 @@ impl Server {
     /// How long `epoll_wait` may sleep: not at all while work is carried
     /// over, otherwise until the next deadline (or for ever).
     fn timeout(&self) -> EpollTimeout {
-        if !self.unread.is_empty() || !self.unwritten.is_empty() {
+        if self.accept_more || !self.unread.is_empty() || !self.unwritten.is_empty() {
             return EpollTimeout::ZERO;
         }
         let next = [
@@ -321,9 +335,10 @@ impl Server {
 
     // ANCHOR: accept
     /// Accept until `EAGAIN`: an edge-triggered listener is reported once for
-    /// a burst of connections.
+    /// a burst of connections. After `ACCEPTS_PER_ROUND` the rest waits for
+    /// the next round.
     fn accept_clients(&mut self) -> Result<()> {
-        loop {
+        for _ in 0..ACCEPTS_PER_ROUND {
             // accept4(2) sets the new socket non-blocking in the same call.
             let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
             let fd = match accept4(self.listen_fd.as_raw_fd(), flags) {
@@ -381,6 +396,8 @@ impl Server {
                 self.clients.broadcast(&joined, Some(fd));
             }
         }
+        self.accept_more = true;
+        Ok(())
     }
 
     /// Take the listener out of the interest list: until a descriptor is
