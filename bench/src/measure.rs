@@ -20,6 +20,7 @@ pub fn run_all(
 ) -> (Vec<ServerInfo>, Vec<Measurement>) {
     let mut servers = Vec::new();
     let mut measurements = Vec::new();
+    let mut built_specs = Vec::new();
     for spec in SERVERS {
         let bin = bin_dir.join(spec.bin);
         let built = bin.is_file();
@@ -37,22 +38,30 @@ pub fn run_all(
             );
             continue;
         }
+        built_specs.push((spec, bin));
+    }
+    // Connection rates first, in rounds across all servers: each connect
+    // leaves kernel state behind (TIME_WAIT sockets) that slows the next
+    // run, whichever server it measures.
+    for round in 0..numbers.connect_rounds {
+        for (spec, bin) in &built_specs {
+            for &concurrency in &numbers.connect_concurrency {
+                let test = Test::Connect { concurrency, round };
+                measurements.push(measure(spec, bin, tester, test, numbers));
+            }
+        }
+    }
+    for (spec, bin) in &built_specs {
         for test in tests_for(spec, numbers, max_connections) {
-            let m = measure(spec, &bin, tester, test, numbers);
-            eprintln!("{:<22} {}", spec.name, summary(&m));
-            measurements.push(m);
+            measurements.push(measure(spec, bin, tester, test, numbers));
         }
     }
     (servers, measurements)
 }
 
-/// The tests a server gets, in the order they run.
+/// The tests a server gets after the connect rounds, in the order they run.
 fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<Test> {
-    let mut tests: Vec<Test> = numbers
-        .connect_concurrency
-        .iter()
-        .map(|&concurrency| Test::Connect { concurrency })
-        .collect();
+    let mut tests = Vec::new();
     if spec.hold {
         for connections in numbers.hold_sizes(max_connections) {
             tests.push(Test::Hold { connections });
@@ -111,6 +120,7 @@ fn measure(
     if let Err(err) = run_one(&mut m, bin, tester, numbers) {
         m.error = Some(format!("{err:#}"));
     }
+    eprintln!("{:<22} {}", spec.name, summary(&m));
     m
 }
 
@@ -135,7 +145,7 @@ fn run_one(m: &mut Measurement, bin: &Path, tester: &Path, numbers: &Numbers) ->
 /// The tester's arguments for `test`, with `addr` and `pid` filled in.
 fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<String> {
     let mut args: Vec<String> = match *test {
-        Test::Connect { concurrency } => {
+        Test::Connect { concurrency, .. } => {
             let mut a = vec![
                 "connect".into(),
                 addr.into(),

@@ -93,6 +93,8 @@ pub struct Numbers {
     pub connect_for: Duration,
     pub connect_count: Option<u64>,
     pub connect_concurrency: [u32; 2],
+    /// Rounds of connect runs; the tables show each server's median.
+    pub connect_rounds: u32,
     /// `tester hold --connections`: these, then the most the machine allows.
     pub hold_steps: &'static [u64],
     /// The most connections a hold may ask for in this profile, whatever
@@ -129,6 +131,7 @@ impl Profile {
                 connect_for: Duration::from_secs(1),
                 connect_count: Some(40),
                 connect_concurrency: [1, 8],
+                connect_rounds: 2,
                 hold_steps: &[20],
                 hold_cap: 40,
                 hold_for: Duration::from_millis(200),
@@ -143,9 +146,10 @@ impl Profile {
                 run_limit: Duration::from_secs(30),
             },
             Profile::Quick => Numbers {
-                connect_for: Duration::from_secs(1),
+                connect_for: Duration::from_millis(700),
                 connect_count: None,
                 connect_concurrency: [1, 64],
+                connect_rounds: 3,
                 hold_steps: &[1000],
                 hold_cap: 19_500,
                 hold_for: Duration::from_secs(1),
@@ -163,6 +167,7 @@ impl Profile {
                 connect_for: Duration::from_secs(3),
                 connect_count: None,
                 connect_concurrency: [1, 64],
+                connect_rounds: 5,
                 hold_steps: &[1000, 5000, 10_000, 15_000],
                 hold_cap: 50_000,
                 hold_for: Duration::from_secs(2),

@@ -36,8 +36,12 @@ pub struct ServerInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "test", rename_all = "snake_case")]
 pub enum Test {
+    /// Rounds of connect runs go through every server in turn, so that all
+    /// of them meet the same kernel state (TIME_WAIT sockets, port reuse).
     Connect {
         concurrency: u32,
+        #[serde(default)]
+        round: u32,
     },
     Hold {
         connections: u64,
@@ -91,14 +95,27 @@ impl Measurement {
     }
 }
 
-impl Results {
-    /// The first measurement of `server` whose test `matches`.
-    pub fn find(&self, server: &str, matches: impl Fn(&Test) -> bool) -> Option<&Measurement> {
-        self.measurements
-            .iter()
-            .find(|m| m.server == server && matches(&m.test))
+/// The median of a figure over the runs it has (the connect rounds), or
+/// None when no run without an error has it.
+pub fn median(runs: &[&Measurement], figure: impl Fn(&Measurement) -> Option<f64>) -> Option<f64> {
+    let mut values: Vec<f64> = runs
+        .iter()
+        .filter(|m| m.error.is_none())
+        .filter_map(|m| figure(m))
+        .collect();
+    if values.is_empty() {
+        return None;
     }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
 
+impl Results {
     /// Every measurement of `server` whose test `matches`, in run order.
     pub fn all(&self, server: &str, matches: impl Fn(&Test) -> bool) -> Vec<&Measurement> {
         self.measurements

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::results::{Measurement, Results, Test};
+use crate::results::{Measurement, Results, Test, median};
 
 /// The whole page fragment.
 pub fn render(r: &Results) -> String {
@@ -59,14 +59,23 @@ fn targets(out: &mut String, r: &Results) {
 }
 
 fn connect(out: &mut String, r: &Results) {
-    let levels: Vec<u32> = levels(r, |t| match *t {
-        Test::Connect { concurrency } => Some(concurrency),
+    let levels: Vec<u32> = levels_of(r, |t| match *t {
+        Test::Connect { concurrency, .. } => Some(concurrency),
         _ => None,
     });
     if levels.is_empty() {
         return;
     }
-    out.push_str("### Connections per second\n\n| server |");
+    let rounds = levels_of(r, |t| match *t {
+        Test::Connect { round, .. } => Some(round),
+        _ => None,
+    });
+    let _ = writeln!(
+        out,
+        "### Connections per second\n\nThe median of {} rounds; each round runs every server in turn.\n",
+        rounds.len()
+    );
+    out.push_str("| server |");
     for c in &levels {
         let _ = write!(
             out,
@@ -81,13 +90,17 @@ fn connect(out: &mut String, r: &Results) {
     for s in r.built() {
         let _ = write!(out, "| {} |", s.label);
         for &c in &levels {
-            let m = r.find(&s.name, |t| *t == Test::Connect { concurrency: c });
+            let runs = r.all(
+                &s.name,
+                |t| matches!(*t, Test::Connect { concurrency, .. } if concurrency == c),
+            );
+            let show = |v: Option<f64>, f: fn(f64) -> String| v.map_or("—".into(), f);
             let _ = write!(
                 out,
                 " {} | {} | {} |",
-                figure(m, "/connections_per_s", count),
-                figure(m, "/latency/p99_us", micros),
-                cpu_per(m, "/connections"),
+                show(median(&runs, |m| m.figure("/connections_per_s")), count),
+                show(median(&runs, |m| m.figure("/latency/p99_us")), micros),
+                show(median(&runs, |m| m.cpu_ns_per("/connections")), nanos),
             );
         }
         out.push('\n');
@@ -313,7 +326,7 @@ fn commands(out: &mut String, r: &Results) {
 }
 
 /// The distinct values of one parameter across the measurements.
-fn levels<T: PartialEq + Copy>(r: &Results, pick: impl Fn(&Test) -> Option<T>) -> Vec<T> {
+fn levels_of<T: PartialEq + Copy>(r: &Results, pick: impl Fn(&Test) -> Option<T>) -> Vec<T> {
     let mut seen = Vec::new();
     for m in &r.measurements {
         if let Some(v) = pick(&m.test)
@@ -338,10 +351,16 @@ fn figure(m: Option<&Measurement>, pointer: &str, show: fn(f64) -> String) -> St
 
 /// The server's CPU time per unit of `pointer` (`/delivered`), or `—`.
 fn cpu_per(m: Option<&Measurement>, pointer: &str) -> String {
-    match m.and_then(|m| m.cpu_ns_per(pointer)) {
-        Some(ns) if ns < 1000.0 => format!("{ns:.0} ns"),
-        Some(ns) => format!("{:.1} µs", ns / 1000.0),
-        None => "—".into(),
+    m.and_then(|m| m.cpu_ns_per(pointer))
+        .map_or("—".into(), nanos)
+}
+
+/// Nanoseconds in the unit that reads best: `850 ns`, `4.2 µs`.
+fn nanos(ns: f64) -> String {
+    if ns < 1000.0 {
+        format!("{ns:.0} ns")
+    } else {
+        format!("{:.1} µs", ns / 1000.0)
     }
 }
 
