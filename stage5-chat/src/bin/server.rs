@@ -291,7 +291,7 @@ fn run(args: &Args) -> Result<()> {
         for fd in unread {
             server.serve(fd, &mut scratch);
         }
-        if accept_more {
+        if accept_more && server.shutdown.is_none() {
             server.accept_clients()?;
         }
         server.expire_lingering();
@@ -476,10 +476,11 @@ impl Server {
                 Ok(0) => {
                     // End-of-file: the client has left, as if it had closed.
                     client.read_closed = true;
-                    if self.leave(fd, "") {
+                    let was_online = self.leave(fd, "");
+                    self.finish(fd); // closes it now unless it is still owed lines
+                    if was_online {
                         self.linger(fd);
                     }
-                    self.finish(fd);
                     return;
                 }
                 Ok(n) => self.handle_input(fd, &scratch[..n]),
