@@ -244,6 +244,37 @@ fn the_error_line_survives_a_flood_the_server_never_reads_as_lines() {
 }
 
 #[test]
+fn the_error_line_reaches_a_client_that_has_not_read_yet() {
+    let server = start(&["--max-line", "100"]);
+    let mut talker = join(&server, 1).remove(0);
+    // A small window, and lines it does not read yet: what the server
+    // sends it next waits in the server's socket buffer, not in its own.
+    let mut slow = Client::connect_small_window(server.addr);
+    assert_eq!(slow.recv_line(), "* welcome client2 (2 online)");
+    assert_eq!(talker.recv_line(), "* client2 joined");
+    let chat = format!("{}\n", "c".repeat(90)).repeat(2000);
+    talker.send(chat.as_bytes());
+    talker.send(b"/who\n");
+    assert_eq!(talker.recv_line(), "* online: client1, client2");
+    // Now a line far over the limit, still arriving when the server gives
+    // up on it. Closing with that input unread would make the kernel reset
+    // the connection and throw away everything not yet delivered: the chat
+    // lines and the error with them.
+    let mut writer = slow.stream.try_clone().unwrap();
+    let flood = thread::spawn(move || {
+        let _ = writer.write_all(&vec![b'z'; 1 << 20]);
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    });
+    for _ in 0..2000 {
+        assert_eq!(slow.recv_line(), format!("client1: {}", "c".repeat(90)));
+    }
+    assert_eq!(slow.recv_line(), "* error: line too long (max 100 bytes)");
+    assert_eq!(slow.recv_to_eof(), b"");
+    flood.join().unwrap();
+    assert_eq!(talker.recv_line(), "* client2 left");
+}
+
+#[test]
 fn a_full_server_says_so_and_closes() {
     let server = start(&["--max-clients", "2"]);
     let mut c = join(&server, 2);
