@@ -203,6 +203,7 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
         progress.tick(|| format!("{ready_clients} of {count} clients connected"));
     }
 
+    // ANCHOR: sync
     // Phase 2: a connected (even a greeted) client is not proof that the
     // server relays to it yet. Client 1 sends a sync line, again every
     // 100ms, until every other client has received one: then every
@@ -239,6 +240,7 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
         }
         tokens.clear();
     }
+    // ANCHOR_END: sync
     let connected_in = start.elapsed();
 
     // Phase 3: send on schedule, receive and check, until every line has
@@ -449,6 +451,7 @@ fn service_fd(
     }
 }
 
+// ANCHOR: token
 /// The `~t:SENDER:SEQ:NANOS~` token anywhere in a line; the last one if
 /// there are several, since relays put their own prefix before the text.
 pub fn find_token(line: &[u8]) -> Option<(u32, u32, u64)> {
@@ -462,7 +465,9 @@ pub fn find_token(line: &[u8]) -> Option<(u32, u32, u64)> {
     let sent_ns = fields.next()?.parse().ok()?;
     fields.next().is_none().then_some((sender, seq, sent_ns))
 }
+// ANCHOR_END: token
 
+// ANCHOR: record
 /// Check one received token; returns true for a first delivery (the only
 /// kind whose latency counts).
 fn record(
@@ -515,7 +520,9 @@ fn record(
         false
     }
 }
+// ANCHOR_END: record
 
+// ANCHOR: losses
 /// Whatever never arrived: skipped lines that never came late, and every
 /// line after the highest one a receiver saw.
 fn count_losses(clients: &[Client], gaps: &Gaps, check: &mut Check) {
@@ -544,6 +551,7 @@ fn count_losses(clients: &[Client], gaps: &Gaps, check: &mut Check) {
         }
     }
 }
+// ANCHOR_END: losses
 
 #[allow(clippy::too_many_arguments)]
 fn report(

@@ -200,6 +200,7 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
     })
 }
 
+// ANCHOR: step
 /// Advance one attempt on a readiness event.
 fn step(attempt: &mut Attempt, events: EpollFlags, greeting: bool, buf: &mut [u8]) -> Step {
     if !attempt.connected {
@@ -226,3 +227,4 @@ fn step(attempt: &mut Attempt, events: EpollFlags, greeting: bool, buf: &mut [u8
         ReadEnd::Failed(errno) => Step::Failed(Failure::Os(errno)),
     }
 }
+// ANCHOR_END: step

@@ -82,6 +82,7 @@ const STDIN_TOKEN: u64 = u64::MAX;
 
 pub fn run(args: &HoldArgs) -> Result<Outcome> {
     let target = args.common.addr;
+    // ANCHOR: split
     let fd_limit = net::raise_fd_limit();
     let per_process = fd_limit.saturating_sub(RESERVED_FDS).max(1);
     let per_source = args.per_source.unwrap_or_else(|| {
@@ -134,6 +135,7 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
             }
         })
         .collect();
+    // ANCHOR_END: split
 
     let mut rss_after = None;
     let (ramps, helds) = if workers == 1 {

@@ -26,6 +26,7 @@ use nix::time::{ClockId, clock_gettime};
 use nix::unistd::read;
 use serde::{Deserialize, Serialize};
 
+// ANCHOR: interest
 /// The one interest set every connection is registered with.
 pub const INTEREST: EpollFlags = EpollFlags::EPOLLIN
     .union(EpollFlags::EPOLLOUT)
@@ -47,6 +48,7 @@ pub fn watch(epoll: &Epoll, fd: impl AsFd, token: u64) -> Result<()> {
         .map_err(io::Error::from)
         .context("epoll_ctl(EPOLL_CTL_ADD) failed")
 }
+// ANCHOR_END: interest
 
 /// `epoll_ctl(EPOLL_CTL_DEL)`, then `close(2)` by dropping the descriptor:
 /// the same order the servers use.
@@ -67,6 +69,7 @@ pub fn wait(epoll: &Epoll, ready: &mut [EpollEvent], timeout: Duration) -> Resul
     }
 }
 
+// ANCHOR: connect
 /// What `connect(2)` on a non-blocking socket said.
 pub enum Started {
     /// Already connected (possible on loopback, rare).
@@ -118,7 +121,9 @@ pub fn connect_result(fd: &OwnedFd) -> Result<(), Errno> {
 fn getsockopt_so_error(fd: &OwnedFd) -> i32 {
     nix::sys::socket::getsockopt(fd, sockopt::SocketError).unwrap_or_else(|err| err as i32)
 }
+// ANCHOR_END: connect
 
+// ANCHOR: drain
 /// What a read until `EAGAIN` found.
 #[derive(Debug, PartialEq)]
 pub enum ReadEnd {
@@ -157,6 +162,7 @@ pub fn send_some(fd: &OwnedFd, bytes: &[u8]) -> Result<usize, Errno> {
     }
     Ok(sent)
 }
+// ANCHOR_END: drain
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process on the
 /// machine, so a send time written by one worker process can be compared with
@@ -380,6 +386,7 @@ impl<T> Slots<T> {
     }
 }
 
+// ANCHOR: sources
 /// The loopback source addresses for `count` connections to `target`: one
 /// address serves up to `per_source` connections, then the next is used
 /// (127.0.0.2, 127.0.0.3, ...; the whole 127.0.0.0/8 is loopback). `None`
@@ -395,6 +402,7 @@ pub fn source_for(target: SocketAddr, index: u64, per_source: u64) -> Option<IpA
         _ => None,
     }
 }
+// ANCHOR_END: sources
 
 #[cfg(test)]
 mod tests {
