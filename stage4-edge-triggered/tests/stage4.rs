@@ -44,14 +44,21 @@ fn returns_a_one_mib_burst_whole() {
 #[test]
 fn flushes_everything_before_closing_after_end_of_file() {
     let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
-    let mut client = server.connect();
-    let data = one_mib();
-    client.send(&data);
-    // Like `nc -N`: no more input, but the client still wants its echo.
-    client.shutdown_write();
+    // A small window keeps most of the echo in the server when the client's
+    // end-of-file arrives, so closing at once would lose it.
+    let mut client = Client::connect_small_window(server.addr);
+    let data: Vec<u8> = (0..8 * MIB as u32).map(|i| (i % 251) as u8).collect();
+    let mut writer = client.stream.try_clone().unwrap();
+    let to_send = data.clone();
+    let sender = thread::spawn(move || {
+        writer.write_all(&to_send)?;
+        // Like `nc -N`: no more input, but the client still wants its echo.
+        writer.shutdown(std::net::Shutdown::Write)
+    });
     let echo = client.recv_to_eof();
-    assert_eq!(echo.len(), MIB, "the server closed before flushing");
-    assert!(echo == data, "the echo differs from the burst");
+    sender.join().unwrap().unwrap();
+    assert_eq!(echo.len(), data.len(), "the server closed before flushing");
+    assert!(echo == data, "the echo differs from what was sent");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! servers with small numbers, the chat verifier against relays that are
 //! wrong on purpose, and clear errors for bad input. Run them against your
 //! own tester with `STAGE6_BIN=/path/to/yours cargo test -p stage6-tester`
-//! (the servers can be replaced too: `STAGE3_BIN`, `STAGE4_BIN`, `STAGE5_BIN`).
+//! (the servers can be replaced too: `STAGE3_BIN`, `STAGE4_BIN`, `STAGE5_SERVER_BIN`).
 
 mod relay;
 
@@ -40,7 +40,7 @@ fn stage4() -> PathBuf {
 }
 
 fn stage5() -> PathBuf {
-    testkit::workspace_bin("STAGE5_BIN", "server")
+    testkit::workspace_bin("STAGE5_SERVER_BIN", "server")
 }
 
 fn cmd(args: &[&str]) -> Command {
