@@ -4,11 +4,19 @@
 //! loop that hands every client to a thread of its own, which blocks in
 //! `read` until its client sends something. Simple and correct; what it
 //! costs per connection is what the Measuring chapter shows.
+//!
+//! It also has a hard ceiling the epoll servers do not: every thread takes
+//! memory mappings, and `vm.max_map_count` caps those per process. Past the
+//! ceiling Rust's runtime aborts the whole process when a thread cannot be
+//! set up, so the server counts its threads and closes a client it has no
+//! room for (`--max-clients`) instead of dying with every other client.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -21,13 +29,15 @@ use nix::sys::socket::{
 };
 
 const USAGE: &str = "\
-usage: threads-echo [-q] [ADDR]
+usage: threads-echo [-q] [--max-clients N] [ADDR]
 
 A thread-per-connection TCP echo server (a baseline for the benchmark).
 
-  ADDR        IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
-  -q          do not log connections to stderr
-  -h, --help  print this help";
+  ADDR             IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  --max-clients N  client threads at once; a client past them is closed at once
+                   (default: a quarter of vm.max_map_count, less 512)
+  -q               do not log connections to stderr
+  -h, --help       print this help";
 
 /// Each client's thread gets this much stack instead of std's 2 MiB default:
 /// the echo loop needs only `io::copy`'s 8 KiB buffer, and a tuned
@@ -35,9 +45,22 @@ A thread-per-connection TCP echo server (a baseline for the benchmark).
 /// at 1.3 GB instead of 40 GB (only touched pages become resident either way).
 const STACK_SIZE: usize = 64 * 1024;
 
+/// Memory mappings one client thread takes: its stack and the stack's guard
+/// page, and the signal stack and its guard page that Rust's runtime adds.
+const MAPPINGS_PER_THREAD: u64 = 4;
+
+/// Mappings left for everything else: the binary, its libraries, the heap
+/// and malloc's per-thread arenas.
+const MAPPINGS_SPARE: u64 = 2048;
+
+/// The cap when `/proc/sys/vm/max_map_count` cannot be read (its usual
+/// value, 65,530, gives about this many).
+const FALLBACK_MAX_CLIENTS: usize = 15_000;
+
 struct Args {
     addr: SocketAddr,
     quiet: bool,
+    max_clients: usize,
 }
 
 fn main() -> ExitCode {
@@ -56,15 +79,23 @@ fn parse_args() -> Args {
     let mut args = Args {
         addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         quiet: false,
+        max_clients: default_max_clients(),
     };
     let mut addr_given = false;
-    for arg in std::env::args().skip(1) {
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
         match arg.as_str() {
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
+            "--max-clients" => {
+                args.max_clients = match argv.next().map(|n| n.parse()) {
+                    Some(Ok(n)) if n > 0 => n,
+                    _ => usage_error("--max-clients needs a number above 0"),
+                }
+            }
             _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
                 Ok(addr) => (args.addr, addr_given) = (addr, true),
                 Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
@@ -73,6 +104,18 @@ fn parse_args() -> Args {
         }
     }
     args
+}
+
+/// As many threads as `vm.max_map_count` leaves room for: a quarter of it
+/// (four mappings each), less what the rest of the process maps.
+fn default_max_clients() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(|maps| maps.saturating_sub(MAPPINGS_SPARE) / MAPPINGS_PER_THREAD)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(FALLBACK_MAX_CLIENTS)
 }
 
 fn usage_error(msg: &str) -> ! {
@@ -119,6 +162,8 @@ fn run(args: &Args) -> Result<()> {
     println!("listening on {}", listener.local_addr()?);
     io::stdout().flush()?;
 
+    // Client threads alive now: counted up here, down by each thread as it ends.
+    let clients = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
@@ -139,26 +184,44 @@ fn run(args: &Args) -> Result<()> {
             eprintln!("accepted fd {fd} from {peer}");
         }
         let quiet = args.quiet;
+        // Only this loop counts up, so the check and the increment cannot race.
+        if clients.load(Ordering::SeqCst) >= args.max_clients {
+            if !quiet {
+                eprintln!(
+                    "fd {fd}: {} clients already (--max-clients), no thread for this one",
+                    args.max_clients
+                );
+                eprintln!("closed fd {fd}");
+            }
+            drop(stream); // close(2)
+            continue;
+        }
+        clients.fetch_add(1, Ordering::SeqCst);
+        let count = Arc::clone(&clients);
         let spawned = thread::Builder::new()
             .stack_size(STACK_SIZE)
-            .spawn(move || serve(stream, fd, quiet));
+            .spawn(move || serve(stream, fd, quiet, &count));
         // Out of threads or memory: the closure, and with it the stream,
         // has been dropped, so this client is closed and the server goes on.
-        if let Err(err) = spawned
-            && !quiet
-        {
-            eprintln!("cannot start a thread for fd {fd}: {err}");
-            eprintln!("closed fd {fd}");
+        if let Err(err) = spawned {
+            clients.fetch_sub(1, Ordering::SeqCst);
+            if !quiet {
+                eprintln!("cannot start a thread for fd {fd}: {err}");
+                eprintln!("closed fd {fd}");
+            }
         }
     }
 }
 
 /// One client's thread: echo until end-of-file, then close.
-fn serve(stream: TcpStream, fd: i32, quiet: bool) {
+fn serve(stream: TcpStream, fd: i32, quiet: bool, clients: &AtomicUsize) {
     // `io::copy` reads and writes until the client closes its side; a peer
     // that resets mid-write is an error here, not a SIGPIPE (Rust programs
     // start with SIGPIPE ignored).
     let result = io::copy(&mut &stream, &mut &stream);
+    // The place is free before `closed fd` is logged, so a client that
+    // connects after that line is never turned away for this one.
+    clients.fetch_sub(1, Ordering::SeqCst);
     // Logged before the close, so a new connection that reuses the fd
     // number is always logged after this one's end.
     if !quiet {

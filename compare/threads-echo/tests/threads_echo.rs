@@ -74,3 +74,56 @@ fn flushes_everything_after_the_client_shuts_down_its_side() {
     assert_eq!(echoed.len(), 1 << 20);
     assert!(echoed.iter().all(|&b| b == b'x'));
 }
+
+#[test]
+fn a_client_past_max_clients_is_closed_while_the_others_are_served() {
+    let server = Server::start(bin(), &["--max-clients", "3", "127.0.0.1:0"]);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    // An echo from each proves its thread is running, so all three count.
+    for client in &mut clients {
+        client.send(b"here\n");
+        assert_eq!(client.recv_exact(5), b"here\n");
+    }
+
+    let mut fourth = server.connect();
+    let refused_fd = server.fd_of(&fourth);
+    assert_eq!(fourth.recv_to_eof(), b"", "the 4th client got bytes");
+    server.wait_stderr(&format!("closed fd {refused_fd}\n"));
+    assert!(
+        server.stderr().contains("--max-clients"),
+        "the refusal names the cap:\n{}",
+        server.stderr()
+    );
+
+    // The three are still echoed after the refusal.
+    for (i, client) in clients.iter_mut().enumerate() {
+        let msg = format!("still {i}\n");
+        client.send(msg.as_bytes());
+        assert_eq!(client.recv_exact(msg.len()), msg.as_bytes());
+    }
+
+    // One leaves; once its close is logged, its place is free for the next.
+    let leaving = clients.pop().unwrap();
+    let leaving_fd = server.fd_of(&leaving);
+    drop(leaving);
+    server.wait_stderr(&format!("closed fd {leaving_fd}\n"));
+    let mut fifth = server.connect();
+    fifth.send(b"my turn\n");
+    assert_eq!(fifth.recv_exact(8), b"my turn\n");
+}
+
+#[test]
+fn max_clients_needs_a_positive_number() {
+    for bad in [
+        &["--max-clients"][..],
+        &["--max-clients", "0"],
+        &["--max-clients", "many"],
+    ] {
+        assert_cmd::Command::new(bin())
+            .args(bad)
+            .timeout(testkit::TIMEOUT)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains("usage:"));
+    }
+}
