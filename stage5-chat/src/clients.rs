@@ -5,12 +5,14 @@
 //! dense and a `Vec` indexed by fd is both the fastest lookup and the
 //! smallest table. Sending a line here only queues it and marks the client
 //! "dirty"; the server writes every dirty client's queue once per round.
+//! The table also holds the chunk that this round's lines are formatted
+//! into, and seals it before the first dirty client is written.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
-use crate::queue::{Line, OutQueue};
+use crate::queue::{Chunks, Line, OutQueue};
 
 // ANCHOR: client
 /// What the server keeps per connection.
@@ -63,6 +65,8 @@ pub struct Clients {
     next_number: u64,
     /// Clients with new output this round.
     dirty: Vec<RawFd>,
+    /// Where this round's lines are formatted, once each.
+    chunks: Chunks,
     max_queue: usize,
 }
 
@@ -204,24 +208,52 @@ impl Clients {
     }
 
     // ANCHOR: enqueue
-    /// Queue `line` for the client `fd` and mark it dirty.
-    pub fn send(&mut self, fd: RawFd, line: Line) {
+    /// Queue `text` and a newline for the client `fd`, and mark it dirty.
+    pub fn send(&mut self, fd: RawFd, text: impl AsRef<[u8]>) {
+        let line = self
+            .chunks
+            .write(|out| out.extend_from_slice(text.as_ref()));
         let Some(client) = self.by_fd.get_mut(fd as usize).and_then(Option::as_mut) else {
             return;
         };
-        client.queue.push(line);
+        client.queue.push(&line);
         self.mark_dirty(fd);
     }
 
-    /// Queue `line` for every client in the chat but `except`: one shared
-    /// copy of the bytes, one pointer per receiver.
-    pub fn broadcast(&mut self, line: &Line, except: Option<RawFd>) {
+    /// Queue `text` and a newline for every client in the chat but
+    /// `except`.
+    pub fn broadcast(&mut self, text: impl AsRef<[u8]>, except: Option<RawFd>) {
+        let line = self
+            .chunks
+            .write(|out| out.extend_from_slice(text.as_ref()));
+        self.queue_for_all(&line, except);
+    }
+
+    /// Relay a chat line from the client `fd` to every other client in the
+    /// chat, as `NAME: text`, with control bytes made harmless.
+    pub fn relay(&mut self, fd: RawFd, text: &[u8]) {
+        let Some(sender) = self.by_fd.get(fd as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        // Formatted once, straight into the round's chunk, whatever the
+        // number of receivers.
+        let line = self.chunks.write(|out| {
+            out.extend_from_slice(sender.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend(text.iter().map(|&b| sanitize(b)));
+        });
+        self.queue_for_all(&line, Some(fd));
+    }
+
+    /// One shared copy of the bytes; per receiver a range of the chunk, or
+    /// just a longer one when the line follows the last one it was sent.
+    fn queue_for_all(&mut self, line: &Line, except: Option<RawFd>) {
         for client in self.by_fd.iter_mut().flatten() {
             let fd = client.fd.as_raw_fd();
             if !client.online || Some(fd) == except {
                 continue;
             }
-            client.queue.push(Rc::clone(line));
+            client.queue.push(line);
             if !client.dirty {
                 client.dirty = true;
                 self.dirty.push(fd);
@@ -241,8 +273,10 @@ impl Clients {
         }
     }
 
-    /// The next client with output to write this round.
+    /// The next client with output to write this round. Sealing the
+    /// chunk first makes every line queued so far final, and writable.
     pub fn pop_dirty(&mut self) -> Option<RawFd> {
+        self.chunks.seal();
         self.dirty.pop()
     }
 
@@ -253,10 +287,19 @@ impl Clients {
     }
 }
 
+/// Control bytes other than TAB (ESC included) become `?`, so no client can
+/// drive another's terminal; bytes from 0x80 up (UTF-8) pass unchanged.
+pub fn sanitize(b: u8) -> u8 {
+    if b.is_ascii_control() && b != b'\t' {
+        b'?'
+    } else {
+        b
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::line;
 
     fn socket() -> OwnedFd {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
@@ -295,12 +338,47 @@ mod tests {
         let outsider = clients.add(socket());
         clients.join(a);
         clients.join(b);
-        clients.broadcast(&line("hi"), Some(a));
+        clients.broadcast("hi", Some(a));
         assert!(clients.get(a).unwrap().queue.is_empty());
         assert_eq!(clients.get(b).unwrap().queue.bytes(), 3);
         assert!(clients.get(outsider).unwrap().queue.is_empty());
         assert_eq!(clients.pop_dirty(), Some(b));
         assert_eq!(clients.pop_dirty(), None);
+    }
+
+    #[test]
+    fn a_round_of_lines_reaches_each_receiver_in_few_slices() {
+        let mut clients = Clients::new(1 << 20);
+        let a = clients.add(socket());
+        let b = clients.add(socket());
+        clients.join(a);
+        clients.join(b);
+        for text in ["1", "2", "3"] {
+            clients.relay(a, text.as_bytes());
+        }
+        clients.relay(b, b"from b");
+        for text in ["4", "5"] {
+            clients.relay(a, text.as_bytes());
+        }
+        // Writing starts: the chunk is sealed, and every queue is readable.
+        let mut dirty = [clients.pop_dirty(), clients.pop_dirty()];
+        dirty.sort();
+        assert_eq!(dirty, [Some(a), Some(b)]);
+        let unwritten = |fd| {
+            let mut slices = [std::io::IoSlice::new(&[]); 8];
+            let n = clients.get(fd).unwrap().queue.slices(&mut slices);
+            let bytes: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
+            (n, String::from_utf8(bytes).unwrap())
+        };
+        assert_eq!(unwritten(a), (1, "client2: from b\n".to_string()));
+        assert_eq!(
+            unwritten(b),
+            (
+                2,
+                "client1: 1\nclient1: 2\nclient1: 3\nclient1: 4\nclient1: 5\n".to_string()
+            ),
+            "b's own line splits its range in two"
+        );
     }
 
     #[test]
@@ -322,9 +400,9 @@ mod tests {
         let mut clients = Clients::new(4);
         let a = clients.add(socket());
         clients.join(a);
-        clients.send(a, line("abc"));
+        clients.send(a, "abc");
         assert!(!clients.too_slow(a));
-        clients.send(a, line("d"));
+        clients.send(a, "d");
         assert!(clients.too_slow(a));
     }
 }

@@ -1,25 +1,95 @@
-//! A client's output queue: the lines the server owes it.
+//! Output: the lines the server owes each client.
 //!
-//! A broadcast line is formatted once and shared: every receiver's queue
-//! holds a pointer to the same bytes (`Rc<[u8]>`), not a copy. The queue
-//! hands its unwritten bytes to `writev(2)` as one slice per line, so
-//! everything queued for a client goes out in one system call.
+//! Every line the server sends is formatted once, into the *chunk* being
+//! filled: one growing buffer that takes every line of an `epoll_wait`
+//! round. Before anything is written the chunk is *sealed* (frozen) and
+//! shared: a client's queue holds ranges of chunks, not copies. A line that
+//! starts where the queue's last range ends, in the same chunk, just makes
+//! that range longer, so a client that was sent 50 lines in a round usually
+//! has one or two ranges to write (its own lines, which it is not sent,
+//! split them), and `writev(2)` copies a few large slices instead of one
+//! small slice per line. A chunk is freed when the last range in it is
+//! written.
 
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::rc::Rc;
 
-/// One line, newline included, ready to send; shared by every queue it is in.
-pub type Line = Rc<[u8]>;
+/// A sealed chunk holding at least this much starts the next line in a new
+/// one: a slow client keeps a whole chunk alive, so chunks stay small.
+const CHUNK_SIZE: usize = 64 * 1024;
 
-/// `text` and its newline as a [`Line`].
-pub fn line(text: impl AsRef<[u8]>) -> Line {
-    let text = text.as_ref();
-    let mut bytes = Vec::with_capacity(text.len() + 1);
-    bytes.extend_from_slice(text);
-    bytes.push(b'\n');
-    bytes.into()
+/// Lines written into one buffer, shared by every queue that holds a range
+/// of it. Its bytes are set once, when it is sealed; until then they are in
+/// the [`Chunks`] that fills it, and no queue may be written.
+#[derive(Default)]
+struct Chunk {
+    bytes: OnceCell<Vec<u8>>,
 }
+
+// ANCHOR: line
+/// One line, newline included: a range of a chunk.
+#[derive(Clone)]
+pub struct Line {
+    chunk: Rc<Chunk>,
+    start: usize,
+    end: usize,
+}
+
+impl Line {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// Where the server formats its lines: the chunk being filled.
+#[derive(Default)]
+pub struct Chunks {
+    /// The chunk being filled and its bytes so far (moved into it when it
+    /// is sealed); `None` when every chunk is sealed.
+    open: Option<(Rc<Chunk>, Vec<u8>)>,
+    /// The size of the last chunk sealed: the next one starts with room for
+    /// as much, so a busy round grows its buffer once, not line by line.
+    last_size: usize,
+}
+
+impl Chunks {
+    /// A line made by `write` (which appends the text) and a newline.
+    pub fn write(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Line {
+        let capacity = self.last_size;
+        let (chunk, bytes) = self
+            .open
+            .get_or_insert_with(|| (Rc::default(), Vec::with_capacity(capacity)));
+        let start = bytes.len();
+        write(bytes);
+        bytes.push(b'\n');
+        let line = Line {
+            chunk: Rc::clone(chunk),
+            start,
+            end: bytes.len(),
+        };
+        if bytes.len() >= CHUNK_SIZE {
+            self.seal();
+        }
+        line
+    }
+
+    /// Freeze the chunk being filled, so the queues that hold its lines can
+    /// be written; the next line starts a new chunk.
+    pub fn seal(&mut self) {
+        if let Some((chunk, bytes)) = self.open.take() {
+            self.last_size = bytes.len().min(CHUNK_SIZE);
+            // Only `seal` sets the bytes, and a chunk is sealed once.
+            let _ = chunk.bytes.set(bytes);
+        }
+    }
+}
+// ANCHOR_END: line
 
 // ANCHOR: queue
 /// The lines owed to one client, oldest first.
@@ -32,18 +102,27 @@ pub struct OutQueue {
 
 #[derive(Default)]
 struct Pending {
-    lines: VecDeque<Line>,
-    /// How much of the front line the socket has already taken.
-    written: usize,
+    /// Unwritten ranges; the front one's `start` moves as the socket takes
+    /// its bytes.
+    ranges: VecDeque<Line>,
     /// Bytes queued and not yet written: what `--max-queue` bounds.
     bytes: usize,
 }
 
 impl OutQueue {
-    pub fn push(&mut self, line: Line) {
+    pub fn push(&mut self, line: &Line) {
         let pending = self.pending.get_or_insert_with(Box::default);
         pending.bytes += line.len();
-        pending.lines.push_back(line);
+        // The line that follows the last one queued, in the same chunk:
+        // one longer range, not one more.
+        if let Some(last) = pending.ranges.back_mut()
+            && Rc::ptr_eq(&last.chunk, &line.chunk)
+            && last.end == line.start
+        {
+            last.end = line.end;
+        } else {
+            pending.ranges.push_back(line.clone());
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -55,21 +134,23 @@ impl OutQueue {
         self.pending.as_ref().map_or(0, |p| p.bytes)
     }
 
-    /// The unwritten bytes as at most `max` slices, for one `writev(2)`.
-    pub fn slices(&self, max: usize) -> Vec<IoSlice<'_>> {
+    /// Fill `slices` with the unwritten bytes, oldest first, for one
+    /// `writev(2)`; returns how many it filled. Every chunk queued must be
+    /// sealed ([`Chunks::seal`]).
+    pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
         let Some(pending) = &self.pending else {
-            return Vec::new();
+            return 0;
         };
-        pending
-            .lines
-            .iter()
-            .take(max)
-            .enumerate()
-            .map(|(i, line)| {
-                let skip = if i == 0 { pending.written } else { 0 };
-                IoSlice::new(&line[skip..])
-            })
-            .collect()
+        let ranges = pending.ranges.iter().zip(slices.iter_mut());
+        for (range, slice) in ranges {
+            let bytes = range
+                .chunk
+                .bytes
+                .get()
+                .expect("chunks are sealed before writing");
+            *slice = IoSlice::new(&bytes[range.start..range.end]);
+        }
+        pending.ranges.len().min(slices.len())
     }
 
     /// Forget the first `n` unwritten bytes: the socket has taken them.
@@ -78,15 +159,13 @@ impl OutQueue {
             return;
         };
         pending.bytes -= n;
-        while let Some(front) = pending.lines.front() {
-            let left = front.len() - pending.written;
-            if n < left {
-                pending.written += n;
+        while let Some(front) = pending.ranges.front_mut() {
+            if n < front.len() {
+                front.start += n;
                 return;
             }
-            n -= left;
-            pending.written = 0;
-            pending.lines.pop_front(); // the last queue holding it frees the line
+            n -= front.len();
+            pending.ranges.pop_front(); // the last range in a chunk frees it
         }
         // All written: give the memory back, so an idle client keeps none.
         self.pending = None;
@@ -99,18 +178,22 @@ mod tests {
     use super::*;
 
     fn unwritten(queue: &OutQueue) -> Vec<u8> {
-        queue
-            .slices(usize::MAX)
-            .iter()
-            .flat_map(|s| s.to_vec())
-            .collect()
+        let mut slices = [IoSlice::new(&[]); 16];
+        let n = queue.slices(&mut slices);
+        slices[..n].iter().flat_map(|s| s.to_vec()).collect()
+    }
+
+    fn text(chunks: &mut Chunks, text: &str) -> Line {
+        chunks.write(|out| out.extend_from_slice(text.as_bytes()))
     }
 
     #[test]
     fn partial_writes_resume_mid_line() {
+        let mut chunks = Chunks::default();
         let mut queue = OutQueue::default();
-        queue.push(line("hello"));
-        queue.push(line("world"));
+        queue.push(&text(&mut chunks, "hello"));
+        queue.push(&text(&mut chunks, "world"));
+        chunks.seal();
         assert_eq!(queue.bytes(), 12);
         queue.consume(3);
         assert_eq!(unwritten(&queue), b"lo\nworld\n");
@@ -123,35 +206,83 @@ mod tests {
     }
 
     #[test]
-    fn slices_are_capped_for_writev() {
+    fn lines_that_follow_each_other_are_one_slice() {
+        let mut chunks = Chunks::default();
         let mut queue = OutQueue::default();
         for i in 0..10 {
-            queue.push(line(format!("{i}")));
+            queue.push(&text(&mut chunks, &format!("{i}")));
         }
-        assert_eq!(queue.slices(4).len(), 4);
-        assert_eq!(queue.slices(100).len(), 10);
+        chunks.seal();
+        let mut slices = [IoSlice::new(&[]); 16];
+        assert_eq!(queue.slices(&mut slices), 1);
+        assert_eq!(unwritten(&queue), b"0\n1\n2\n3\n4\n5\n6\n7\n8\n9\n");
     }
 
     #[test]
-    fn one_line_is_shared_not_copied() {
-        let shared = line("to everyone");
+    fn a_line_not_sent_to_this_client_splits_its_slices() {
+        let mut chunks = Chunks::default();
+        let mut queue = OutQueue::default();
+        queue.push(&text(&mut chunks, "a"));
+        let _own = text(&mut chunks, "mine, sent to the others");
+        queue.push(&text(&mut chunks, "b"));
+        queue.push(&text(&mut chunks, "c"));
+        chunks.seal();
+        queue.push(&text(&mut chunks, "next round"));
+        chunks.seal();
+        let mut slices = [IoSlice::new(&[]); 16];
+        assert_eq!(queue.slices(&mut slices), 3);
+        assert_eq!(unwritten(&queue), b"a\nb\nc\nnext round\n");
+    }
+
+    #[test]
+    fn slices_are_capped_for_writev() {
+        let mut chunks = Chunks::default();
+        let mut queue = OutQueue::default();
+        for i in 0..10 {
+            queue.push(&text(&mut chunks, &format!("{i}")));
+            chunks.seal(); // a chunk each, so no two lines merge
+        }
+        let mut slices = [IoSlice::new(&[]); 4];
+        assert_eq!(queue.slices(&mut slices), 4);
+        assert_eq!(unwritten(&queue).len(), 20);
+    }
+
+    #[test]
+    fn a_full_chunk_is_sealed_and_the_next_line_starts_another() {
+        let mut chunks = Chunks::default();
+        let mut queue = OutQueue::default();
+        let long = "x".repeat(CHUNK_SIZE);
+        queue.push(&text(&mut chunks, &long));
+        queue.push(&text(&mut chunks, "after"));
+        chunks.seal();
+        let mut slices = [IoSlice::new(&[]); 16];
+        assert_eq!(queue.slices(&mut slices), 2);
+        assert_eq!(queue.bytes(), CHUNK_SIZE + 1 + 6);
+    }
+
+    #[test]
+    fn one_line_is_shared_not_copied_and_freed_by_the_last_queue() {
+        let mut chunks = Chunks::default();
+        let shared = text(&mut chunks, "to everyone");
         let mut a = OutQueue::default();
         let mut b = OutQueue::default();
-        a.push(Rc::clone(&shared));
-        b.push(Rc::clone(&shared));
-        assert_eq!(Rc::strong_count(&shared), 3);
+        a.push(&shared);
+        b.push(&shared);
+        chunks.seal();
+        let chunk = Rc::downgrade(&shared.chunk);
+        drop(shared);
+        assert_eq!(chunk.strong_count(), 2, "one chunk, held by both queues");
         a.consume(a.bytes());
-        assert_eq!(
-            Rc::strong_count(&shared),
-            2,
-            "a written line leaves the queue"
-        );
+        assert_eq!(chunk.strong_count(), 1, "a written line leaves the queue");
+        b.consume(b.bytes());
+        assert!(chunk.upgrade().is_none(), "the last queue frees the chunk");
     }
 
     #[test]
     fn an_emptied_queue_gives_its_memory_back() {
+        let mut chunks = Chunks::default();
         let mut queue = OutQueue::default();
-        queue.push(line("x"));
+        queue.push(&text(&mut chunks, "x"));
         assert!(queue.pending.is_some());
         queue.consume(2);
         assert!(queue.pending.is_none());

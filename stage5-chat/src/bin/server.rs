@@ -9,7 +9,7 @@
 //! arrive through a `signalfd` in the same epoll set.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -29,9 +29,8 @@ use nix::sys::socket::{
 use nix::sys::uio::writev;
 use nix::unistd::read;
 
-use stage5_chat::clients::{Clients, NickError};
+use stage5_chat::clients::{Clients, NickError, sanitize};
 use stage5_chat::framer::{LineTooLong, split_lines};
-use stage5_chat::queue::{Line, line};
 
 const USAGE: &str = "\
 usage: server [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
@@ -60,8 +59,10 @@ const READS_PER_ROUND: usize = 8;
 /// written, so a burst of joins never piles thousands of notices into
 /// every queue at once (memory the allocator would keep afterwards).
 const ACCEPTS_PER_ROUND: usize = 64;
-/// The most slices one `writev(2)` takes (`IOV_MAX`).
-const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
+/// The most slices one `writev(2)` is given. Lines that follow each other
+/// in a chunk share a slice, so a queue holds a few per round; whatever is
+/// left over goes in the next round's write.
+const SLICES_PER_WRITE: usize = 64;
 /// What every client socket is registered for.
 const CLIENT_EVENTS: EpollFlags = EpollFlags::EPOLLIN
     .union(EpollFlags::EPOLLRDHUP)
@@ -382,18 +383,18 @@ impl Server {
             }
             self.clients.add(client_fd);
             if self.clients.online() >= self.args.max_clients {
-                self.clients.send(fd, line("* error: server full"));
+                self.clients.send(fd, "* error: server full");
                 self.linger(fd);
                 continue;
             }
             let name = self.clients.join(fd);
             let online = self.clients.online();
-            let welcome = line(format!("* welcome {name} ({online} online)"));
+            let welcome = format!("* welcome {name} ({online} online)");
             self.clients.send(fd, welcome);
             // Past the limit, N clients joining would cost N² notices.
             if online <= self.args.announce_limit {
-                let joined = line(format!("* {name} joined"));
-                self.clients.broadcast(&joined, Some(fd));
+                let joined = format!("* {name} joined");
+                self.clients.broadcast(joined, Some(fd));
             }
         }
         self.accept_more = true;
@@ -516,7 +517,7 @@ impl Server {
                 }
             }
             Err(LineTooLong) => {
-                let error = line(format!("* error: line too long (max {max_line} bytes)"));
+                let error = format!("* error: line too long (max {max_line} bytes)");
                 self.clients.send(fd, error);
                 if self.leave(fd, "") {
                     self.linger(fd);
@@ -530,18 +531,11 @@ impl Server {
         if text.is_empty() {
             return ControlFlow::Continue(());
         }
-        let text = sanitize(text);
         if let Some(command) = text.strip_prefix(b"/") {
-            return self.command(fd, command);
+            let command: Vec<u8> = command.iter().map(|&b| sanitize(b)).collect();
+            return self.command(fd, &command);
         }
-        let Some(client) = self.clients.get(fd) else {
-            return ControlFlow::Break(());
-        };
-        // Formatted once, whatever the number of receivers.
-        let relayed: Line = [client.name.as_bytes(), b": ", &text, b"\n"]
-            .concat()
-            .into();
-        self.clients.broadcast(&relayed, Some(fd));
+        self.clients.relay(fd, text);
         ControlFlow::Continue(())
     }
 
@@ -556,23 +550,23 @@ impl Server {
                 Ok(old) => {
                     let new = String::from_utf8_lossy(arg);
                     self.clients
-                        .broadcast(&line(format!("* {old} is now {new}")), None);
+                        .broadcast(format!("* {old} is now {new}"), None);
                     return ControlFlow::Continue(());
                 }
                 Err(NickError::Invalid) => {
-                    line("* error: a name is 1-32 of the characters A-Z a-z 0-9 _ -")
+                    b"* error: a name is 1-32 of the characters A-Z a-z 0-9 _ -".to_vec()
                 }
-                Err(NickError::Taken) => line([b"* error: the name ", arg, b" is taken"].concat()),
+                Err(NickError::Taken) => [b"* error: the name ", arg, b" is taken"].concat(),
             },
-            b"who" => line(format!("* online: {}", self.clients.names().join(", "))),
+            b"who" => format!("* online: {}", self.clients.names().join(", ")).into_bytes(),
             b"quit" => {
-                self.clients.send(fd, line("* bye"));
+                self.clients.send(fd, "* bye");
                 if self.leave(fd, "") {
                     self.linger(fd);
                 }
                 return ControlFlow::Break(()); // nothing after /quit counts
             }
-            _ => line([b"* error: unknown command /", word].concat()),
+            _ => [b"* error: unknown command /", word].concat(),
         };
         self.clients.send(fd, reply);
         ControlFlow::Continue(())
@@ -587,8 +581,7 @@ impl Server {
             return false;
         };
         if online <= self.args.announce_limit {
-            self.clients
-                .broadcast(&line(format!("* {name} left{why}")), None);
+            self.clients.broadcast(format!("* {name} left{why}"), None);
         }
         true
     }
@@ -660,10 +653,11 @@ impl Server {
         client.dirty = false;
         // While blocked, the socket is known to be full: wait for EPOLLOUT.
         if !client.blocked && !client.queue.is_empty() {
-            let slices = client.queue.slices(IOV_MAX);
+            let mut slices = [IoSlice::new(&[]); SLICES_PER_WRITE];
+            let filled = client.queue.slices(&mut slices);
+            let slices = &slices[..filled];
             let offered: usize = slices.iter().map(|s| s.len()).sum();
-            let written = writev(&client.fd, &slices);
-            drop(slices);
+            let written = writev(&client.fd, slices);
             match written {
                 Ok(n) => {
                     client.queue.consume(n);
@@ -748,8 +742,7 @@ impl Server {
         if self.accept_paused.take().is_none() {
             let _ = self.epoll_fd.delete(&self.listen_fd);
         }
-        let notice = line("* server shutting down");
-        self.clients.broadcast(&notice, None);
+        self.clients.broadcast("* server shutting down", None);
         for fd in self.clients.online_fds() {
             // Out of the chat without a `left` notice: everyone is leaving.
             self.clients.leave(fd);
@@ -757,18 +750,4 @@ impl Server {
         false
     }
     // ANCHOR_END: shutdown
-}
-
-/// Control bytes other than TAB (ESC included) become `?`, so no client can
-/// drive another's terminal; bytes from 0x80 up (UTF-8) pass unchanged.
-fn sanitize(text: &[u8]) -> Vec<u8> {
-    text.iter()
-        .map(|&b| {
-            if b.is_ascii_control() && b != b'\t' {
-                b'?'
-            } else {
-                b
-            }
-        })
-        .collect()
 }
