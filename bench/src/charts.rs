@@ -24,12 +24,13 @@ const HEIGHT: u32 = 440;
 
 /// A colour per server, the same in every chart.
 fn color(server: &str) -> RGBColor {
-    const COLORS: [RGBColor; 6] = [
+    const COLORS: [RGBColor; 7] = [
         RGBColor(120, 120, 120),
         RGBColor(31, 119, 180),
         RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
         RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
         RGBColor(148, 103, 189),
     ];
     let i = SERVERS.iter().position(|s| s.name == server).unwrap_or(0);
@@ -99,7 +100,10 @@ fn held(r: &Results) -> Vec<Line> {
 /// For each chat server: unpaced deliveries/s by clients.
 fn deliveries(r: &Results) -> Vec<Line> {
     let mut lines = Vec::new();
-    for s in SERVERS.iter().filter(|s| s.kind == Kind::Chat) {
+    for s in SERVERS
+        .iter()
+        .filter(|s| s.kind == Kind::Chat && !s.connect_only)
+    {
         let points = r
             .all(s.name, |t| matches!(t, Test::Chat { rate: 0, .. }))
             .into_iter()
@@ -121,7 +125,10 @@ fn deliveries(r: &Results) -> Vec<Line> {
 /// the same deliveries per second).
 fn p99(r: &Results) -> Vec<Line> {
     let mut lines = Vec::new();
-    for s in SERVERS.iter().filter(|s| s.kind == Kind::Chat) {
+    for s in SERVERS
+        .iter()
+        .filter(|s| s.kind == Kind::Chat && !s.connect_only)
+    {
         let runs = r.all(
             s.name,
             |t| matches!(t, Test::Chat { rate, .. } if *rate > 0),

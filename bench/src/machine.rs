@@ -7,6 +7,8 @@ use std::process::Command;
 use nix::sys::resource::{Resource, getrlimit};
 use serde::{Deserialize, Serialize};
 
+use crate::pin::Pinning;
+
 #[derive(Serialize, Deserialize)]
 pub struct Machine {
     /// CPUs this process may run on (`nproc`).
@@ -23,6 +25,16 @@ pub struct Machine {
     pub max_map_count: Option<u64>,
     /// `net.ipv4.ip_local_port_range`: the ephemeral ports of one source address.
     pub ephemeral_ports: String,
+    /// `net.ipv4.tcp_max_tw_buckets`: TIME_WAIT sockets the machine keeps;
+    /// past it a closed connection skips TIME_WAIT, which is cheaper.
+    #[serde(default)]
+    pub max_time_wait: Option<u64>,
+    /// `/proc/loadavg` when the benchmark started: other work on the machine.
+    #[serde(default)]
+    pub load_before: Option<String>,
+    /// Which CPU ran the servers and which the tester.
+    #[serde(default)]
+    pub pinning: Pinning,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -31,6 +43,9 @@ pub struct Commit {
     pub hash: String,
     /// Tracked files differed from the commit when the run started.
     pub dirty: bool,
+    /// The last commit that changed stage5-chat/src, `hash subject`.
+    #[serde(default)]
+    pub stage5: Option<String>,
 }
 
 impl Machine {
@@ -48,6 +63,11 @@ impl Machine {
             ephemeral_ports: read_trimmed("/proc/sys/net/ipv4/ip_local_port_range")
                 .map(|v| v.split_whitespace().collect::<Vec<_>>().join("-"))
                 .unwrap_or_else(|| "unknown".into()),
+            max_time_wait: read_trimmed("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+                .and_then(|v| v.parse().ok()),
+            load_before: read_trimmed("/proc/loadavg")
+                .map(|v| v.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+            pinning: Pinning::probe(),
         }
     }
 
@@ -64,7 +84,13 @@ impl Commit {
         let hash = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
         let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
             .is_some_and(|changes| !changes.is_empty());
-        Commit { hash, dirty }
+        let stage5 = git(&["log", "-1", "--format=%h %s", "--", "stage5-chat/src"])
+            .filter(|line| !line.is_empty());
+        Commit {
+            hash,
+            dirty,
+            stage5,
+        }
     }
 
     /// `1a2b3c4d` or `1a2b3c4d (with uncommitted changes)`.
@@ -83,6 +109,15 @@ fn git(args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// TIME_WAIT sockets on the whole machine now (`tw` in /proc/net/sockstat).
+pub fn time_wait_sockets() -> Option<u64> {
+    let text = fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = tcp.split_whitespace();
+    words.find(|&w| w == "tw")?;
+    words.next()?.parse().ok()
 }
 
 fn read_trimmed(path: &str) -> Option<String> {

@@ -8,6 +8,7 @@
 mod charts;
 mod machine;
 mod measure;
+mod pin;
 mod plan;
 mod process;
 mod results;
@@ -56,7 +57,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(false) => {
+            eprintln!("error: no run gave a figure: nothing was measured");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -64,7 +68,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Measure (or reload), then write everything; false when a run failed.
+/// Measure (or reload), then write everything; false when no run at all
+/// gave a figure. A failed run is data (a server that crashed, a tester
+/// that gave up): it is recorded, shown in the table and warned about, but
+/// the figures of the other runs still stand.
 fn run(cli: &Cli) -> Result<bool> {
     let results = if cli.render_only {
         let path = cli.out.join("results.json");
@@ -76,15 +83,15 @@ fn run(cli: &Cli) -> Result<bool> {
     };
     write(&results, &cli.out)?;
     print!("{}", table::render(&results));
-    let failed = results
-        .measurements
-        .iter()
-        .filter(|m| m.error.is_some())
-        .count();
-    if failed > 0 {
-        eprintln!("{failed} runs failed; results.md lists them under \"Runs that failed\"");
+    for m in results.measurements.iter().filter(|m| m.error.is_some()) {
+        eprintln!(
+            "warning: {} `{}` failed: {}",
+            m.server,
+            m.command,
+            m.error.as_deref().unwrap_or_default()
+        );
     }
-    Ok(failed == 0)
+    Ok(results.measurements.iter().any(|m| m.error.is_none()))
 }
 
 fn measure(cli: &Cli) -> Result<Results> {
@@ -114,12 +121,18 @@ fn measure(cli: &Cli) -> Result<Results> {
     let machine = Machine::probe();
     let commit = Commit::probe();
     eprintln!(
-        "bench: {profile:?} profile, binaries from {}, commit {}",
+        "bench: {profile:?} profile, binaries from {}, commit {}; {}; load average {}",
         bin_dir.display(),
-        commit.describe()
+        commit.describe(),
+        machine.pinning.describe(),
+        machine.load_before.as_deref().unwrap_or("unknown"),
     );
-    let (servers, measurements) =
-        measure::run_all(&numbers, &bin_dir, &tester, machine.max_connections());
+    let bench = measure::Bench {
+        numbers: &numbers,
+        tester: &tester,
+        pinning: &machine.pinning,
+    };
+    let (servers, measurements) = measure::run_all(&bench, &bin_dir, machine.max_connections());
     let targets = targets::evaluate(&measurements, &numbers);
     let command = match profile {
         Profile::Smoke => "bench --smoke".to_string(),

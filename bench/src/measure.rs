@@ -1,23 +1,32 @@
 //! Running the plan: for each server and each of its tests, start a fresh
-//! server, run one `tester ... --json` against it, note its peak memory,
-//! and kill it.
+//! server on its CPU, run one `tester ... --json` against it on the other,
+//! note its peak memory, and kill it.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::machine::time_wait_sockets;
+use crate::pin::Pinning;
 use crate::plan::{Kind, Numbers, SERVERS, ServerSpec};
 use crate::process::{Server, run_tester, server_args};
 use crate::results::{Measurement, ServerInfo, Test};
 
+/// What every run shares: the profile's numbers, the tester, the CPUs.
+pub struct Bench<'a> {
+    pub numbers: &'a Numbers,
+    pub tester: &'a Path,
+    pub pinning: &'a Pinning,
+}
+
 /// Measure every server whose binary is in `bin_dir`.
 pub fn run_all(
-    numbers: &Numbers,
+    bench: &Bench,
     bin_dir: &Path,
-    tester: &Path,
     max_connections: u64,
 ) -> (Vec<ServerInfo>, Vec<Measurement>) {
+    let numbers = bench.numbers;
     let mut servers = Vec::new();
     let mut measurements = Vec::new();
     let mut built_specs = Vec::new();
@@ -27,7 +36,7 @@ pub fn run_all(
         servers.push(ServerInfo {
             name: spec.name.into(),
             label: spec.label.into(),
-            command: format!("{} {}", spec.bin, server_args().join(" ")),
+            command: format!("{} {}", spec.bin, server_args(spec.args).join(" ")),
             built,
         });
         if !built {
@@ -41,19 +50,23 @@ pub fn run_all(
         built_specs.push((spec, bin));
     }
     // Connection rates first, in rounds across all servers: each connect
-    // leaves kernel state behind (TIME_WAIT sockets) that slows the next
-    // run, whichever server it measures.
+    // leaves kernel state behind (TIME_WAIT sockets) that changes the next
+    // run's rate, whichever server it measures.
     for round in 0..numbers.connect_rounds {
         for (spec, bin) in &built_specs {
             for &concurrency in &numbers.connect_concurrency {
-                let test = Test::Connect { concurrency, round };
-                measurements.push(measure(spec, bin, tester, test, numbers));
+                let test = Test::Connect {
+                    concurrency,
+                    round,
+                    greeting: spec.kind == Kind::Chat,
+                };
+                measurements.push(measure(bench, spec, bin, test));
             }
         }
     }
     for (spec, bin) in &built_specs {
         for test in tests_for(spec, numbers, max_connections) {
-            measurements.push(measure(spec, bin, tester, test, numbers));
+            measurements.push(measure(bench, spec, bin, test));
         }
     }
     (servers, measurements)
@@ -62,6 +75,9 @@ pub fn run_all(
 /// The tests a server gets after the connect rounds, in the order they run.
 fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<Test> {
     let mut tests = Vec::new();
+    if spec.connect_only {
+        return tests;
+    }
     if spec.hold {
         for connections in numbers.hold_sizes(max_connections) {
             tests.push(Test::Hold { connections });
@@ -98,41 +114,46 @@ fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<
 }
 
 /// One test against a fresh server, so no run inherits another's memory.
-fn measure(
-    spec: &ServerSpec,
-    bin: &Path,
-    tester: &Path,
-    test: Test,
-    numbers: &Numbers,
-) -> Measurement {
+fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurement {
     let mut m = Measurement {
         server: spec.name.into(),
         command: format!(
             "tester {}",
-            tester_args(&test, numbers, "ADDR", "PID").join(" ")
+            tester_args(&test, bench.numbers, "ADDR", "PID").join(" ")
         ),
         test,
         tester: None,
         server_peak_rss: None,
         server_cpu_s: None,
+        time_wait_before: None,
         error: None,
     };
-    if let Err(err) = run_one(&mut m, bin, tester, numbers) {
+    if let Err(err) = run_one(&mut m, bench, spec, bin) {
         m.error = Some(format!("{err:#}"));
     }
-    eprintln!("{:<22} {}", spec.name, summary(&m));
+    eprintln!("{:<24} {}", spec.name, summary(&m));
     m
 }
 
-fn run_one(m: &mut Measurement, bin: &Path, tester: &Path, numbers: &Numbers) -> Result<()> {
-    let mut server = Server::start(bin)?;
+fn run_one(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) -> Result<()> {
+    let mut server = Server::start(bin, spec.args, bench.pinning.server_cpu)?;
     let args = tester_args(
         &m.test,
-        numbers,
+        bench.numbers,
         &server.addr.to_string(),
         &server.pid().to_string(),
     );
-    let run = run_tester(tester, &args, numbers.run_limit)?;
+    // The machine-wide TIME_WAIT count decides how costly a close is, so a
+    // connect figure is kept with the count it started from.
+    if matches!(m.test, Test::Connect { .. }) {
+        m.time_wait_before = time_wait_sockets();
+    }
+    let run = run_tester(
+        bench.tester,
+        &args,
+        bench.numbers.run_limit,
+        bench.pinning.tester_cpu,
+    )?;
     m.tester = run.json;
     m.server_peak_rss = server.peak_rss();
     m.server_cpu_s = server.cpu_seconds();
@@ -145,7 +166,11 @@ fn run_one(m: &mut Measurement, bin: &Path, tester: &Path, numbers: &Numbers) ->
 /// The tester's arguments for `test`, with `addr` and `pid` filled in.
 fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<String> {
     let mut args: Vec<String> = match *test {
-        Test::Connect { concurrency, .. } => {
+        Test::Connect {
+            concurrency,
+            greeting,
+            ..
+        } => {
             let mut a = vec![
                 "connect".into(),
                 addr.into(),
@@ -155,6 +180,9 @@ fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<Str
             match numbers.connect_count {
                 Some(count) => a.extend(["--count".into(), count.to_string()]),
                 None => a.extend(["--duration".into(), duration(numbers.connect_for)]),
+            }
+            if greeting {
+                a.push("--greeting".into());
             }
             a
         }

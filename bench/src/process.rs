@@ -16,6 +16,7 @@ use nix::unistd::{SysconfVar, sysconf};
 use serde_json::Value;
 
 use crate::machine::{kib, proc_field};
+use crate::pin::pin;
 
 /// How long a server may take to print its `listening on` line.
 const START_LIMIT: Duration = Duration::from_secs(10);
@@ -31,10 +32,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start `bin -q 127.0.0.1:0` and wait for its `listening on` line.
-    pub fn start(bin: &Path) -> Result<Server> {
-        let mut child = Command::new(bin)
-            .args(server_args())
+    /// Start `bin -q FLAGS 127.0.0.1:0` on `cpu` and wait for its
+    /// `listening on` line.
+    pub fn start(bin: &Path, flags: &[&str], cpu: Option<usize>) -> Result<Server> {
+        let mut command = Command::new(bin);
+        pin(&mut command, cpu);
+        let mut child = command
+            .args(server_args(flags))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -109,9 +113,13 @@ impl Drop for Server {
     }
 }
 
-/// The flags every server gets: quiet, loopback, a port the kernel picks.
-pub fn server_args() -> [&'static str; 2] {
-    ["-q", "127.0.0.1:0"]
+/// A server's arguments: quiet, its own `flags`, loopback, a port the
+/// kernel picks.
+pub fn server_args<'a>(flags: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["-q"];
+    args.extend_from_slice(flags);
+    args.push("127.0.0.1:0");
+    args
 }
 
 /// The end of what a child wrote to a pipe.
@@ -156,9 +164,16 @@ pub struct TesterRun {
     pub error: Option<String>,
 }
 
-/// Run `tester ARGS`, stopping it (SIGKILL to its PID) after `limit`.
-pub fn run_tester(tester: &Path, args: &[String], limit: Duration) -> Result<TesterRun> {
-    let mut child = Command::new(tester)
+/// Run `tester ARGS` on `cpu`, stopping it (SIGKILL to its PID) after `limit`.
+pub fn run_tester(
+    tester: &Path,
+    args: &[String],
+    limit: Duration,
+    cpu: Option<usize>,
+) -> Result<TesterRun> {
+    let mut command = Command::new(tester);
+    pin(&mut command, cpu);
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

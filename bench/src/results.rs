@@ -42,6 +42,12 @@ pub enum Test {
         concurrency: u32,
         #[serde(default)]
         round: u32,
+        /// `--greeting`: a chat server's connection counts once its welcome
+        /// line arrived, and the tester reads it before closing, so the
+        /// connection ends with the same FIN and TIME_WAIT as an echo
+        /// server's (an unread welcome would end it with a reset instead).
+        #[serde(default)]
+        greeting: bool,
     },
     Hold {
         connections: u64,
@@ -78,6 +84,10 @@ pub struct Measurement {
     /// CPU time the server used in this run (user + system), seconds.
     #[serde(default)]
     pub server_cpu_s: Option<f64>,
+    /// TIME_WAIT sockets on the machine when a connect run started
+    /// (`tw` in /proc/net/sockstat).
+    #[serde(default)]
+    pub time_wait_before: Option<u64>,
     /// Why the run gave no figures (or faulty ones).
     pub error: Option<String>,
 }

@@ -23,6 +23,12 @@ pub fn render(r: &Results) -> String {
         r.machine.cpu_model,
         r.machine.kernel
     );
+    let _ = writeln!(
+        out,
+        "CPUs: {}. Load average when the run started: {}.\n",
+        r.machine.pinning.describe(),
+        r.machine.load_before.as_deref().unwrap_or("unknown")
+    );
     targets(&mut out, r);
     connect(&mut out, r);
     hold(&mut out, r);
@@ -72,21 +78,29 @@ fn connect(out: &mut String, r: &Results) {
     });
     let _ = writeln!(
         out,
-        "### Connections per second\n\nThe median of {} rounds; each round runs every server in turn.\n",
+        "### Connections per second\n\nThe median of {} rounds, and the lowest and highest round; \
+         each round runs every server in turn. The chat servers are measured with `--greeting`: \
+         a connection counts once the server's welcome line arrived, and the tester reads it \
+         before closing, so every server's connections end the same way (a FIN, and a TIME_WAIT \
+         socket on the tester's side). *stage 5, notices off* is stage 5 started with \
+         `--announce-limit 1`, so that no join or leave notice goes out while 64 connections come \
+         and go; the connect target is judged on it, because the notices are fan-out, which the \
+         chat runs measure.\n",
         rounds.len()
     );
     out.push_str("| server |");
     for c in &levels {
         let _ = write!(
             out,
-            " concurrency {c} | p99 connect | server CPU per connection |"
+            " concurrency {c} | lowest–highest | p99 connect | server CPU per connection |"
         );
     }
     out.push_str("\n| --- |");
     for _ in &levels {
-        out.push_str(" ---: | ---: | ---: |");
+        out.push_str(" ---: | ---: | ---: | ---: |");
     }
     out.push('\n');
+    let mut time_wait: Vec<u64> = Vec::new();
     for s in r.built() {
         let _ = write!(out, "| {} |", s.label);
         for &c in &levels {
@@ -94,10 +108,23 @@ fn connect(out: &mut String, r: &Results) {
                 &s.name,
                 |t| matches!(*t, Test::Connect { concurrency, .. } if concurrency == c),
             );
+            time_wait.extend(runs.iter().filter_map(|m| m.time_wait_before));
             let show = |v: Option<f64>, f: fn(f64) -> String| v.map_or("—".into(), f);
+            let rates: Vec<f64> = runs
+                .iter()
+                .filter(|m| m.error.is_none())
+                .filter_map(|m| m.figure("/connections_per_s"))
+                .collect();
+            let range = match (
+                rates.iter().copied().reduce(f64::min),
+                rates.iter().copied().reduce(f64::max),
+            ) {
+                (Some(lo), Some(hi)) => format!("{}–{}", count(lo), count(hi)),
+                _ => "—".into(),
+            };
             let _ = write!(
                 out,
-                " {} | {} | {} |",
+                " {} | {range} | {} | {} |",
                 show(median(&runs, |m| m.figure("/connections_per_s")), count),
                 show(median(&runs, |m| m.figure("/latency/p99_us")), micros),
                 show(median(&runs, |m| m.cpu_ns_per("/connections")), nanos),
@@ -106,6 +133,17 @@ fn connect(out: &mut String, r: &Results) {
         out.push('\n');
     }
     out.push('\n');
+    if let (Some(lo), Some(hi)) = (time_wait.iter().min(), time_wait.iter().max()) {
+        let limit = r.machine.max_time_wait.map_or(String::new(), |max| {
+            format!(" (the machine keeps at most {})", count(max as f64))
+        });
+        let _ = writeln!(
+            out,
+            "TIME_WAIT sockets on the machine when a connect run started: {} to {}{limit}.\n",
+            count(*lo as f64),
+            count(*hi as f64)
+        );
+    }
 }
 
 fn hold(out: &mut String, r: &Results) {
@@ -139,6 +177,48 @@ fn hold(out: &mut String, r: &Results) {
         );
     }
     out.push('\n');
+    held_fewer(out, r);
+}
+
+/// A hold that ended with fewer connections than it asked for, in words:
+/// for the thread-per-connection server that is a finding, not a failure.
+fn held_fewer(out: &mut String, r: &Results) {
+    for m in r.measurements.iter().filter(|m| m.error.is_none()) {
+        let Test::Hold { connections } = m.test else {
+            continue;
+        };
+        let Some(held) = m.figure("/open_at_end") else {
+            continue;
+        };
+        if held as u64 >= connections {
+            continue;
+        }
+        let closed = m.figure("/closed_by_server").unwrap_or(0.0);
+        let _ = write!(
+            out,
+            "**{} held {} of {}** ({} closed by the server).",
+            r.label(&m.server),
+            count(held),
+            count(connections as f64),
+            count(closed)
+        );
+        if m.server == "threads-echo"
+            && let Some(maps) = r.machine.max_map_count
+        {
+            let _ = write!(
+                out,
+                " Thread per connection stops there on this machine because every thread takes \
+                 four memory mappings (its stack, the signal stack, and a guard page for each) \
+                 and `vm.max_map_count` allows {} per process: room for about {} threads. \
+                 Past that Rust's runtime aborts the whole process when a thread cannot be set \
+                 up, so threads-echo refuses (closes at once) any client past its \
+                 `--max-clients`, by default a quarter of `vm.max_map_count` less 512.",
+                count(maps as f64),
+                count((maps / 4) as f64)
+            );
+        }
+        out.push_str("\n\n");
+    }
 }
 
 fn echo(out: &mut String, r: &Results) {
@@ -299,7 +379,22 @@ fn machine(out: &mut String, r: &Results) {
         let _ = writeln!(out, "| `vm.max_map_count` | {maps} |");
     }
     let _ = writeln!(out, "| ephemeral ports | {} |", m.ephemeral_ports);
-    let _ = writeln!(out, "| commit | `{}` |\n", r.commit.describe());
+    if let Some(tw) = m.max_time_wait {
+        let _ = writeln!(out, "| `net.ipv4.tcp_max_tw_buckets` | {tw} |");
+    }
+    let _ = writeln!(out, "| CPUs | {} |", m.pinning.describe());
+    if let Some(load) = &m.load_before {
+        let _ = writeln!(out, "| load average at the start | {load} |");
+    }
+    let _ = writeln!(out, "| commit | `{}` |", r.commit.describe());
+    if let Some(stage5) = &r.commit.stage5 {
+        let _ = writeln!(
+            out,
+            "| last change to stage5-chat/src | `{}` |",
+            cell(stage5)
+        );
+    }
+    out.push('\n');
 }
 
 fn commands(out: &mut String, r: &Results) {
@@ -307,8 +402,9 @@ fn commands(out: &mut String, r: &Results) {
     let _ = writeln!(
         out,
         "`{}` started each server below afresh for every tester run, read its \
-         `listening on` line for ADDR, and killed it afterwards.\n",
-        r.command
+         `listening on` line for ADDR, and killed it afterwards. {}.\n",
+        r.command,
+        capitalise(&r.machine.pinning.describe())
     );
     out.push_str("```text\n");
     for s in r.built() {
@@ -390,6 +486,13 @@ fn micros(us: f64) -> String {
 
 fn mib(bytes: f64) -> String {
     format!("{:.1} MiB", bytes / 1048576.0)
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or(String::new(), |c| {
+        c.to_uppercase().collect::<String>() + chars.as_str()
+    })
 }
 
 /// Text that is safe inside a table cell.

@@ -20,6 +20,7 @@ const SERVERS: &[(&str, &str, &str)] = &[
     ("stage4-edge-triggered", "stage4-edge-triggered", "stage 4"),
     ("threads-echo", "threads-echo", "threads-echo"),
     ("stage5-chat", "server", "stage 5"),
+    ("stage5-chat-notices-off", "server", "stage 5, notices off"),
     ("tokio-chat", "tokio-chat", "tokio-chat"),
 ];
 
@@ -80,9 +81,14 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         let runs = tests_of(&results, name);
         let kinds: Vec<&str> = runs.iter().map(|m| m["test"].as_str().unwrap()).collect();
         let chat = name.contains("chat");
-        let mut expected = vec!["connect", if chat { "chat" } else { "echo" }];
-        if chat {
-            expected.push("join");
+        let mut expected = vec!["connect"];
+        if name == "stage5-chat-notices-off" {
+            // A variant measured in the connect rounds only.
+            assert!(kinds.iter().all(|&k| k == "connect"), "{name}: {kinds:?}");
+        } else if chat {
+            expected.extend(["chat", "join"]);
+        } else {
+            expected.push("echo");
         }
         if matches!(
             name,
@@ -96,6 +102,12 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         for m in runs {
             assert!(m["error"].is_null(), "{name}: {m}");
             assert!(m["command"].as_str().unwrap().starts_with("tester "));
+            if m["test"] == "connect" {
+                // Chat servers greet: the tester waits for the welcome, so
+                // every server's connections close the same way.
+                assert_eq!(m["greeting"], chat, "{name}: {m}");
+                assert!(m["time_wait_before"].is_u64(), "{name}: {m}");
+            }
             let figure = match m["test"].as_str().unwrap() {
                 "connect" => "connections_per_s",
                 "hold" | "join" => "server_bytes_per_connection",
@@ -181,4 +193,80 @@ fn render_only_redraws_from_results_json() {
         .success();
     assert_eq!(fs::read_to_string(&table).unwrap(), first);
     assert!(out.path().join("held.svg").is_file());
+}
+
+/// A bin folder with the tester, the real stage 3 (when `with_stage3`), and
+/// in place of stage 1 a script that prints its `listening on` line and
+/// exits at once: a server that crashes under every test.
+fn bin_dir_with_a_crashing_server(with_stage3: bool) -> tempfile::TempDir {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let real = bin_dir();
+    symlink(real.join("tester"), dir.path().join("tester")).unwrap();
+    if with_stage3 {
+        symlink(real.join("stage3-epoll"), dir.path().join("stage3-epoll")).unwrap();
+    }
+    let crash = dir.path().join("stage1-tcp-server");
+    fs::write(
+        &crash,
+        "#!/bin/sh\necho 'listening on 127.0.0.1:1'\nexit 3\n",
+    )
+    .unwrap();
+    fs::set_permissions(&crash, fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn a_failed_run_is_data_and_the_others_still_count() {
+    let bins = bin_dir_with_a_crashing_server(true);
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("--smoke")
+        .arg("--bin-dir")
+        .arg(bins.path())
+        .arg("--out")
+        .arg(out.path())
+        .timeout(RUN_TIMEOUT)
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+
+    let text = fs::read_to_string(out.path().join("results.json")).expect("results.json");
+    let results: Value = serde_json::from_str(&text).unwrap();
+    let crashed = tests_of(&results, "stage1-tcp-server");
+    assert!(!crashed.is_empty(), "stage 1's runs are recorded");
+    for m in &crashed {
+        assert!(m["error"].is_string(), "a crashed run has its error: {m}");
+        // One warning line per failed run, naming the server and the command.
+        let warning = format!(
+            "warning: stage1-tcp-server `{}` failed",
+            m["command"].as_str().unwrap()
+        );
+        assert!(stderr.contains(&warning), "no {warning:?} in:\n{stderr}");
+    }
+    for m in tests_of(&results, "stage3-epoll") {
+        assert!(m["error"].is_null(), "stage 3 was measured: {m}");
+    }
+    let table = fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(table.contains("### Runs that failed"), "{table}");
+    assert!(table.contains("- stage 1, `tester"), "{table}");
+}
+
+#[test]
+fn nothing_measured_exits_non_zero() {
+    let bins = bin_dir_with_a_crashing_server(false);
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("--smoke")
+        .arg("--bin-dir")
+        .arg(bins.path())
+        .arg("--out")
+        .arg(out.path())
+        .timeout(RUN_TIMEOUT)
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr);
+    assert!(stderr.contains("nothing was measured"), "{stderr}");
+    // The failures are still written down.
+    assert!(out.path().join("results.json").is_file());
 }
