@@ -287,6 +287,7 @@ impl Clients {
     }
 }
 
+// ANCHOR: sanitize
 /// Control bytes other than TAB (ESC included) become `?`, so no client can
 /// drive another's terminal; bytes from 0x80 up (UTF-8) pass unchanged.
 pub fn sanitize(b: u8) -> u8 {
@@ -296,6 +297,7 @@ pub fn sanitize(b: u8) -> u8 {
         b
     }
 }
+// ANCHOR_END: sanitize
 
 #[cfg(test)]
 mod tests {

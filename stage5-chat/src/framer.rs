@@ -192,6 +192,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        // ANCHOR: property
         proptest! {
             /// However the stream is cut into reads, the same lines come
             /// out, the same error (if any), and the same bytes are left.
@@ -220,5 +221,6 @@ mod tests {
                 }
             }
         }
+        // ANCHOR_END: property
     }
 }

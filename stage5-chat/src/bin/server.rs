@@ -191,6 +191,7 @@ fn watch_signals() -> Result<SignalFd> {
 }
 // ANCHOR_END: limits
 
+// ANCHOR: server
 /// Everything the event loop keeps between rounds.
 struct Server {
     args: Args,
@@ -216,6 +217,7 @@ struct Server {
     /// SIGINT or SIGTERM arrived: exit once every client is gone, or then.
     shutdown: Option<Instant>,
 }
+// ANCHOR_END: server
 
 // ANCHOR: run
 fn run(args: &Args) -> Result<()> {
