@@ -216,7 +216,7 @@ impl Clients {
         let Some(client) = self.by_fd.get_mut(fd as usize).and_then(Option::as_mut) else {
             return;
         };
-        client.queue.push(&line);
+        client.queue.push(&self.chunks, &line);
         self.mark_dirty(fd);
     }
 
@@ -253,7 +253,7 @@ impl Clients {
             if !client.online || Some(fd) == except {
                 continue;
             }
-            client.queue.push(line);
+            client.queue.push(&self.chunks, line);
             if !client.dirty {
                 client.dirty = true;
                 self.dirty.push(fd);

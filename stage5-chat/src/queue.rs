@@ -9,7 +9,8 @@
 //! has one or two ranges to write (its own lines, which it is not sent,
 //! split them), and `writev(2)` copies a few large slices instead of one
 //! small slice per line. A chunk is freed when the last range in it is
-//! written.
+//! written; a client that falls behind gets its own copy of further lines
+//! instead, so it cannot keep every chunk alive while it does not read.
 
 use std::cell::OnceCell;
 use std::collections::VecDeque;
@@ -79,6 +80,16 @@ impl Chunks {
         line
     }
 
+    /// The bytes of `line`, sealed or not.
+    pub fn bytes<'a>(&'a self, line: &'a Line) -> &'a [u8] {
+        let bytes = match (&self.open, line.chunk.bytes.get()) {
+            (_, Some(sealed)) => sealed,
+            (Some((_, open)), None) => open,
+            (None, None) => unreachable!("a chunk is open until it is sealed"),
+        };
+        &bytes[line.start..line.end]
+    }
+
     /// Freeze the chunk being filled, so the queues that hold its lines can
     /// be written; the next line starts a new chunk.
     pub fn seal(&mut self) {
@@ -92,6 +103,12 @@ impl Chunks {
 // ANCHOR_END: line
 
 // ANCHOR: queue
+/// The most ranges a queue holds. A client that keeps up has a few per
+/// round and writes them all; past this many it is falling behind, and
+/// gets its own copy of what follows, so a slow client keeps at most this
+/// many shared chunks alive, not every chunk since it stopped reading.
+const MAX_RANGES: usize = 8;
+
 /// The lines owed to one client, oldest first.
 #[derive(Default)]
 pub struct OutQueue {
@@ -102,26 +119,35 @@ pub struct OutQueue {
 
 #[derive(Default)]
 struct Pending {
-    /// Unwritten ranges; the front one's `start` moves as the socket takes
-    /// its bytes.
+    /// Unwritten ranges of shared chunks; the front one's `start` moves as
+    /// the socket takes its bytes.
     ranges: VecDeque<Line>,
+    /// What follows the ranges once there were `MAX_RANGES` of them: the
+    /// lines copied, for this client alone.
+    copied: VecDeque<u8>,
     /// Bytes queued and not yet written: what `--max-queue` bounds.
     bytes: usize,
 }
 
 impl OutQueue {
-    pub fn push(&mut self, line: &Line) {
+    /// Queue `line`, a line of `chunks`.
+    pub fn push(&mut self, chunks: &Chunks, line: &Line) {
         let pending = self.pending.get_or_insert_with(Box::default);
         pending.bytes += line.len();
-        // The line that follows the last one queued, in the same chunk:
-        // one longer range, not one more.
-        if let Some(last) = pending.ranges.back_mut()
+        if !pending.copied.is_empty() {
+            // Copying already: the line goes after the copied ones.
+            pending.copied.extend(chunks.bytes(line));
+        } else if let Some(last) = pending.ranges.back_mut()
             && Rc::ptr_eq(&last.chunk, &line.chunk)
             && last.end == line.start
         {
+            // The line that follows the last one queued, in the same
+            // chunk: one longer range, not one more.
             last.end = line.end;
-        } else {
+        } else if pending.ranges.len() < MAX_RANGES {
             pending.ranges.push_back(line.clone());
+        } else {
+            pending.copied.extend(chunks.bytes(line));
         }
     }
 
@@ -141,16 +167,18 @@ impl OutQueue {
         let Some(pending) = &self.pending else {
             return 0;
         };
-        let ranges = pending.ranges.iter().zip(slices.iter_mut());
-        for (range, slice) in ranges {
-            let bytes = range
-                .chunk
-                .bytes
-                .get()
-                .expect("chunks are sealed before writing");
-            *slice = IoSlice::new(&bytes[range.start..range.end]);
+        let (copied_front, copied_back) = pending.copied.as_slices();
+        let shared = pending.ranges.iter().map(|range| {
+            let chunk = range.chunk.bytes.get();
+            &chunk.expect("chunks are sealed before writing")[range.start..range.end]
+        });
+        let all = shared.chain([copied_front, copied_back]);
+        let mut filled = 0;
+        for (bytes, slice) in all.filter(|b| !b.is_empty()).zip(slices.iter_mut()) {
+            *slice = IoSlice::new(bytes);
+            filled += 1;
         }
-        pending.ranges.len().min(slices.len())
+        filled
     }
 
     /// Forget the first `n` unwritten bytes: the socket has taken them.
@@ -167,8 +195,11 @@ impl OutQueue {
             n -= front.len();
             pending.ranges.pop_front(); // the last range in a chunk frees it
         }
-        // All written: give the memory back, so an idle client keeps none.
-        self.pending = None;
+        pending.copied.drain(..n);
+        if pending.bytes == 0 {
+            // All written: give the memory back, so an idle client keeps none.
+            self.pending = None;
+        }
     }
 }
 // ANCHOR_END: queue
@@ -187,12 +218,19 @@ mod tests {
         chunks.write(|out| out.extend_from_slice(text.as_bytes()))
     }
 
+    /// Write `text` as a line and queue it.
+    fn send(chunks: &mut Chunks, queue: &mut OutQueue, text: &str) -> Line {
+        let line = self::text(chunks, text);
+        queue.push(chunks, &line);
+        line
+    }
+
     #[test]
     fn partial_writes_resume_mid_line() {
         let mut chunks = Chunks::default();
         let mut queue = OutQueue::default();
-        queue.push(&text(&mut chunks, "hello"));
-        queue.push(&text(&mut chunks, "world"));
+        send(&mut chunks, &mut queue, "hello");
+        send(&mut chunks, &mut queue, "world");
         chunks.seal();
         assert_eq!(queue.bytes(), 12);
         queue.consume(3);
@@ -210,7 +248,7 @@ mod tests {
         let mut chunks = Chunks::default();
         let mut queue = OutQueue::default();
         for i in 0..10 {
-            queue.push(&text(&mut chunks, &format!("{i}")));
+            send(&mut chunks, &mut queue, &format!("{i}"));
         }
         chunks.seal();
         let mut slices = [IoSlice::new(&[]); 16];
@@ -222,12 +260,12 @@ mod tests {
     fn a_line_not_sent_to_this_client_splits_its_slices() {
         let mut chunks = Chunks::default();
         let mut queue = OutQueue::default();
-        queue.push(&text(&mut chunks, "a"));
+        send(&mut chunks, &mut queue, "a");
         let _own = text(&mut chunks, "mine, sent to the others");
-        queue.push(&text(&mut chunks, "b"));
-        queue.push(&text(&mut chunks, "c"));
+        send(&mut chunks, &mut queue, "b");
+        send(&mut chunks, &mut queue, "c");
         chunks.seal();
-        queue.push(&text(&mut chunks, "next round"));
+        send(&mut chunks, &mut queue, "next round");
         chunks.seal();
         let mut slices = [IoSlice::new(&[]); 16];
         assert_eq!(queue.slices(&mut slices), 3);
@@ -239,7 +277,7 @@ mod tests {
         let mut chunks = Chunks::default();
         let mut queue = OutQueue::default();
         for i in 0..10 {
-            queue.push(&text(&mut chunks, &format!("{i}")));
+            send(&mut chunks, &mut queue, &format!("{i}"));
             chunks.seal(); // a chunk each, so no two lines merge
         }
         let mut slices = [IoSlice::new(&[]); 4];
@@ -252,8 +290,8 @@ mod tests {
         let mut chunks = Chunks::default();
         let mut queue = OutQueue::default();
         let long = "x".repeat(CHUNK_SIZE);
-        queue.push(&text(&mut chunks, &long));
-        queue.push(&text(&mut chunks, "after"));
+        send(&mut chunks, &mut queue, &long);
+        send(&mut chunks, &mut queue, "after");
         chunks.seal();
         let mut slices = [IoSlice::new(&[]); 16];
         assert_eq!(queue.slices(&mut slices), 2);
@@ -266,8 +304,8 @@ mod tests {
         let shared = text(&mut chunks, "to everyone");
         let mut a = OutQueue::default();
         let mut b = OutQueue::default();
-        a.push(&shared);
-        b.push(&shared);
+        a.push(&chunks, &shared);
+        b.push(&chunks, &shared);
         chunks.seal();
         let chunk = Rc::downgrade(&shared.chunk);
         drop(shared);
@@ -279,10 +317,45 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_past_max_ranges_copies_and_keeps_no_more_chunks_alive() {
+        let mut chunks = Chunks::default();
+        let mut queue = OutQueue::default();
+        let mut expected = Vec::new();
+        let mut kept = Vec::new();
+        for i in 0..MAX_RANGES + 3 {
+            let line = text(&mut chunks, &format!("line {i}"));
+            queue.push(&chunks, &line);
+            kept.push(Rc::downgrade(&line.chunk));
+            expected.extend_from_slice(format!("line {i}\n").as_bytes());
+            chunks.seal(); // one chunk each, as when every line is a round
+        }
+        let alive = kept.iter().filter(|c| c.upgrade().is_some()).count();
+        assert_eq!(alive, MAX_RANGES, "the copied lines' chunks are freed");
+        assert_eq!(unwritten(&queue), expected, "nothing lost or reordered");
+        assert_eq!(queue.bytes(), expected.len());
+        // With a range written, there is room for one more; but a new line
+        // must still go after the copies, or it would overtake them.
+        let first = "line 0\n".len();
+        queue.consume(first + 3);
+        let line = text(&mut chunks, "last");
+        queue.push(&chunks, &line);
+        chunks.seal();
+        expected.extend_from_slice(b"last\n");
+        assert_eq!(unwritten(&queue), expected[first + 3..]);
+        // Written to the end, mid-copy included: the memory goes back.
+        let copied_start = expected.len() - queue.pending.as_ref().unwrap().copied.len();
+        queue.consume(copied_start - (first + 3) + 2);
+        assert_eq!(unwritten(&queue), expected[copied_start + 2..]);
+        queue.consume(queue.bytes());
+        assert!(queue.is_empty());
+        assert!(kept.iter().all(|c| c.upgrade().is_none()));
+    }
+
+    #[test]
     fn an_emptied_queue_gives_its_memory_back() {
         let mut chunks = Chunks::default();
         let mut queue = OutQueue::default();
-        queue.push(&text(&mut chunks, "x"));
+        send(&mut chunks, &mut queue, "x");
         assert!(queue.pending.is_some());
         queue.consume(2);
         assert!(queue.pending.is_none());
