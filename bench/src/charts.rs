@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 
 use crate::plan::{Kind, SERVERS};
-use crate::results::{Results, Test};
+use crate::results::{Measurement, Results, Test, median};
 
 /// One line of a chart: its legend and its points, sorted by x.
 struct Line {
@@ -104,15 +104,27 @@ fn deliveries(r: &Results) -> Vec<Line> {
         .iter()
         .filter(|s| s.kind == Kind::Chat && !s.connect_only)
     {
-        let points = r
-            .all(s.name, |t| matches!(t, Test::Chat { rate: 0, .. }))
+        let runs = r.all(s.name, |t| matches!(t, Test::Chat { rate: 0, .. }));
+        let mut counts: Vec<u32> = runs
+            .iter()
+            .filter_map(|m| match m.test {
+                Test::Chat { clients, .. } => Some(clients),
+                _ => None,
+            })
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        // The median where a client count has several runs.
+        let points = counts
             .into_iter()
-            .filter(|m| m.error.is_none())
-            .filter_map(|m| {
-                let Test::Chat { clients, .. } = m.test else {
-                    return None;
-                };
-                Some((f64::from(clients), m.figure("/deliveries_per_s")? / 1e6))
+            .filter_map(|n| {
+                let at: Vec<&Measurement> = runs
+                    .iter()
+                    .copied()
+                    .filter(|m| matches!(m.test, Test::Chat { clients, .. } if clients == n))
+                    .collect();
+                let rate = median(&at, |m| m.figure("/deliveries_per_s"))?;
+                Some((f64::from(n), rate / 1e6))
             })
             .collect();
         push_line(&mut lines, s.name, r.label(s.name).to_string(), points);

@@ -71,6 +71,13 @@ impl Machine {
         }
     }
 
+    /// How many ports `ephemeral_ports` spans.
+    pub fn ephemeral_port_count(&self) -> Option<u64> {
+        let (low, high) = self.ephemeral_ports.split_once('-')?;
+        let (low, high): (u64, u64) = (low.parse().ok()?, high.parse().ok()?);
+        Some(high.saturating_sub(low) + 1)
+    }
+
     /// The most connections a server here can hold: its descriptor limit
     /// (it raises its soft limit to the hard one) less a margin for the
     /// listener, stdio and epoll.

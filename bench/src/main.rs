@@ -117,8 +117,9 @@ fn measure(cli: &Cli) -> Result<Results> {
             tester.display()
         );
     }
-    let numbers = profile.numbers();
     let machine = Machine::probe();
+    let mut numbers = profile.numbers();
+    numbers.fit_ports(machine.ephemeral_port_count());
     let commit = Commit::probe();
     eprintln!(
         "bench: {profile:?} profile, binaries from {}, commit {}; {}; load average {}",

@@ -52,13 +52,50 @@ pub fn run_all(
     // Connection rates first, in rounds across all servers: each connect
     // leaves kernel state behind (TIME_WAIT sockets) that changes the next
     // run's rate, whichever server it measures.
-    for round in 0..numbers.connect_rounds {
+    if numbers.connect_warmup {
+        let concurrency = *numbers.connect_concurrency.iter().max().unwrap_or(&1);
         for (spec, bin) in &built_specs {
+            let test = Test::Connect {
+                concurrency,
+                round: 0,
+                greeting: spec.kind == Kind::Chat,
+            };
+            let m = measure(bench, spec, bin, test);
+            eprintln!("{:<24} (warm-up, not recorded)", "");
+            drop(m);
+        }
+    }
+    // Each round starts one server later, so that no server is always the
+    // one that meets the TIME_WAIT state the others left.
+    for round in 0..numbers.connect_rounds {
+        let n = built_specs.len();
+        let order = built_specs
+            .iter()
+            .cycle()
+            .skip(round as usize % n.max(1))
+            .take(n);
+        for (spec, bin) in order {
             for &concurrency in &numbers.connect_concurrency {
                 let test = Test::Connect {
                     concurrency,
                     round,
                     greeting: spec.kind == Kind::Chat,
+                };
+                measurements.push(measure(bench, spec, bin, test));
+            }
+        }
+    }
+    // The fan-out target's runs, alternating the chat servers, so a slow
+    // moment of the machine does not land on one server's only run.
+    let clients = numbers.chat_clients[0];
+    for round in 0..numbers.fanout_rounds {
+        for (spec, bin) in &built_specs {
+            if spec.kind == Kind::Chat && !spec.connect_only {
+                let test = Test::Chat {
+                    clients,
+                    messages: numbers.unpaced_messages(clients),
+                    rate: 0,
+                    round,
                 };
                 measurements.push(measure(bench, spec, bin, test));
             }
@@ -90,18 +127,23 @@ fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<
             size: numbers.echo_size,
         }),
         Kind::Chat => {
-            for &clients in numbers.chat_clients {
-                tests.push(Test::Chat {
-                    clients,
-                    messages: numbers.unpaced_messages(clients),
-                    rate: 0,
-                });
+            for (i, &clients) in numbers.chat_clients.iter().enumerate() {
+                // The first count's unpaced runs are the fan-out rounds.
+                if i > 0 {
+                    tests.push(Test::Chat {
+                        clients,
+                        messages: numbers.unpaced_messages(clients),
+                        rate: 0,
+                        round: 0,
+                    });
+                }
                 for &base_rate in numbers.chat_rates {
                     let rate = numbers.scaled_rate(base_rate, clients);
                     tests.push(Test::Chat {
                         clients,
                         messages: numbers.paced_messages(clients, rate),
                         rate,
+                        round: 0,
                     });
                 }
             }
@@ -177,10 +219,7 @@ fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<Str
                 "--concurrency".into(),
                 concurrency.to_string(),
             ];
-            match numbers.connect_count {
-                Some(count) => a.extend(["--count".into(), count.to_string()]),
-                None => a.extend(["--duration".into(), duration(numbers.connect_for)]),
-            }
+            a.extend(["--count".into(), numbers.connect_count.to_string()]);
             if greeting {
                 a.push("--greeting".into());
             }
@@ -206,6 +245,7 @@ fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<Str
             clients,
             messages,
             rate,
+            ..
         } => vec![
             "chat".into(),
             addr.into(),

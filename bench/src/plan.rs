@@ -119,12 +119,18 @@ pub const TOKIO: &str = "tokio-chat";
 
 /// The numbers of one profile.
 pub struct Numbers {
-    /// `tester connect --duration` (or `--count` when set, for the smoke run).
-    pub connect_for: Duration,
-    pub connect_count: Option<u64>,
+    /// `tester connect --count`: connections per run. A count, not a
+    /// duration, and below half the ephemeral ports: a run to one server
+    /// that used up the fresh ports (the kernel hands `connect` ports of one
+    /// parity first, about 14,000 here) would stall waiting to reuse its own
+    /// TIME_WAIT ports, and measure that instead of the server.
+    pub connect_count: u64,
     pub connect_concurrency: [u32; 2],
     /// Rounds of connect runs; the tables show each server's median.
     pub connect_rounds: u32,
+    /// One unrecorded connect run per server before the rounds, so the
+    /// first round meets the same TIME_WAIT state as the others.
+    pub connect_warmup: bool,
     /// `tester hold --connections`: these, then the most the machine allows.
     pub hold_steps: &'static [u64],
     /// The most connections a hold may ask for in this profile, whatever
@@ -140,6 +146,9 @@ pub struct Numbers {
     /// count; a run with more clients sends proportionally fewer lines per
     /// second, so every client count gets the same deliveries per second.
     pub chat_rates: &'static [u64],
+    /// Rounds of the unpaced run at the first client count (the fan-out
+    /// target's), alternating the chat servers; the target takes the medians.
+    pub fanout_rounds: u32,
     /// Deliveries an unpaced chat run aims at (decides `--messages`).
     pub chat_unpaced_deliveries: u64,
     /// How long a paced chat run sends (decides `--messages`).
@@ -158,10 +167,10 @@ impl Profile {
     pub fn numbers(self) -> Numbers {
         match self {
             Profile::Smoke => Numbers {
-                connect_for: Duration::from_secs(1),
-                connect_count: Some(40),
+                connect_count: 40,
                 connect_concurrency: [1, 8],
                 connect_rounds: 2,
+                connect_warmup: false,
                 hold_steps: &[20],
                 hold_cap: 40,
                 hold_for: Duration::from_millis(200),
@@ -170,16 +179,17 @@ impl Profile {
                 echo_size: 64,
                 chat_clients: &[4, 8],
                 chat_rates: &[200],
+                fanout_rounds: 2,
                 chat_unpaced_deliveries: 100,
                 chat_paced_for: Duration::from_millis(100),
                 join_clients: 50,
                 run_limit: Duration::from_secs(30),
             },
             Profile::Quick => Numbers {
-                connect_for: Duration::from_millis(700),
-                connect_count: None,
+                connect_count: 10_000,
                 connect_concurrency: [1, 64],
-                connect_rounds: 3,
+                connect_rounds: 5,
+                connect_warmup: true,
                 hold_steps: &[1000],
                 hold_cap: 19_500,
                 hold_for: Duration::from_secs(1),
@@ -188,16 +198,17 @@ impl Profile {
                 echo_size: 64,
                 chat_clients: &[100, 1000],
                 chat_rates: &[TARGET_RATE],
+                fanout_rounds: 3,
                 chat_unpaced_deliveries: 2_000_000,
                 chat_paced_for: Duration::from_secs(2),
                 join_clients: 10_000,
                 run_limit: Duration::from_secs(60),
             },
             Profile::Full => Numbers {
-                connect_for: Duration::from_secs(3),
-                connect_count: None,
+                connect_count: 10_000,
                 connect_concurrency: [1, 64],
-                connect_rounds: 5,
+                connect_rounds: 11,
+                connect_warmup: true,
                 hold_steps: &[1000, 5000, 10_000, 15_000],
                 hold_cap: 50_000,
                 hold_for: Duration::from_secs(2),
@@ -206,6 +217,7 @@ impl Profile {
                 echo_size: 64,
                 chat_clients: &[100, 300, 1000],
                 chat_rates: &[1000, TARGET_RATE, 10_000],
+                fanout_rounds: 5,
                 chat_unpaced_deliveries: 5_000_000,
                 chat_paced_for: Duration::from_secs(5),
                 join_clients: 10_000,
@@ -216,6 +228,14 @@ impl Profile {
 }
 
 impl Numbers {
+    /// Keep `connect_count` below a third of the machine's ephemeral ports
+    /// (see `connect_count`), when the range is known.
+    pub fn fit_ports(&mut self, ephemeral_ports: Option<u64>) {
+        if let Some(ports) = ephemeral_ports {
+            self.connect_count = self.connect_count.min((ports / 3).max(1));
+        }
+    }
+
     /// The hold sizes: the steps below the limit, then the limit itself.
     pub fn hold_sizes(&self, machine_max: u64) -> Vec<u64> {
         let top = machine_max.min(self.hold_cap);

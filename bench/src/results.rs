@@ -61,6 +61,10 @@ pub enum Test {
         clients: u32,
         messages: u32,
         rate: u64,
+        /// The unpaced runs at the targets' client count are repeated in
+        /// rounds that alternate the chat servers; the others run once.
+        #[serde(default)]
+        round: u32,
     },
     /// `tester hold` against a chat server: many clients joining at once.
     Join {
@@ -96,7 +100,9 @@ impl Measurement {
     /// Server CPU time per `figure` (`/delivered`, `/connections`), in ns.
     pub fn cpu_ns_per(&self, pointer: &str) -> Option<f64> {
         let n = self.figure(pointer).filter(|&n| n > 0.0)?;
-        Some(self.server_cpu_s? * 1e9 / n)
+        // Less than one clock tick of CPU reads as 0: no figure, not a free run.
+        let cpu = self.server_cpu_s.filter(|&s| s > 0.0)?;
+        Some(cpu * 1e9 / n)
     }
 
     /// A number from the tester's JSON by JSON pointer (`/latency/p99_us`).

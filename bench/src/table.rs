@@ -79,11 +79,12 @@ fn connect(out: &mut String, r: &Results) {
     let _ = writeln!(
         out,
         "### Connections per second\n\nThe median of {} rounds, and the lowest and highest round; \
-         each round runs every server in turn. The chat servers are measured with `--greeting`: \
+         each round runs every server in turn, starting one server later than the round before, \
+         and each run opens and closes a fixed number of connections (the commands below). The chat servers are measured with `--greeting`: \
          a connection counts once the server's welcome line arrived, and the tester reads it \
          before closing, so every server's connections end the same way (a FIN, and a TIME_WAIT \
          socket on the tester's side). *stage 5, notices off* is stage 5 started with \
-         `--announce-limit 1`, so that no join or leave notice goes out while 64 connections come \
+         `--announce-limit 1`, so that no join or leave notice goes out while many connections come \
          and go; the connect target is judged on it, because the notices are fan-out, which the \
          chat runs measure.\n",
         rounds.len()
@@ -255,42 +256,73 @@ fn echo(out: &mut String, r: &Results) {
 }
 
 fn chat(out: &mut String, r: &Results) {
-    let rows: Vec<&Measurement> = r
-        .measurements
-        .iter()
-        .filter(|m| matches!(m.test, Test::Chat { .. }))
-        .collect();
-    if rows.is_empty() {
+    // One row per server, client count and rate: the median of its runs
+    // (the fan-out target's unpaced runs are repeated).
+    let mut keys: Vec<(&str, u32, u64)> = Vec::new();
+    for m in &r.measurements {
+        if let Test::Chat { clients, rate, .. } = m.test
+            && !keys.contains(&(m.server.as_str(), clients, rate))
+        {
+            keys.push((m.server.as_str(), clients, rate));
+        }
+    }
+    if keys.is_empty() {
         return;
     }
     out.push_str(
         "### Chat fan-out\n\nEvery line goes to every other client; a paced run sends at a fixed \
-         rate across all clients.\n\n",
+         rate across all clients. Where a row has several runs it shows their median, and the \
+         lowest and highest deliveries/s.\n\n",
     );
     out.push_str(
-        "| server | clients | sends/s asked | lines sent | deliveries/s | p50 | p99 | server CPU per delivery | server peak RSS |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| server | clients | sends/s asked | lines sent | runs | deliveries/s | lowest–highest | p50 | p99 | server CPU per delivery | server peak RSS |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for m in rows {
-        let Test::Chat { clients, rate, .. } = m.test else {
-            continue;
-        };
+    for (server, clients, rate) in keys {
+        let runs = r.all(
+            server,
+            |t| matches!(*t, Test::Chat { clients: c, rate: x, .. } if c == clients && x == rate),
+        );
         let asked = if rate == 0 {
             "unpaced".to_string()
         } else {
             count(rate as f64)
         };
+        let ok: Vec<&Measurement> = runs.iter().copied().filter(|m| m.error.is_none()).collect();
+        let med = |pointer: &str, show: fn(f64) -> String| {
+            median(&runs, |m| m.figure(pointer)).map_or(
+                if ok.is_empty() {
+                    "failed".into()
+                } else {
+                    "—".into()
+                },
+                show,
+            )
+        };
+        let rates: Vec<f64> = ok
+            .iter()
+            .filter_map(|m| m.figure("/deliveries_per_s"))
+            .collect();
+        let range = match (
+            rates.iter().copied().reduce(f64::min),
+            rates.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) if runs.len() > 1 => format!("{}–{}", count(lo), count(hi)),
+            _ => "—".into(),
+        };
+        let peak = ok.iter().filter_map(|m| m.server_peak_rss).max();
         let _ = writeln!(
             out,
-            "| {} | {} | {asked} | {} | {} | {} | {} | {} | {} |",
-            r.label(&m.server),
+            "| {} | {} | {asked} | {} | {} | {} | {range} | {} | {} | {} | {} |",
+            r.label(server),
             count(f64::from(clients)),
-            figure(Some(m), "/sent", count),
-            figure(Some(m), "/deliveries_per_s", count),
-            figure(Some(m), "/latency/p50_us", micros),
-            figure(Some(m), "/latency/p99_us", micros),
-            cpu_per(Some(m), "/delivered"),
-            m.server_peak_rss.map_or("—".into(), |b| mib(b as f64)),
+            med("/sent", count),
+            runs.len(),
+            med("/deliveries_per_s", count),
+            med("/latency/p50_us", micros),
+            med("/latency/p99_us", micros),
+            median(&runs, |m| m.cpu_ns_per("/delivered")).map_or("—".into(), nanos),
+            peak.map_or("—".into(), |b| mib(b as f64)),
         );
     }
     out.push('\n');
@@ -443,12 +475,6 @@ fn figure(m: Option<&Measurement>, pointer: &str, show: fn(f64) -> String) -> St
             .map_or("failed".into(), |v| format!("{} (failed)", show(v))),
         None => "—".into(),
     }
-}
-
-/// The server's CPU time per unit of `pointer` (`/delivered`), or `—`.
-fn cpu_per(m: Option<&Measurement>, pointer: &str) -> String {
-    m.and_then(|m| m.cpu_ns_per(pointer))
-        .map_or("—".into(), nanos)
 }
 
 /// Nanoseconds in the unit that reads best: `850 ns`, `4.2 µs`.
