@@ -8,6 +8,7 @@
 mod charts;
 mod machine;
 mod measure;
+mod noise;
 mod pin;
 mod plan;
 mod process;
@@ -23,6 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Parser};
 
 use machine::{Commit, Machine};
+use pin::Pinning;
 use plan::Profile;
 use results::Results;
 
@@ -51,6 +53,10 @@ struct Cli {
     /// Measure nothing: redraw results.md and the charts from OUT/results.json
     #[arg(long)]
     render_only: bool,
+    /// Let the scheduler place the servers and the tester (by default each
+    /// server runs on one CPU and the tester on another)
+    #[arg(long)]
+    no_pin: bool,
 }
 
 fn main() -> ExitCode {
@@ -117,7 +123,10 @@ fn measure(cli: &Cli) -> Result<Results> {
             tester.display()
         );
     }
-    let machine = Machine::probe();
+    let mut machine = Machine::probe();
+    if cli.no_pin {
+        machine.pinning = Pinning::none(machine.pinning.allowed.clone());
+    }
     let mut numbers = profile.numbers();
     numbers.fit_ports(machine.ephemeral_port_count());
     let commit = Commit::probe();
@@ -135,11 +144,14 @@ fn measure(cli: &Cli) -> Result<Results> {
     };
     let (servers, measurements) = measure::run_all(&bench, &bin_dir, machine.max_connections());
     let targets = targets::evaluate(&measurements, &numbers);
-    let command = match profile {
+    let mut command = match profile {
         Profile::Smoke => "bench --smoke".to_string(),
         Profile::Quick => "scripts/bench --quick".to_string(),
         Profile::Full => "scripts/bench --full".to_string(),
     };
+    if cli.no_pin {
+        command += " --no-pin";
+    }
     Ok(Results {
         profile,
         command,

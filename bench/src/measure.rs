@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::machine::time_wait_sockets;
+use crate::noise::Snapshot;
 use crate::pin::Pinning;
 use crate::plan::{Kind, Numbers, SERVERS, ServerSpec};
 use crate::process::{Server, run_tester, server_args};
@@ -168,6 +169,7 @@ fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurem
         server_peak_rss: None,
         server_cpu_s: None,
         time_wait_before: None,
+        noise: None,
         error: None,
     };
     if let Err(err) = run_one(&mut m, bench, spec, bin) {
@@ -190,12 +192,17 @@ fn run_one(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) ->
     if matches!(m.test, Test::Connect { .. }) {
         m.time_wait_before = time_wait_sockets();
     }
+    let (server_before, before) = (server.cpu_seconds(), Snapshot::take());
     let run = run_tester(
         bench.tester,
         &args,
         bench.numbers.run_limit,
         bench.pinning.tester_cpu,
     )?;
+    let (server_after, after) = (server.cpu_seconds(), Snapshot::take());
+    if let (Some(s0), Some(s1), Some(b), Some(a)) = (server_before, server_after, before, after) {
+        m.noise = b.noise(&a, s1 - s0);
+    }
     m.tester = run.json;
     m.server_peak_rss = server.peak_rss();
     m.server_cpu_s = server.cpu_seconds();

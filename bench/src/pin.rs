@@ -44,11 +44,24 @@ impl Pinning {
         }
     }
 
+    /// No pinning (`bench --no-pin`): the scheduler places everything.
+    pub fn none(allowed: Vec<usize>) -> Pinning {
+        Pinning {
+            allowed,
+            server_cpu: None,
+            tester_cpu: None,
+        }
+    }
+
     /// One sentence for the results: which CPU ran what.
     pub fn describe(&self) -> String {
         match (self.server_cpu, self.tester_cpu) {
             (Some(server), Some(tester)) => format!(
                 "each server pinned to CPU {server}, the tester and its worker processes to CPU {tester}"
+            ),
+            _ if self.allowed.len() > 1 => format!(
+                "no pinning (`--no-pin`): the scheduler placed the server and the tester on {} CPUs",
+                self.allowed.len()
             ),
             _ => format!(
                 "no pinning: only {} CPU available, so the server and the tester share it",

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::machine::{Commit, Machine};
+use crate::noise::Noise;
 use crate::plan::Profile;
 use crate::targets::Target;
 
@@ -92,6 +93,9 @@ pub struct Measurement {
     /// (`tw` in /proc/net/sockstat).
     #[serde(default)]
     pub time_wait_before: Option<u64>,
+    /// What else used the machine's CPUs while the run went on.
+    #[serde(default)]
+    pub noise: Option<Noise>,
     /// Why the run gave no figures (or faulty ones).
     pub error: Option<String>,
 }

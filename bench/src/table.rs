@@ -36,6 +36,7 @@ pub fn render(r: &Results) -> String {
     chat(&mut out, r);
     join(&mut out, r);
     failures(&mut out, r);
+    noise(&mut out, r);
     machine(&mut out, r);
     commands(&mut out, r);
     out
@@ -388,6 +389,63 @@ fn failures(out: &mut String, r: &Results) {
     }
     out.push('\n');
 }
+
+/// How much of the machine other work took while the runs went on.
+fn noise(out: &mut String, r: &Results) {
+    let runs: Vec<(&Measurement, crate::noise::Noise)> = r
+        .measurements
+        .iter()
+        .filter_map(|m| Some((m, m.noise?)))
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let spread = |pick: fn(&crate::noise::Noise) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(|(_, n)| pick(n)).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (other_mid, other_max) = spread(|n| n.other_cpus);
+    let (steal_mid, steal_max) = spread(|n| n.steal_cpus);
+    out.push_str("### What else used the CPUs\n\n");
+    let _ = writeln!(
+        out,
+        "CPU time that neither the server, the tester nor the benchmark used during a run, \
+         in CPUs' worth (1.00 is one whole CPU): other processes {other_mid:.2} in the median \
+         run, {other_max:.2} at most; time the hypervisor took (steal) {steal_mid:.2} in the \
+         median run, {steal_max:.2} at most.\n"
+    );
+    let mut noisy: Vec<&(&Measurement, crate::noise::Noise)> = runs
+        .iter()
+        .filter(|(_, n)| n.other_cpus + n.steal_cpus >= NOISY)
+        .collect();
+    noisy.sort_by(|a, b| {
+        (b.1.other_cpus + b.1.steal_cpus).total_cmp(&(a.1.other_cpus + a.1.steal_cpus))
+    });
+    if !noisy.is_empty() {
+        let _ = writeln!(
+            out,
+            "Runs that shared the machine with at least {NOISY:.2} CPUs of other work:\n"
+        );
+        for (m, n) in noisy.iter().take(8) {
+            let _ = writeln!(
+                out,
+                "- {}, `{}`: other {:.2}, steal {:.2}",
+                r.label(&m.server),
+                m.command,
+                n.other_cpus,
+                n.steal_cpus
+            );
+        }
+        if noisy.len() > 8 {
+            let _ = writeln!(out, "- and {} more", noisy.len() - 8);
+        }
+        out.push('\n');
+    }
+}
+
+/// Other work worth this many CPUs during a run is worth naming.
+const NOISY: f64 = 0.10;
 
 fn machine(out: &mut String, r: &Results) {
     let m = &r.machine;
