@@ -85,3 +85,42 @@ pub fn pin(cmd: &mut Command, cpu: Option<usize>) {
         cmd.pre_exec(move || sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPUs a child started through `pin` may run on, as the kernel
+    /// reports them (`Cpus_allowed_list` in its /proc status).
+    fn allowed_in_child(cpu: Option<usize>) -> String {
+        let mut cmd = Command::new("grep");
+        cmd.args(["Cpus_allowed_list", "/proc/self/status"]);
+        pin(&mut cmd, cpu);
+        let out = cmd.output().expect("run grep");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.split(':').nth(1).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn a_pinned_child_runs_on_its_cpu_only() {
+        let pinning = Pinning::probe();
+        let last = *pinning.allowed.last().expect("at least one CPU");
+        assert_eq!(allowed_in_child(Some(last)), last.to_string());
+        // Without a CPU the child keeps what it inherited.
+        assert_ne!(allowed_in_child(None), "");
+    }
+
+    #[test]
+    fn two_cpus_or_more_put_server_and_tester_apart() {
+        let pinning = Pinning::probe();
+        match pinning.allowed.len() {
+            0 | 1 => assert_eq!((pinning.server_cpu, pinning.tester_cpu), (None, None)),
+            _ => {
+                let (server, tester) = (pinning.server_cpu.unwrap(), pinning.tester_cpu.unwrap());
+                assert_ne!(server, tester);
+                assert!(pinning.allowed.contains(&server) && pinning.allowed.contains(&tester));
+            }
+        }
+    }
+}
