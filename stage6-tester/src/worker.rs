@@ -6,6 +6,7 @@
 //! stdout; the parent says "stop" by closing the worker's stdin.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -98,12 +99,24 @@ pub fn hold(
     let mut workers = Vec::new();
     for (index, job) in jobs.iter().enumerate() {
         let job = serde_json::to_string(&Job::Hold(job.clone()))?;
-        let mut child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("worker")
             .arg(job)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        // SAFETY: prctl(2) is async-signal-safe, as pre_exec requires. A
+        // worker must not outlive a tester that was killed mid-run.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("cannot start worker process {}", index + 1))?;
         let stdout = child.stdout.take().expect("stdout is piped");
