@@ -11,6 +11,7 @@
 //! every line arrived or none has for `--drain-timeout`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,12 @@ const CONNECT_CONCURRENCY: usize = 256;
 const MAX_LINE: usize = 64 * 1024;
 /// Below this share of the requested rate, the summary says it was not met.
 const RATE_TOLERANCE: f64 = 0.9;
+/// With --rate 0, the most bytes of lines in flight one receiver may be owed:
+/// far below the 1 MiB after which the chat servers drop a slow client.
+const MAX_OWED: usize = 256 * 1024;
+/// The bytes one relayed line is counted as for `MAX_OWED`: ours are under
+/// 50, and a server may put a name before them.
+const LINE_BUDGET: usize = 80;
 
 #[derive(PartialEq)]
 enum State {
@@ -52,7 +59,8 @@ struct Client {
     partial: Vec<u8>,
     /// Lines this client has sent (its last SEQ).
     sent: u32,
-    /// Per sender (index id-1): the highest SEQ received from it.
+    /// Per sender (index id-1): the highest SEQ received from it; at this
+    /// client's own index, the lines it sent (it has seen its own lines).
     highest: Vec<u32>,
     /// Distinct lines of other clients received.
     got: u64,
@@ -252,27 +260,39 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
     let (mut sent_total, mut delivered) = (0u64, 0u64);
     let mut last_send = send_start;
     let mut last_delivery = send_start;
+    let window = in_flight_limit(args);
+    let mut slowest = vec![0u32; count];
+    let mut stalled = false;
     loop {
         let now = Instant::now();
-        // Send what is due. With --rate 0, one line per client per turn of
-        // the loop: the tester reads everything ready before sending more,
-        // so it never races ahead of its own receiving.
+        // Send what is due. With --rate 0, each client tops up its window:
+        // at most `window` of its lines not yet seen by its slowest receiver,
+        // all written at once. The tester never races ahead of its own
+        // receiving, and the server always has lines to relay.
         match interval {
             Some(interval) => {
                 while next_line < total && send_start + interval.mul_f64(next_line as f64) <= now {
                     let index = (next_line % count as u64) as usize;
                     next_line += 1;
-                    if send_line(&mut clients[index], &epoll, &mut check) > 0 {
+                    if send_lines(&mut clients[index], 1, &epoll, &mut check) > 0 {
                         sent_total += 1;
                         last_send = now;
                     }
                 }
             }
             None => {
-                for client in &mut clients {
-                    if client.sent < args.messages && send_line(client, &epoll, &mut check) > 0 {
-                        sent_total += 1;
-                        last_send = now;
+                slowest_receivers(&clients, &mut slowest);
+                for (client, &seen) in clients.iter_mut().zip(&slowest) {
+                    let in_flight = client.sent.saturating_sub(seen);
+                    let room = window
+                        .saturating_sub(in_flight)
+                        .min(args.messages - client.sent);
+                    if room > 0 {
+                        let lines = send_lines(client, room, &epoll, &mut check);
+                        if lines > 0 {
+                            sent_total += lines;
+                            last_send = now;
+                        }
                     }
                 }
                 next_line = clients
@@ -303,14 +323,20 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
             if got >= expected || now - quiet_since >= args.drain_timeout {
                 break;
             }
+        } else if interval.is_none() && now - last_send.max(last_delivery) >= args.drain_timeout {
+            // Every window is full and nothing arrives: the server stopped
+            // relaying, and sending more would only queue it up.
+            stalled = true;
+            break;
         }
 
+        // Unpaced, every window is full after the sends above: wait for
+        // lines to arrive, which is what opens them again.
         let timeout = match interval {
-            _ if all_sent => Duration::from_millis(100),
-            Some(interval) => (send_start + interval.mul_f64(next_line as f64))
+            Some(interval) if !all_sent => (send_start + interval.mul_f64(next_line as f64))
                 .saturating_duration_since(now)
                 .min(Duration::from_millis(100)),
-            None => Duration::ZERO,
+            _ => Duration::from_millis(100),
         };
         let n = net::wait(&epoll, &mut ready, timeout)?;
         let now_ns = net::monotonic_ns();
@@ -321,12 +347,17 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
                 continue;
             }
             let result = service(client, &mut buf, &mut tokens);
+            let before = delivered;
             for &(sender, seq, sent_ns) in &tokens {
                 if record(client, sender, seq, args, &mut gaps, &mut check) {
                     latency.record_ns(now_ns.saturating_sub(sent_ns));
                     delivered += 1;
-                    last_delivery = Instant::now();
                 }
+            }
+            // One clock read per read burst, not per line: at millions of
+            // lines a second the clock would be the tester's hot spot.
+            if delivered > before {
+                last_delivery = Instant::now();
             }
             tokens.clear();
             if result.is_err() {
@@ -354,6 +385,8 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
     count_losses(&clients, &gaps, &mut check);
     report(
         args,
+        window,
+        stalled,
         &check,
         &latency,
         connected_in,
@@ -364,21 +397,42 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
     )
 }
 
-/// Queue this client's next line (with a fresh token) and try to send it.
-/// Returns 1 if a line was queued.
-fn send_line(client: &mut Client, epoll: &Epoll, check: &mut Check) -> u64 {
+/// The lines in flight per client with --rate 0: `--batch`, or fewer if
+/// that many from every other client would owe a receiver over `MAX_OWED`.
+fn in_flight_limit(args: &ChatArgs) -> u32 {
+    let others = (args.clients as usize).saturating_sub(1).max(1);
+    let fits = (MAX_OWED / (others * LINE_BUDGET)).max(1);
+    args.batch.min(u32::try_from(fits).unwrap_or(u32::MAX))
+}
+
+/// For each sender, the highest SEQ its slowest connected receiver has
+/// seen: the lines after it are still in flight.
+fn slowest_receivers(clients: &[Client], slowest: &mut [u32]) {
+    slowest.fill(u32::MAX);
+    // Row by row, so the loop runs along each receiver's own vector; a
+    // client's own entry is what it sent, which never holds it back.
+    for receiver in clients.iter().filter(|c| c.fd.is_some()) {
+        for (low, &seen) in slowest.iter_mut().zip(&receiver.highest) {
+            *low = (*low).min(seen);
+        }
+    }
+}
+
+/// Queue this client's next `lines` lines (tokens all carrying the same
+/// send time, since they go in one write) and try to send them. Returns
+/// the number of lines queued.
+fn send_lines(client: &mut Client, lines: u32, epoll: &Epoll, check: &mut Check) -> u64 {
     let Some(fd) = client.fd.take() else {
         return 0;
     };
-    client.sent += 1;
-    let line = format!(
-        "line {} ~t:{}:{}:{}~\n",
-        client.sent,
-        client.id,
-        client.sent,
-        net::monotonic_ns()
-    );
-    client.out.extend_from_slice(line.as_bytes());
+    let now_ns = net::monotonic_ns();
+    for _ in 0..lines {
+        client.sent += 1;
+        let seq = client.sent;
+        // Writing to a Vec cannot fail.
+        let _ = writeln!(client.out, "line {seq} ~t:{}:{seq}:{now_ns}~", client.id);
+    }
+    client.highest[client.id as usize - 1] = client.sent;
     match flush(&fd, client) {
         Ok(()) => client.fd = Some(fd),
         Err(_) => {
@@ -386,7 +440,7 @@ fn send_line(client: &mut Client, epoll: &Epoll, check: &mut Check) -> u64 {
             net::close(epoll, fd);
         }
     }
-    1
+    u64::from(lines)
 }
 
 /// Write the client's queued bytes until the socket is full.
@@ -454,16 +508,40 @@ fn service_fd(
 // ANCHOR: token
 /// The `~t:SENDER:SEQ:NANOS~` token anywhere in a line; the last one if
 /// there are several, since relays put their own prefix before the text.
+/// Parsed by hand, since it runs for every line received: millions a
+/// second.
 pub fn find_token(line: &[u8]) -> Option<(u32, u32, u64)> {
-    let start = line.windows(3).rposition(|w| w == b"~t:")? + 3;
-    let rest = &line[start..];
-    let end = rest.iter().position(|&b| b == b'~')?;
-    let text = std::str::from_utf8(&rest[..end]).ok()?;
-    let mut fields = text.split(':');
-    let sender = fields.next()?.parse().ok()?;
-    let seq = fields.next()?.parse().ok()?;
-    let sent_ns = fields.next()?.parse().ok()?;
-    fields.next().is_none().then_some((sender, seq, sent_ns))
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    token_at_end(line).or_else(|| {
+        let start = (0..line.len().saturating_sub(2))
+            .rev()
+            .find(|&i| line[i] == b'~' && line[i + 1] == b't' && line[i + 2] == b':')?;
+        // Where a later `~` ends it.
+        let end = start + 3 + line[start + 3..].iter().position(|&b| b == b'~')?;
+        token_at_end(&line[start..=end])
+    })
+}
+
+/// A token that ends `text`, read backwards from its last `~`: one pass
+/// over the bytes for the usual case, our own lines, whose token is last.
+fn token_at_end(text: &[u8]) -> Option<(u32, u32, u64)> {
+    let mut rest = text.strip_suffix(b"~")?;
+    let mut fields = [0u64; 3];
+    for field in fields.iter_mut().rev() {
+        let digits = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        // 19 digits always fit a u64, so the sum below cannot overflow.
+        if digits == 0 || digits > 19 {
+            return None;
+        }
+        let (head, number) = rest.split_at(rest.len() - digits);
+        *field = number
+            .iter()
+            .fold(0, |value, &digit| value * 10 + u64::from(digit - b'0'));
+        rest = head.strip_suffix(b":")?;
+    }
+    let [sender, seq, sent_ns] = fields;
+    rest.ends_with(b"~t").then_some(())?;
+    Some((sender.try_into().ok()?, seq.try_into().ok()?, sent_ns))
 }
 // ANCHOR_END: token
 
@@ -556,6 +634,8 @@ fn count_losses(clients: &[Client], gaps: &Gaps, check: &mut Check) {
 #[allow(clippy::too_many_arguments)]
 fn report(
     args: &ChatArgs,
+    window: u32,
+    stalled: bool,
     check: &Check,
     latency: &Latency,
     connected_in: Duration,
@@ -579,6 +659,9 @@ fn report(
     if args.no_greeting {
         settings += " --no-greeting";
     }
+    if args.rate == 0 {
+        settings += &format!(" --batch {}", args.batch);
+    }
     // n lines are n-1 intervals apart.
     let achieved = if sent > 1 {
         per_second(sent - 1, send_time)
@@ -586,6 +669,20 @@ fn report(
         0.0
     };
     let mut notes = Vec::new();
+    if args.rate == 0 && window < args.batch {
+        notes.push(format!(
+            "{} in flight per client, not --batch {}: more would owe a receiver over {} KiB",
+            plural(u64::from(window), "line"),
+            args.batch,
+            MAX_OWED / 1024
+        ));
+    }
+    if stalled {
+        notes.push(format!(
+            "stopped sending: no line arrived for {}; the lines never sent are not counted",
+            show_duration(args.drain_timeout)
+        ));
+    }
     let requested = if args.rate == 0 {
         "as fast as possible".to_string()
     } else {
@@ -676,12 +773,15 @@ fn report(
             "hello": args.hello,
             "greeting": !args.no_greeting,
             "drain_timeout_s": args.drain_timeout.as_secs_f64(),
+            "batch": args.batch,
             "timeout_s": args.common.timeout.as_secs_f64(),
         },
         "connect_s": connected_in.as_secs_f64(),
         "sent": sent,
         "send_s": send_time.as_secs_f64(),
         "send_rate": achieved,
+        "in_flight": (args.rate == 0).then_some(window),
+        "stalled": stalled,
         "rate_met": args.rate == 0 || sent <= 1 || achieved >= args.rate as f64 * RATE_TOLERANCE,
         "expected": expected,
         "delivered": delivered,
@@ -717,5 +817,12 @@ mod tests {
         assert_eq!(find_token(b"* client3 joined\n"), None);
         assert_eq!(find_token(b"~t:1:2~"), None);
         assert_eq!(find_token(b"~t:1:x:3~"), None);
+        assert_eq!(find_token(b"~t:1:2:3:4~"), None);
+        assert_eq!(find_token(b"~t:1:2:3"), None);
+        assert_eq!(find_token(b"1:2:3~"), None);
+        assert_eq!(find_token(b"x ~t:1:2:3~ after"), Some((1, 2, 3)));
+        assert_eq!(find_token(b"~t:1:2:3~ then ~t:1:x~"), None);
+        assert_eq!(find_token(b"~t:4294967296:2:3~"), None);
+        assert_eq!(find_token(b"~t:1:2:99999999999999999999~"), None);
     }
 }

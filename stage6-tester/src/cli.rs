@@ -123,6 +123,11 @@ pub struct ChatArgs {
     /// Lines per second across all clients (0 = as fast as possible)
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// With --rate 0: lines each client keeps in flight (sent, not yet seen by
+    /// every other client), topped up with one write per turn; fewer when
+    /// that many would owe one receiver more than 256 KiB
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: u32,
     /// A line each client sends first, for servers that want a name
     #[arg(long, value_name = "LINE")]
     pub hello: Option<String>,

@@ -373,6 +373,49 @@ fn chat_through_stage5_loses_nothing() {
 }
 
 #[test]
+fn chat_batch_through_stage5_delivers_every_line_once_in_order() {
+    let server = Server::start(stage5(), &["-q", "127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    // Several lines per write, several writes in flight per client.
+    let report = run_json(&[
+        "chat",
+        &addr,
+        "--clients",
+        "5",
+        "--messages",
+        "60",
+        "--batch",
+        "8",
+    ]);
+    assert_eq!(report["settings"]["batch"], 8);
+    assert_eq!(report["in_flight"], 8);
+    assert_eq!(report["sent"], 300);
+    assert_eq!(report["delivered"], 5 * 4 * 60);
+    assert_eq!(report["latency"]["samples"], 5 * 4 * 60);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["reordered"], 0);
+    assert_eq!(report["stalled"], false);
+    // A window that would owe a receiver too much is cut, and the summary
+    // says so: 19 senders of 80-byte lines fit 172 lines each in 256 KiB.
+    let report = run_json(&[
+        "chat",
+        &addr,
+        "--clients",
+        "20",
+        "--messages",
+        "5",
+        "--batch",
+        "4096",
+    ]);
+    assert_eq!(report["in_flight"], 172);
+    assert_eq!(report["delivered"], 20 * 19 * 5);
+    assert_eq!(report["lost"], 0);
+    let note = report["notes"][0].as_str().unwrap();
+    assert!(note.contains("not --batch 4096"), "{note}");
+}
+
+#[test]
 fn connect_with_greeting_counts_stage5_welcomes() {
     let server = Server::start(stage5(), &["-q", "127.0.0.1:0"]);
     let report = run_json(&[
