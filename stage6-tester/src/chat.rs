@@ -477,25 +477,26 @@ fn service_fd(
 ) -> Result<usize, String> {
     flush(fd, client).map_err(|e| format!("send failed: {}", Failure::Os(e).message()))?;
     let mut lines = 0;
-    let end = net::read_all(fd, buf, |chunk| {
-        for piece in chunk.split_inclusive(|&b| b == b'\n') {
-            if piece.ends_with(b"\n") {
-                let line: &[u8] = if client.partial.is_empty() {
-                    piece
-                } else {
-                    client.partial.extend_from_slice(piece);
-                    &client.partial
-                };
-                if let Some(token) = find_token(line) {
-                    tokens.push(token);
-                } else if line.windows(SYNC.len()).any(|w| w == SYNC) {
-                    client.synced = true;
-                }
-                lines += 1;
-                client.partial.clear();
-            } else if client.partial.len() + piece.len() <= MAX_LINE {
+    let end = net::read_all(fd, buf, |mut chunk| {
+        while let Some(newline) = find_newline(chunk) {
+            let (piece, rest) = chunk.split_at(newline + 1);
+            chunk = rest;
+            let line: &[u8] = if client.partial.is_empty() {
+                piece
+            } else {
                 client.partial.extend_from_slice(piece);
+                &client.partial
+            };
+            if let Some(token) = find_token(line) {
+                tokens.push(token);
+            } else if line.windows(SYNC.len()).any(|w| w == SYNC) {
+                client.synced = true;
             }
+            lines += 1;
+            client.partial.clear();
+        }
+        if client.partial.len() + chunk.len() <= MAX_LINE {
+            client.partial.extend_from_slice(chunk);
         }
     });
     match end {
@@ -503,6 +504,28 @@ fn service_fd(
         ReadEnd::Eof => Err("the server closed the connection".to_string()),
         ReadEnd::Failed(errno) => Err(Failure::Os(errno).message()),
     }
+}
+
+/// The index of the first `\n`, eight bytes at a time: a byte-by-byte
+/// search was the tester's hot spot at millions of lines a second.
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut words = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for word in &mut words {
+        // A newline byte becomes 0 after the xor; (x - 1) & !x sets the top
+        // bit of the lowest zero byte (and maybe of bytes above it).
+        let x = u64::from_le_bytes(word.try_into().expect("8 bytes")) ^ NEWLINES;
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return Some(offset + zero.trailing_zeros() as usize / 8);
+        }
+        offset += 8;
+    }
+    let tail = words.remainder().iter().position(|&b| b == b'\n')?;
+    Some(offset + tail)
 }
 
 // ANCHOR: token
@@ -528,16 +551,24 @@ fn token_at_end(text: &[u8]) -> Option<(u32, u32, u64)> {
     let mut rest = text.strip_suffix(b"~")?;
     let mut fields = [0u64; 3];
     for field in fields.iter_mut().rev() {
-        let digits = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
-        // 19 digits always fit a u64, so the sum below cannot overflow.
-        if digits == 0 || digits > 19 {
+        // Digits from the last: 19 of them always fit a u64, more are refused.
+        let mut place = 1u64;
+        let mut digits = 0;
+        while let Some((&digit, head)) = rest.split_last()
+            && digit.is_ascii_digit()
+        {
+            if digits == 19 {
+                return None;
+            }
+            *field += u64::from(digit - b'0') * place;
+            place = place.wrapping_mul(10);
+            digits += 1;
+            rest = head;
+        }
+        if digits == 0 {
             return None;
         }
-        let (head, number) = rest.split_at(rest.len() - digits);
-        *field = number
-            .iter()
-            .fold(0, |value, &digit| value * 10 + u64::from(digit - b'0'));
-        rest = head.strip_suffix(b":")?;
+        rest = rest.strip_suffix(b":")?;
     }
     let [sender, seq, sent_ns] = fields;
     rest.ends_with(b"~t").then_some(())?;
@@ -804,7 +835,20 @@ fn report(
 
 #[cfg(test)]
 mod tests {
-    use super::find_token;
+    use super::{find_newline, find_token};
+
+    #[test]
+    fn finds_the_first_newline() {
+        let text = b"0123456789abcdef\n0123\n";
+        for start in 0..text.len() {
+            let slice = &text[start..];
+            let expected = slice.iter().position(|&b| b == b'\n');
+            assert_eq!(find_newline(slice), expected, "from {start}");
+        }
+        assert_eq!(find_newline(b"no newline here, none at all"), None);
+        assert_eq!(find_newline(b""), None);
+        assert_eq!(find_newline(b"\x0b\x0b\x0b\x0b\x0b\x0b\x0b\n"), Some(7));
+    }
 
     #[test]
     fn finds_a_token_anywhere_in_a_line() {
