@@ -126,7 +126,7 @@ pub struct ChatArgs {
     /// With --rate 0: lines each client keeps in flight (sent, not yet seen by
     /// every other client), topped up with one write per turn; fewer when
     /// that many would owe one receiver more than 256 KiB
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
     /// A line each client sends first, for servers that want a name
     #[arg(long, value_name = "LINE")]
