@@ -415,6 +415,65 @@ fn chat_batch_through_stage5_delivers_every_line_once_in_order() {
     assert!(note.contains("not --batch 4096"), "{note}");
 }
 
+/// A chat server that greets and relays the tester's sync line, then
+/// relays nothing: enough for a run to start, never to finish.
+fn start_silent_chat(clients: usize) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(clients) {
+            let mut stream = stream.unwrap();
+            stream.write_all(b"welcome\n").unwrap();
+            streams.lock().unwrap().push(stream.try_clone().unwrap());
+            let streams = Arc::clone(&streams);
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("~sync~") {
+                        for other in streams.lock().unwrap().iter_mut() {
+                            let _ = other.write_all(b"~sync~\n");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn chat_unpaced_stops_when_the_server_stops_relaying() {
+    // Each client's window fills with 2 lines that never arrive; the run
+    // must end after --drain-timeout and count exactly those as lost.
+    let addr = start_silent_chat(3).to_string();
+    let output = cmd(&[
+        "chat",
+        &addr,
+        "--clients",
+        "3",
+        "--messages",
+        "50",
+        "--batch",
+        "2",
+        "--drain-timeout",
+        "300ms",
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["stalled"], true);
+    assert_eq!(report["sent"], 3 * 2);
+    assert_eq!(report["delivered"], 0);
+    assert_eq!(report["lost"], 3 * 2 * 2);
+    let note = report["notes"][0].as_str().unwrap();
+    assert!(note.contains("stopped sending"), "{note}");
+}
+
 #[test]
 fn connect_with_greeting_counts_stage5_welcomes() {
     let server = Server::start(stage5(), &["-q", "127.0.0.1:0"]);
