@@ -321,8 +321,10 @@ impl Registry {
         }
     }
 
-    fn name(&self, id: u64) -> &str {
-        &self.peers[&id].name
+    /// The client's name, or `None` once it has been dropped (a client
+    /// dropped as too slow may still be reading its last input).
+    fn name(&self, id: u64) -> Option<&str> {
+        self.peers.get(&id).map(|peer| peer.name.as_str())
     }
 
     /// `/nick NEW`: rename and tell everyone, or say why not.
@@ -576,7 +578,10 @@ async fn handle_line(
         }
     } else {
         let mut chat = chat.lock().unwrap();
-        let msg = line([chat.name(id).as_bytes(), b": ", &text].concat());
+        let Some(name) = chat.name(id) else {
+            return Ok(Next::Close); // dropped meanwhile: say nothing more
+        };
+        let msg = line([name.as_bytes(), b": ", &text].concat());
         chat.broadcast_line(msg, Some(id));
         None
     };
