@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Instant;
 
 use assert_cmd::Command as AssertCommand;
 use testkit::{Client, Server, TIMEOUT};
@@ -78,14 +77,7 @@ impl ChatClient {
     }
 
     fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "the client did not exit");
-            thread::sleep(std::time::Duration::from_millis(10)); // polling a child's exit
-        }
+        testkit::wait_for_exit(&mut self.child).code()
     }
 }
 

@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -240,14 +240,9 @@ fn hold_keeps_connections_open_on_stage3() {
         .spawn()
         .unwrap();
     // While the tester holds, the server really has all 150 connections.
-    let deadline = Instant::now() + testkit::TIMEOUT;
-    while sockets(server.pid()) < idle_fds + 150 {
-        assert!(
-            Instant::now() < deadline,
-            "the server never saw 150 connections"
-        );
-        thread::sleep(Duration::from_millis(10)); // polling /proc, not synchronising
-    }
+    testkit::wait_until("the server sees 150 connections", || {
+        sockets(server.pid()) >= idle_fds + 150
+    });
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -257,11 +252,9 @@ fn hold_keeps_connections_open_on_stage3() {
     assert!(report["server_rss_after"].as_u64().unwrap() > 0);
     assert!(report["server_bytes_per_connection"].is_number());
     // Closed again afterwards.
-    let deadline = Instant::now() + testkit::TIMEOUT;
-    while sockets(server.pid()) > idle_fds {
-        assert!(Instant::now() < deadline, "the server kept the connections");
-        thread::sleep(Duration::from_millis(10));
-    }
+    testkit::wait_until("the server closes the connections", || {
+        sockets(server.pid()) <= idle_fds
+    });
 }
 
 /// The sockets a process has open (`/proc/PID/fd` links named `socket:[..]`):

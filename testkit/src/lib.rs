@@ -172,14 +172,7 @@ impl Server {
 
     /// Wait for the server to exit; panics after [`TIMEOUT`].
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not exit in time");
-            thread::sleep(Duration::from_millis(10)); // polling a child's exit, not synchronising
-        }
+        wait_for_exit(&mut self.child)
     }
 
     /// The number of descriptors the server has open (`/proc/PID/fd`).
@@ -255,6 +248,16 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Wait for `child` to exit; panics after [`TIMEOUT`].
+pub fn wait_for_exit(child: &mut Child) -> ExitStatus {
+    let mut status = None;
+    wait_until("the process exits", || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    status.unwrap()
 }
 
 /// Wait until `condition` holds, checking every few milliseconds; panics
