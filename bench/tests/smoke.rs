@@ -30,16 +30,20 @@ fn bin_dir() -> PathBuf {
     tester.parent().expect("the tester's folder").to_path_buf()
 }
 
-fn run_smoke(out: &Path) {
+/// `bench --smoke` with the binaries in `bins`, writing into `out`.
+fn smoke(bins: &Path, out: &Path) -> assert_cmd::assert::Assert {
     Command::new(env!("CARGO_BIN_EXE_bench"))
         .arg("--smoke")
         .arg("--bin-dir")
-        .arg(bin_dir())
+        .arg(bins)
         .arg("--out")
         .arg(out)
         .timeout(RUN_TIMEOUT)
         .assert()
-        .success();
+}
+
+fn run_smoke(out: &Path) {
+    smoke(&bin_dir(), out).success();
 }
 
 fn tests_of<'a>(results: &'a Value, server: &str) -> Vec<&'a Value> {
@@ -220,15 +224,7 @@ fn bin_dir_with_a_crashing_server(with_stage3: bool) -> tempfile::TempDir {
 fn a_failed_run_is_data_and_the_others_still_count() {
     let bins = bin_dir_with_a_crashing_server(true);
     let out = tempfile::tempdir().expect("a temporary folder");
-    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .arg("--smoke")
-        .arg("--bin-dir")
-        .arg(bins.path())
-        .arg("--out")
-        .arg(out.path())
-        .timeout(RUN_TIMEOUT)
-        .assert()
-        .success();
+    let run = smoke(bins.path(), out.path()).success();
     let stderr = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
 
     let text = fs::read_to_string(out.path().join("results.json")).expect("results.json");
@@ -256,15 +252,7 @@ fn a_failed_run_is_data_and_the_others_still_count() {
 fn nothing_measured_exits_non_zero() {
     let bins = bin_dir_with_a_crashing_server(false);
     let out = tempfile::tempdir().expect("a temporary folder");
-    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .arg("--smoke")
-        .arg("--bin-dir")
-        .arg(bins.path())
-        .arg("--out")
-        .arg(out.path())
-        .timeout(RUN_TIMEOUT)
-        .assert()
-        .code(1);
+    let run = smoke(bins.path(), out.path()).code(1);
     let stderr = String::from_utf8_lossy(&run.get_output().stderr);
     assert!(stderr.contains("nothing was measured"), "{stderr}");
     // The failures are still written down.
