@@ -529,6 +529,35 @@ fn chat_names_a_reordered_line() {
 }
 
 #[test]
+fn chat_names_a_duplicated_line() {
+    let run = |extra: &[&str]| {
+        // A fresh relay for each run: it numbers clients over its whole life.
+        let addr = relay::start(Fault::DuplicateOne, true, false).to_string();
+        cmd(&["chat", &addr, "--clients", "3", "--messages", "10"])
+            .args(extra)
+            .assert()
+            .code(1)
+    };
+    run(&[]).stdout(
+        // The whole verdict: one duplicate, named like a loss or a reorder.
+        predicate::str::is_match(concat!(
+            r"(?m)^check +FAILED: duplicated 1 line ",
+            r"\(client [13] seq ([1-9]|10) reached client 2 twice\)$",
+        ))
+        .unwrap()
+        .and(predicate::str::contains("delivered    60 of 60"))
+        .and(predicate::str::contains("lost").not())
+        .and(predicate::str::contains("reordered").not()),
+    );
+    let json = run(&["--json"]);
+    let report: Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
+    assert_eq!(report["duplicated"], 1);
+    assert_eq!(report["delivered"], 60);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["reordered"], 0);
+}
+
+#[test]
 fn chat_hello_is_sent_first() {
     // This relay takes a client's first line as its name.
     let addr = relay::start(Fault::None, true, true).to_string();

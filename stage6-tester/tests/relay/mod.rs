@@ -1,6 +1,7 @@
 //! A small thread-per-client chat relay written inside the tests, so the
 //! tester's verifier can be shown a server that is right and servers that
-//! are wrong on purpose (one line dropped, two lines swapped).
+//! are wrong on purpose (one line dropped, two lines swapped, one line sent
+//! twice).
 //!
 //! It greets each client (`* welcome clientN`), optionally takes the first
 //! line as the client's name, and relays every other line to every other
@@ -21,6 +22,9 @@ pub enum Fault {
     /// The 5th line relayed to the 2nd client goes out after the one that
     /// follows it from the same sender.
     SwapTwo,
+    /// The 5th line relayed to the 2nd client goes out twice in a row, so
+    /// the receiver sees a sequence number it has already seen.
+    DuplicateOne,
 }
 
 #[derive(Default)]
@@ -82,6 +86,9 @@ fn serve(id: u32, stream: TcpStream, shared: Arc<Mutex<Shared>>, fault: Fault, n
                 Fault::SwapTwo if chosen => {
                     shared.held = Some((*to, id, text.clone()));
                     continue;
+                }
+                Fault::DuplicateOne if chosen => {
+                    let _ = out.write_all(text.as_bytes());
                 }
                 _ => {}
             }
