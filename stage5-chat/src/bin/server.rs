@@ -151,6 +151,13 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
     setsockopt(&listen_fd, sockopt::ReuseAddr, &true)
         .map_err(io::Error::from)
         .context("cannot set SO_REUSEADDR")?;
+    // Chat lines are small: send each round's batch at once instead of
+    // holding it back to merge with the next (Nagle's algorithm). Linux
+    // copies the option to every accepted socket, so one call here saves
+    // one per connection.
+    setsockopt(&listen_fd, sockopt::TcpNoDelay, &true)
+        .map_err(io::Error::from)
+        .context("cannot set TCP_NODELAY")?;
     bind(listen_fd.as_raw_fd(), &SockaddrStorage::from(addr))
         .map_err(io::Error::from)
         .with_context(|| format!("cannot bind {addr}"))?;
@@ -367,9 +374,6 @@ impl Server {
             self.accept_failing = false;
             // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
             let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // Chat lines are small: send each round's batch at once instead of
-            // holding it back to merge with the next (Nagle's algorithm).
-            let _ = setsockopt(&client_fd, sockopt::TcpNoDelay, &true);
             if let Err(err) = self
                 .epoll_fd
                 .add(&client_fd, EpollEvent::new(CLIENT_EVENTS, fd as u64))
@@ -752,4 +756,33 @@ impl Server {
         false
     }
     // ANCHOR_END: shutdown
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::os::fd::AsFd;
+
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::socket::{SockaddrIn, getsockopt};
+
+    use super::*;
+
+    /// The server sets `TCP_NODELAY` once, on the listener, and relies on
+    /// Linux copying it to every accepted socket.
+    #[test]
+    fn accepted_sockets_inherit_tcp_nodelay() {
+        let listen_fd = listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
+        let local: SockaddrIn = getsockname(listen_fd.as_raw_fd()).unwrap();
+        let _client = TcpStream::connect(SocketAddr::from(std::net::SocketAddrV4::from(local)))
+            .expect("connect to the listener");
+        // The listener is non-blocking: wait (at most 5 s) until the
+        // connection is in the accept queue.
+        let mut ready = [PollFd::new(listen_fd.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut ready, PollTimeout::from(5000u16)), Ok(1));
+        let fd = accept4(listen_fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC).unwrap();
+        // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
+        let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        assert!(getsockopt(&client_fd, sockopt::TcpNoDelay).unwrap());
+    }
 }
