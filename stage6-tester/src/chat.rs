@@ -144,7 +144,7 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
         let now = Instant::now();
         while launched < count && connecting < CONNECT_CONCURRENCY {
             let client = &mut clients[launched];
-            let (fd, _) = net::start_connect(target, None).map_err(|e| {
+            let (fd, _) = net::start_connect(target, None, true).map_err(|e| {
                 anyhow::anyhow!("cannot connect to {target}: {}", Failure::Os(e).message())
             })?;
             net::watch(&epoll, &fd, launched as u64)?;

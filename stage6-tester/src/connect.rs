@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use nix::errno::Errno;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
+use nix::unistd::read;
 use serde_json::json;
 
 use crate::cli::{ConnectArgs, show_duration};
-use crate::net::{self, Deadlines, Errors, Failure, ReadEnd, Slots};
+use crate::net::{self, Deadlines, Errors, Failure, Slots};
 use crate::report::{Latency, Outcome, Progress, duration, per_second, thousands};
 
 /// Without `--duration` or `--count`, a run lasts this long.
@@ -23,8 +24,6 @@ struct Attempt {
     /// Tells a reused slot's new attempt from the one a deadline was set for.
     serial: u64,
     started: Instant,
-    /// The handshake is done; with `--greeting` we now wait for a line.
-    connected: bool,
 }
 
 /// What one readiness event did to an attempt.
@@ -68,7 +67,8 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
             && args.count.is_none_or(|count| started < count)
         {
             started += 1;
-            match net::start_connect(target, None) {
+            // Nothing is sent, so Nagle's algorithm cannot matter here.
+            match net::start_connect(target, None, false) {
                 // Connected at once or in progress: either way EPOLLOUT
                 // reports it, since registering a ready socket reports an edge.
                 Ok((fd, _)) => {
@@ -76,10 +76,14 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
                         fd,
                         serial: started,
                         started: now,
-                        connected: false,
                     });
                     let attempt = attempts.get_mut(slot).expect("just inserted");
-                    net::watch(&epoll, &attempt.fd, slot as u64)?;
+                    let interest = if args.greeting {
+                        net::INPUT
+                    } else {
+                        net::INTEREST
+                    };
+                    net::watch_for(&epoll, &attempt.fd, interest, slot as u64)?;
                     deadlines.push(now + args.common.timeout, slot, started);
                 }
                 Err(errno @ (Errno::EMFILE | Errno::ENFILE)) => {
@@ -203,28 +207,29 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
 // ANCHOR: step
 /// Advance one attempt on a readiness event.
 fn step(attempt: &mut Attempt, events: EpollFlags, greeting: bool, buf: &mut [u8]) -> Step {
-    if !attempt.connected {
+    if !greeting {
         // EPOLLOUT (or EPOLLERR/EPOLLHUP) ends the handshake; SO_ERROR says how.
         if !events.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
             return Step::Pending;
         }
-        if let Err(errno) = net::connect_result(&attempt.fd) {
-            return Step::Failed(Failure::Os(errno));
-        }
-        if !greeting {
-            return Step::Counted;
-        }
-        attempt.connected = true;
+        return match net::connect_result(&attempt.fd) {
+            Ok(()) => Step::Counted,
+            Err(errno) => Step::Failed(Failure::Os(errno)),
+        };
     }
-    // Waiting for the first line: read until EAGAIN (edge-triggered), and
-    // count the connection once a newline arrived.
-    let mut got_line = false;
-    let end = net::read_all(&attempt.fd, buf, |chunk| got_line |= chunk.contains(&b'\n'));
-    match end {
-        _ if got_line => Step::Counted,
-        ReadEnd::WouldBlock => Step::Pending,
-        ReadEnd::Eof => Step::Failed(Failure::Closed),
-        ReadEnd::Failed(errno) => Step::Failed(Failure::Os(errno)),
+    // With --greeting the socket waits for input only (`net::INPUT`), so
+    // this event is the line arriving, or a failed connect, whose error the
+    // read returns. Read until the newline, not on to EAGAIN: the attempt
+    // is closed right after, and in a connect run the tester's own time
+    // often sets the pace.
+    loop {
+        match read(&attempt.fd, buf) {
+            Ok(0) => return Step::Failed(Failure::Closed),
+            Ok(n) if buf[..n].contains(&b'\n') => return Step::Counted,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Step::Pending,
+            Err(errno) => return Step::Failed(Failure::Os(errno)),
+        }
     }
 }
 // ANCHOR_END: step

@@ -60,7 +60,7 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
 
     let start = Instant::now();
     for id in 1..=args.clients {
-        let fd = match net::start_connect(target, None) {
+        let fd = match net::start_connect(target, None, true) {
             Ok((fd, _)) => fd,
             Err(errno) => bail!(
                 "cannot connect to {target}: {}",

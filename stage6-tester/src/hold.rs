@@ -320,7 +320,7 @@ pub fn run_part(
         while next < job.count && connecting < u64::from(job.concurrency) {
             let source = net::source_for(job.target, job.first + next, job.per_source);
             next += 1;
-            match net::start_connect(job.target, source) {
+            match net::start_connect(job.target, source, false) {
                 Ok((fd, _)) => {
                     let slot = conns.insert(Conn {
                         fd,

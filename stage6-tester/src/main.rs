@@ -38,7 +38,8 @@ fn main() -> ExitCode {
         Command::Worker { job } => return worker::serve(job),
     };
     match result {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
+            outcome.json["tester_cpu"] = report::own_cpu();
             if json {
                 println!("{}", outcome.json);
             } else {

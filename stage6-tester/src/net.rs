@@ -33,6 +33,14 @@ pub const INTEREST: EpollFlags = EpollFlags::EPOLLIN
     .union(EpollFlags::EPOLLRDHUP)
     .union(EpollFlags::EPOLLET);
 
+/// For a socket that only waits for the server to speak (`connect
+/// --greeting`): the end of the handshake wakes nobody, and a failed
+/// connect still wakes the loop, with the `EPOLLERR` and `EPOLLHUP` that
+/// epoll reports whatever the interest.
+pub const INPUT: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLET);
+
 /// `epoll_create1(EPOLL_CLOEXEC)`: one per event loop.
 pub fn epoll_create() -> Result<Epoll> {
     Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
@@ -43,8 +51,13 @@ pub fn epoll_create() -> Result<Epoll> {
 /// `epoll_ctl(EPOLL_CTL_ADD)` with [`INTEREST`]; `token` comes back in every
 /// event for this descriptor.
 pub fn watch(epoll: &Epoll, fd: impl AsFd, token: u64) -> Result<()> {
+    watch_for(epoll, fd, INTEREST, token)
+}
+
+/// `epoll_ctl(EPOLL_CTL_ADD)` with another interest set.
+pub fn watch_for(epoll: &Epoll, fd: impl AsFd, interest: EpollFlags, token: u64) -> Result<()> {
     epoll
-        .add(fd, EpollEvent::new(INTEREST, token))
+        .add(fd, EpollEvent::new(interest, token))
         .map_err(io::Error::from)
         .context("epoll_ctl(EPOLL_CTL_ADD) failed")
 }
@@ -80,10 +93,11 @@ pub enum Started {
 
 /// `socket(2)` with `SOCK_NONBLOCK`, optionally `bind(2)` to a source
 /// address, then `connect(2)`, which returns at once instead of waiting for
-/// the handshake.
+/// the handshake. `no_delay` for connections that will send messages.
 pub fn start_connect(
     target: SocketAddr,
     source: Option<IpAddr>,
+    no_delay: bool,
 ) -> Result<(OwnedFd, Started), Errno> {
     let family = match target {
         SocketAddr::V4(_) => AddressFamily::Inet,
@@ -92,7 +106,9 @@ pub fn start_connect(
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
     let fd = socket(family, SockType::Stream, flags, None)?;
     // Small request-response messages must not wait for Nagle's algorithm.
-    setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    if no_delay {
+        setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    }
     if let Some(ip) = source {
         // Pick the port at connect time from the whole 4-tuple, not at bind
         // time from the source address alone.

@@ -6,6 +6,8 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::time::TimeVal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -203,4 +205,19 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// The CPU time this process and its finished workers used, user and
+/// system apart (`getrusage(2)`): it tells whether the tester itself, not
+/// the server, set the pace of a run.
+pub fn own_cpu() -> Value {
+    let seconds = |t: TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let (mut user, mut system) = (0.0, 0.0);
+    for who in [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN] {
+        if let Ok(usage) = getrusage(who) {
+            user += seconds(usage.user_time());
+            system += seconds(usage.system_time());
+        }
+    }
+    json!({ "user_s": user, "system_s": system })
 }

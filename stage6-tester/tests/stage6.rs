@@ -203,6 +203,10 @@ fn connect_with_greeting_waits_for_the_first_line() {
         report["connections"], 5,
         "a handshake alone counts without --greeting"
     );
+    // The tester says how much CPU it used, so a run can tell whether the
+    // tester itself set the pace.
+    let cpu = &report["tester_cpu"];
+    assert!(cpu["user_s"].as_f64().unwrap() + cpu["system_s"].as_f64().unwrap() > 0.0);
 
     cmd(&[
         "connect",
@@ -643,8 +647,12 @@ fn chat_says_when_the_rate_was_not_met() {
 #[test]
 fn an_unreachable_address_is_one_clear_error() {
     let addr = format!("127.0.0.1:{}", closed_port());
-    for sub in ["connect", "hold", "echo", "chat"] {
-        cmd(&[sub, &addr]).assert().code(1).stdout("").stderr(
+    // `connect --greeting` waits for input only: the refusal must still
+    // reach it, through EPOLLERR and the read's error.
+    for sub in ["connect", "connect --greeting", "hold", "echo", "chat"] {
+        let mut args: Vec<&str> = sub.split(' ').collect();
+        args.insert(1, &addr);
+        cmd(&args).assert().code(1).stdout("").stderr(
             predicate::str::starts_with(format!(
                 "error: cannot connect to {addr}: Connection refused (os error 111)\n"
             ))
