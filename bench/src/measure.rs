@@ -168,6 +168,7 @@ fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurem
         tester: None,
         server_peak_rss: None,
         server_cpu_s: None,
+        server_user_cpu_s: None,
         time_wait_before: None,
         noise: None,
         error: None,
@@ -205,7 +206,10 @@ fn run_one(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) ->
     }
     m.tester = run.json;
     m.server_peak_rss = server.peak_rss();
-    m.server_cpu_s = server.cpu_seconds();
+    if let Some((user, system)) = server.cpu_split() {
+        m.server_cpu_s = Some(user + system);
+        m.server_user_cpu_s = Some(user);
+    }
     // A server that died mid-run explains the tester's errors better than
     // they do themselves.
     m.error = server.exited().or(run.error);

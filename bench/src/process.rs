@@ -85,15 +85,20 @@ impl Server {
 
     /// CPU time the server has used so far (user + system, all threads).
     pub fn cpu_seconds(&self) -> Option<f64> {
+        self.cpu_split().map(|(user, system)| user + system)
+    }
+
+    /// CPU time so far, in user space and in the kernel apart, in seconds.
+    /// Counted in clock ticks (10 ms here), so a short run's split is rough.
+    pub fn cpu_split(&self) -> Option<(f64, f64)> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
         // The fields after the command name (which may hold spaces) start
         // with the state, field 3; utime and stime are fields 14 and 15.
         let after_name = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        let per_second = sysconf(SysconfVar::CLK_TCK).ok()??;
-        Some(ticks as f64 / per_second as f64)
+        let tick = |i: usize| fields.get(i)?.parse::<u64>().ok();
+        let per_second = sysconf(SysconfVar::CLK_TCK).ok()?? as f64;
+        Some((tick(11)? as f64 / per_second, tick(12)? as f64 / per_second))
     }
 
     /// If the server has exited: how, and the end of what it wrote to stderr.

@@ -89,6 +89,9 @@ pub struct Measurement {
     /// CPU time the server used in this run (user + system), seconds.
     #[serde(default)]
     pub server_cpu_s: Option<f64>,
+    /// The part of `server_cpu_s` spent in user space, seconds.
+    #[serde(default)]
+    pub server_user_cpu_s: Option<f64>,
     /// TIME_WAIT sockets on the machine when a connect run started
     /// (`tw` in /proc/net/sockstat).
     #[serde(default)]
@@ -107,6 +110,21 @@ impl Measurement {
         // Less than one clock tick of CPU reads as 0: no figure, not a free run.
         let cpu = self.server_cpu_s.filter(|&s| s > 0.0)?;
         Some(cpu * 1e9 / n)
+    }
+
+    /// Server CPU time in user space per `figure`, in ns. Clock ticks, like
+    /// the total, but unlike it a run may well have spent 0 ticks here.
+    pub fn user_ns_per(&self, pointer: &str) -> Option<f64> {
+        let n = self.figure(pointer).filter(|&n| n > 0.0)?;
+        self.server_cpu_s.filter(|&s| s > 0.0)?;
+        Some(self.server_user_cpu_s? * 1e9 / n)
+    }
+
+    /// The tester's own CPU time (user + system) per `figure`, in ns.
+    pub fn tester_ns_per(&self, pointer: &str) -> Option<f64> {
+        let n = self.figure(pointer).filter(|&n| n > 0.0)?;
+        let cpu = self.figure("/tester_cpu/user_s")? + self.figure("/tester_cpu/system_s")?;
+        Some(cpu * 1e9 / n).filter(|&ns| ns > 0.0)
     }
 
     /// A number from the tester's JSON by JSON pointer (`/latency/p99_us`).

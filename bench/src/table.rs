@@ -31,6 +31,7 @@ pub fn render(r: &Results) -> String {
     );
     targets(&mut out, r);
     connect(&mut out, r);
+    connection_costs(&mut out, r);
     hold(&mut out, r);
     echo(&mut out, r);
     chat(&mut out, r);
@@ -146,6 +147,65 @@ fn connect(out: &mut String, r: &Results) {
             count(*hi as f64)
         );
     }
+}
+
+/// Where one connection's CPU time goes, at the highest concurrency: the
+/// server's user space, the server's kernel time, and the tester's, with
+/// how busy the tester kept its CPU (near 100%: the tester set the pace).
+fn connection_costs(out: &mut String, r: &Results) {
+    let Some(&c) = levels_of(r, |t| match *t {
+        Test::Connect { concurrency, .. } => Some(concurrency),
+        _ => None,
+    })
+    .iter()
+    .max() else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "### Where a connection's time goes\n\n\
+         The same connect runs (concurrency {c}), per connection, medians of the rounds. The \
+         server's time is split into user space (its own code) and the kernel (its system calls, \
+         and the packets they send, which on loopback are also received on the sending CPU), from \
+         `/proc/PID/stat` in clock ticks of 10 ms, so the user-space column is rough. *Busy* \
+         is a process's CPU time over the run's length: each has one CPU, so the one near 100% \
+         set the pace.\n\n\
+         | server | connections/s | server CPU | in user space | in the kernel | server busy | tester CPU | tester busy |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for s in r.built() {
+        let runs = r.all(
+            &s.name,
+            |t| matches!(*t, Test::Connect { concurrency, .. } if concurrency == c),
+        );
+        let show = |v: Option<f64>, f: fn(f64) -> String| v.map_or("—".into(), f);
+        let total = median(&runs, |m| m.cpu_ns_per("/connections"));
+        let user = median(&runs, |m| m.user_ns_per("/connections"));
+        let kernel = median(&runs, |m| {
+            Some(m.cpu_ns_per("/connections")? - m.user_ns_per("/connections")?)
+        });
+        // CPU time per connection times connections per second.
+        let busy = |per: fn(&Measurement) -> Option<f64>| {
+            median(&runs, |m| {
+                Some(per(m)? * m.figure("/connections_per_s")? / 1e9)
+            })
+        };
+        let server_busy = busy(|m| m.cpu_ns_per("/connections"));
+        let tester_busy = busy(|m| m.tester_ns_per("/connections"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.label,
+            show(median(&runs, |m| m.figure("/connections_per_s")), count),
+            show(total, nanos),
+            show(user, nanos),
+            show(kernel, nanos),
+            show(server_busy, percent),
+            show(median(&runs, |m| m.tester_ns_per("/connections")), nanos),
+            show(tester_busy, percent),
+        );
+    }
+    out.push('\n');
 }
 
 fn hold(out: &mut String, r: &Results) {
@@ -566,6 +626,10 @@ fn micros(us: f64) -> String {
     } else {
         format!("{:.2} s", us / 1_000_000.0)
     }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
 }
 
 fn mib(bytes: f64) -> String {
