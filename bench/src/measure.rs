@@ -59,7 +59,7 @@ pub fn run_all(
             let test = Test::Connect {
                 concurrency,
                 round: 0,
-                greeting: spec.kind == Kind::Chat,
+                greeting: spec.kind != Kind::Echo,
             };
             let m = measure(bench, spec, bin, test);
             eprintln!("{:<24} (warm-up, not recorded)", "");
@@ -80,7 +80,7 @@ pub fn run_all(
                 let test = Test::Connect {
                     concurrency,
                     round,
-                    greeting: spec.kind == Kind::Chat,
+                    greeting: spec.kind != Kind::Echo,
                 };
                 measurements.push(measure(bench, spec, bin, test));
             }
@@ -122,6 +122,8 @@ fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<
         }
     }
     match spec.kind {
+        // The echo runs expect no greeting: connect rounds only.
+        Kind::GreetingEcho => {}
         Kind::Echo => tests.push(Test::Echo {
             clients: numbers.echo_clients,
             messages: numbers.echo_messages,

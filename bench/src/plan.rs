@@ -21,6 +21,9 @@ pub enum Profile {
 pub enum Kind {
     Echo,
     Chat,
+    /// Speaks first, then echoes: measured in the connect rounds only, with
+    /// `--greeting`, like the chat servers.
+    GreetingEcho,
 }
 
 /// One server under test.
@@ -97,6 +100,17 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::Chat,
         hold: false,
         args: &["--announce-limit", "1"],
+        connect_only: true,
+    },
+    // Stage 4 plus a welcome line: how much of the chat's connection rate
+    // the greeting alone accounts for.
+    ServerSpec {
+        name: "greeting-echo",
+        bin: "greeting-echo",
+        label: "greeting-echo",
+        kind: Kind::GreetingEcho,
+        hold: false,
+        args: &[],
         connect_only: true,
     },
     ServerSpec {

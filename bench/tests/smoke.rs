@@ -21,6 +21,7 @@ const SERVERS: &[(&str, &str, &str)] = &[
     ("threads-echo", "threads-echo", "threads-echo"),
     ("stage5-chat", "server", "stage 5"),
     ("stage5-chat-notices-off", "server", "stage 5, notices off"),
+    ("greeting-echo", "greeting-echo", "greeting-echo"),
     ("tokio-chat", "tokio-chat", "tokio-chat"),
 ];
 
@@ -85,9 +86,10 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         let runs = tests_of(&results, name);
         let kinds: Vec<&str> = runs.iter().map(|m| m["test"].as_str().unwrap()).collect();
         let chat = name.contains("chat");
+        let greets = chat || name == "greeting-echo";
         let mut expected = vec!["connect"];
-        if name == "stage5-chat-notices-off" {
-            // A variant measured in the connect rounds only.
+        if matches!(name, "stage5-chat-notices-off" | "greeting-echo") {
+            // Measured in the connect rounds only.
             assert!(kinds.iter().all(|&k| k == "connect"), "{name}: {kinds:?}");
         } else if chat {
             expected.extend(["chat", "join"]);
@@ -107,9 +109,9 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             assert!(m["error"].is_null(), "{name}: {m}");
             assert!(m["command"].as_str().unwrap().starts_with("tester "));
             if m["test"] == "connect" {
-                // Chat servers greet: the tester waits for the welcome, so
+                // Servers that greet: the tester waits for the welcome, so
                 // every server's connections close the same way.
-                assert_eq!(m["greeting"], chat, "{name}: {m}");
+                assert_eq!(m["greeting"], greets, "{name}: {m}");
                 assert!(m["time_wait_before"].is_u64(), "{name}: {m}");
             }
             let figure = match m["test"].as_str().unwrap() {
@@ -125,6 +127,10 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             );
             assert!(m["server_peak_rss"].is_u64(), "{name}: no peak RSS in {m}");
             assert!(m["server_cpu_s"].is_number(), "{name}: no CPU time in {m}");
+            assert!(
+                m["tester"]["tester_cpu"]["system_s"].is_number(),
+                "{name}: no tester CPU time in {m}"
+            );
         }
     }
 
@@ -149,6 +155,7 @@ fn smoke_run_writes_every_figure_table_and_chart() {
     for heading in [
         "### Targets for stage 5",
         "### Connections per second",
+        "### Where a connection's time goes",
         "### Holding idle connections",
         "### Echo round trips",
         "### Chat fan-out",

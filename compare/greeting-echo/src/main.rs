@@ -1,0 +1,311 @@
+//! A baseline for the Measuring chapter, not a stage: stage 4's echo server
+//! that speaks first, sending each new client one line, as the chat's
+//! welcome does. It answers one question with a measurement: how much of
+//! the chat's lower connection rate is the greeting itself, and how much
+//! is the chat. Apart from the greeting (and `TCP_NODELAY`, which the chat
+//! sets too) it is stage 4 unchanged.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{
+    AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrStorage, accept4, bind,
+    getpeername, getsockname, listen, send, setsockopt, socket, sockopt,
+};
+use nix::unistd::read;
+
+const USAGE: &str = "\
+usage: greeting-echo [-q] [ADDR]
+
+Stage 4's edge-triggered epoll echo server, sending each new client one
+line first.
+
+  ADDR        IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  -q          do not log connections to stderr
+  -h, --help  print this help";
+
+/// The line every client is sent first, about as long as the chat's welcome.
+const GREETING: &[u8] = b"* welcome, every byte comes back\n";
+
+/// Echo a connection may owe before the server stops reading from it, so a
+/// client that sends without reading cannot grow the server without bound.
+const MAX_PENDING: usize = 1 << 20;
+
+struct Args {
+    addr: SocketAddr,
+    quiet: bool,
+}
+
+/// What the server keeps per client.
+struct Connection {
+    fd: OwnedFd,
+    /// Echo the socket could not take yet, oldest first.
+    pending: Vec<u8>,
+    /// The client sent end-of-file: flush `pending`, then close.
+    read_closed: bool,
+    /// `EPOLLOUT` is in the interest list (only while `pending` is not empty).
+    want_write: bool,
+}
+
+fn main() -> ExitCode {
+    let args = parse_args();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `BIN [-q] [ADDR]`; exits 0 after `--help` and 2 after a bad argument.
+fn parse_args() -> Args {
+    let mut args = Args {
+        addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        quiet: false,
+    };
+    let mut addr_given = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "-q" => args.quiet = true,
+            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
+                Ok(addr) => (args.addr, addr_given) = (addr, true),
+                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            },
+            _ => usage_error(&format!("unexpected argument {arg:?}")),
+        }
+    }
+    args
+}
+
+fn usage_error(msg: &str) -> ! {
+    eprintln!("error: {msg}\n\n{USAGE}");
+    std::process::exit(2);
+}
+
+/// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
+/// listening socket.
+fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    // SOCK_NONBLOCK: accept(2) returns EAGAIN instead of blocking when the
+    // queue is empty, which is how the accept loop knows to stop.
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let listen_fd = socket(family, SockType::Stream, flags, None)
+        .map_err(io::Error::from)
+        .context("cannot create a socket")?;
+    // Lets a restarted server bind while old connections sit in TIME_WAIT.
+    setsockopt(&listen_fd, sockopt::ReuseAddr, &true)
+        .map_err(io::Error::from)
+        .context("cannot set SO_REUSEADDR")?;
+    // As in the chat: the greeting goes out at once, and accepted sockets
+    // inherit the option from the listener.
+    setsockopt(&listen_fd, sockopt::TcpNoDelay, &true)
+        .map_err(io::Error::from)
+        .context("cannot set TCP_NODELAY")?;
+    bind(listen_fd.as_raw_fd(), &SockaddrStorage::from(addr))
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot bind {addr}"))?;
+    // The largest backlog the system allows: a burst of connects waits in
+    // the kernel's accept queue instead of being dropped.
+    listen(&listen_fd, Backlog::MAXCONN)
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(listen_fd)
+}
+
+fn run(args: &Args) -> Result<()> {
+    let listen_fd = listen_on(args.addr)?;
+    let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
+    // Scripts and tests wait for this line, so it goes out at once.
+    println!("listening on {local}");
+    io::stdout().flush()?;
+
+    // epoll_create1(2): the kernel object that watches every socket for us.
+    let epoll_fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        .map_err(io::Error::from)
+        .context("epoll_create1 failed")?;
+    // epoll_ctl(EPOLL_CTL_ADD): the event's data is the fd, so a ready event
+    // names the socket it is about.
+    let listener = listen_fd.as_raw_fd();
+    let interest = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, listener as u64);
+    epoll_fd
+        .add(&listen_fd, interest)
+        .map_err(io::Error::from)
+        .context("epoll_ctl ADD listener failed")?;
+
+    let mut clients: HashMap<RawFd, Connection> = HashMap::new();
+    // One buffer serves every read: a connection keeps only what it owes.
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut ready = [EpollEvent::empty(); 64];
+    // Connections left in the accept queue when accept4 failed: no new edge
+    // will report them, so we must remember to come back.
+    let mut backlog_left = false;
+    loop {
+        // epoll_wait(2) sleeps until at least one watched socket is ready.
+        let n = match epoll_fd.wait(&mut ready, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
+        };
+        for event in &ready[..n] {
+            let fd = event.data() as RawFd;
+            if fd == listener {
+                backlog_left = !accept_clients(&listen_fd, &epoll_fd, &mut clients, args.quiet)?;
+            } else if let Some(conn) = clients.get_mut(&fd) {
+                // Whatever the event says, try both directions: reading may
+                // have paused for a full buffer that writing just emptied.
+                let done = match serve(conn, &mut scratch) {
+                    Ok(()) => conn.read_closed && conn.pending.is_empty(),
+                    Err(_) => true, // a reset or other error ends only this client
+                };
+                if done {
+                    close_client(&epoll_fd, &mut clients, fd, args.quiet);
+                    if backlog_left {
+                        backlog_left =
+                            !accept_clients(&listen_fd, &epoll_fd, &mut clients, args.quiet)?;
+                    }
+                } else {
+                    update_interest(&epoll_fd, conn)?;
+                }
+            }
+        }
+    }
+}
+
+/// Accept until `EAGAIN`: an edge-triggered listener is reported once for a
+/// burst of connections, and any left in the queue would wait for the next
+/// newcomer. Returns whether the queue was drained.
+fn accept_clients(
+    listen_fd: &OwnedFd,
+    epoll_fd: &Epoll,
+    clients: &mut HashMap<RawFd, Connection>,
+    quiet: bool,
+) -> Result<bool> {
+    loop {
+        // accept4(2) sets the new socket non-blocking in the same call.
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let fd = match accept4(listen_fd.as_raw_fd(), flags) {
+            Ok(fd) => fd,
+            Err(Errno::EAGAIN) => return Ok(true), // the queue is empty
+            // The client gave up before we got to it.
+            Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
+            // Out of descriptors (EMFILE) or memory: keep serving the clients
+            // we have, and come back to the queue when one of them leaves.
+            Err(err) => {
+                eprintln!("cannot accept: {}", io::Error::from(err));
+                return Ok(false);
+            }
+        };
+        // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
+        let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The greeting, before the socket is registered: a new socket has
+        // room for it, and one that failed already is just dropped (closed).
+        let mut conn = Connection {
+            fd: client_fd,
+            pending: GREETING.to_vec(),
+            read_closed: false,
+            want_write: false,
+        };
+        if flush(&mut conn).is_err() {
+            continue;
+        }
+        // EPOLLRDHUP reports the client's end-of-file even while we still owe it echo.
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
+        epoll_fd
+            .add(&conn.fd, EpollEvent::new(flags, fd as u64))
+            .map_err(io::Error::from)
+            .context("epoll_ctl ADD client failed")?;
+        if !quiet {
+            let peer: SockaddrStorage = getpeername(fd)?;
+            eprintln!("accepted fd {fd} from {peer}");
+        }
+        // Whatever of the greeting did not fit waits for EPOLLOUT.
+        update_interest(epoll_fd, &mut conn)?;
+        clients.insert(fd, conn);
+    }
+}
+
+/// Read until `EAGAIN` (or end-of-file, or a full `pending`), echoing as we
+/// go. `Err` means the connection is broken.
+fn serve(conn: &mut Connection, scratch: &mut [u8]) -> nix::Result<()> {
+    flush(conn)?;
+    while !conn.read_closed && conn.pending.len() < MAX_PENDING {
+        match read(&conn.fd, scratch) {
+            Ok(0) => conn.read_closed = true, // end-of-file: no more input
+            Ok(n) => {
+                conn.pending.extend_from_slice(&scratch[..n]);
+                flush(conn)?;
+            }
+            Err(Errno::EAGAIN) => break, // drained: wait for the next edge
+            Err(Errno::EINTR) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Send as much of `pending` as the socket takes; stop at `EAGAIN`.
+fn flush(conn: &mut Connection) -> nix::Result<()> {
+    while !conn.pending.is_empty() {
+        // MSG_NOSIGNAL: a write to a reset peer is EPIPE, not a fatal SIGPIPE.
+        match send(conn.fd.as_raw_fd(), &conn.pending, MsgFlags::MSG_NOSIGNAL) {
+            Ok(sent) => {
+                conn.pending.drain(..sent);
+            }
+            Err(Errno::EAGAIN) => break, // the socket is full: EPOLLOUT will tell us
+            Err(Errno::EINTR) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Ask for `EPOLLOUT` only while echo is pending: a socket with room to
+/// write is almost always writable, and would wake us for nothing.
+fn update_interest(epoll_fd: &Epoll, conn: &mut Connection) -> Result<()> {
+    let want_write = !conn.pending.is_empty();
+    if want_write == conn.want_write {
+        return Ok(());
+    }
+    let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
+    if want_write {
+        flags |= EpollFlags::EPOLLOUT;
+    }
+    let fd = conn.fd.as_raw_fd();
+    epoll_fd
+        .modify(&conn.fd, &mut EpollEvent::new(flags, fd as u64))
+        .map_err(io::Error::from)
+        .context("epoll_ctl MOD failed")?;
+    conn.want_write = want_write;
+    Ok(())
+}
+
+/// `EPOLL_CTL_DEL` before `close(2)`: the interest list forgets the socket
+/// while its descriptor number is still ours.
+fn close_client(
+    epoll_fd: &Epoll,
+    clients: &mut HashMap<RawFd, Connection>,
+    fd: RawFd,
+    quiet: bool,
+) {
+    if let Some(conn) = clients.remove(&fd) {
+        let _ = epoll_fd.delete(&conn.fd);
+        drop(conn); // close(2)
+        if !quiet {
+            eprintln!("closed fd {fd}");
+        }
+    }
+}
