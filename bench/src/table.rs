@@ -151,7 +151,7 @@ fn connect(out: &mut String, r: &Results) {
 
 /// Where one connection's CPU time goes, at the highest concurrency: the
 /// server's user space, the server's kernel time, and the tester's, with
-/// how busy the tester kept its CPU (near 100%: the tester set the pace).
+/// how busy each kept its CPU (the one near 100% set the pace).
 fn connection_costs(out: &mut String, r: &Results) {
     let Some(&c) = levels_of(r, |t| match *t {
         Test::Connect { concurrency, .. } => Some(concurrency),

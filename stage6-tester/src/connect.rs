@@ -69,8 +69,9 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
             started += 1;
             // Nothing is sent, so Nagle's algorithm cannot matter here.
             match net::start_connect(target, None, false) {
-                // Connected at once or in progress: either way EPOLLOUT
-                // reports it, since registering a ready socket reports an edge.
+                // Connected at once or in progress: either way an event
+                // reports it (EPOLLOUT, or with --greeting the line's
+                // EPOLLIN), since registering a ready socket reports an edge.
                 Ok((fd, _)) => {
                     let slot = attempts.insert(Attempt {
                         fd,
@@ -206,7 +207,7 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
 
 // ANCHOR: step
 /// Advance one attempt on a readiness event.
-fn step(attempt: &mut Attempt, events: EpollFlags, greeting: bool, buf: &mut [u8]) -> Step {
+fn step(attempt: &Attempt, events: EpollFlags, greeting: bool, buf: &mut [u8]) -> Step {
     if !greeting {
         // EPOLLOUT (or EPOLLERR/EPOLLHUP) ends the handshake; SO_ERROR says how.
         if !events.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
