@@ -63,12 +63,20 @@ fn run_json(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"))
 }
 
+/// A server started with `-q` on a free IPv4 loopback port, and its address
+/// as the tester's argument. Keep the server bound (`_server`, not `_`):
+/// dropping it kills the process.
+fn start_quiet(bin: PathBuf) -> (Server, String) {
+    let server = Server::start(bin, &["-q", "127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    (server, addr)
+}
+
 // ---- echo ----
 
 #[test]
 fn echo_checks_every_byte_from_stage4() {
-    let server = Server::start(stage4(), &["-q", "127.0.0.1:0"]);
-    let addr = server.addr.to_string();
+    let (_server, addr) = start_quiet(stage4());
     let report = run_json(&[
         "echo",
         &addr,
@@ -87,8 +95,7 @@ fn echo_checks_every_byte_from_stage4() {
 
 #[test]
 fn echo_works_against_stage1_with_one_client() {
-    let server = Server::start(stage1(), &["-q", "127.0.0.1:0"]);
-    let addr = server.addr.to_string();
+    let (_server, addr) = start_quiet(stage1());
     // The summary states every setting, so the run can be repeated.
     cmd(&[
         "echo",
@@ -182,8 +189,7 @@ fn echo_names_a_corrupted_byte() {
 
 #[test]
 fn connect_counts_every_connection_to_stage3() {
-    let server = Server::start(stage3(), &["-q", "127.0.0.1:0"]);
-    let addr = server.addr.to_string();
+    let (_server, addr) = start_quiet(stage3());
     let report = run_json(&["connect", &addr, "--count", "300", "--concurrency", "16"]);
     assert_eq!(report["attempts"], 300);
     assert_eq!(report["connections"], 300);
@@ -273,8 +279,7 @@ fn sockets(pid: u32) -> usize {
 
 #[test]
 fn hold_spreads_over_worker_processes() {
-    let server = Server::start(stage3(), &["-q", "127.0.0.1:0"]);
-    let addr = server.addr.to_string();
+    let (_server, addr) = start_quiet(stage3());
     let output = cmd(&["hold", &addr, "--connections", "120", "--workers", "3"])
         .args(["--duration", "200ms"])
         .output()
@@ -341,8 +346,7 @@ fn hold_on_ipv6_stops_at_one_port_range_and_says_so() {
 
 #[test]
 fn chat_through_stage5_loses_nothing() {
-    let server = Server::start(stage5(), &["-q", "127.0.0.1:0"]);
-    let addr = server.addr.to_string();
+    let (_server, addr) = start_quiet(stage5());
     let report = run_json(&["chat", &addr, "--clients", "6", "--messages", "40"]);
     assert_eq!(report["sent"], 240);
     assert_eq!(report["delivered"], 6 * 5 * 40);
@@ -371,8 +375,7 @@ fn chat_through_stage5_loses_nothing() {
 
 #[test]
 fn chat_batch_through_stage5_delivers_every_line_once_in_order() {
-    let server = Server::start(stage5(), &["-q", "127.0.0.1:0"]);
-    let addr = server.addr.to_string();
+    let (_server, addr) = start_quiet(stage5());
     // Several lines per write, several writes in flight per client.
     let report = run_json(&[
         "chat",
