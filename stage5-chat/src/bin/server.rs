@@ -440,7 +440,7 @@ impl Server {
         }
         let (fd, name) = self.clients.join(client_fd);
         let online = self.clients.online_count();
-        let welcome = format!("* welcome {name} ({online} online)");
+        let welcome = format!("* welcome {name} ({online} online); /help lists the commands");
         self.clients.queue_line(fd, welcome);
         // Past the limit, N clients joining would cost N² notices.
         if online <= self.args.announce_limit {
