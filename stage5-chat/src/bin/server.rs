@@ -9,7 +9,6 @@
 //! arrive through a `signalfd` in the same epoll set.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -786,7 +785,7 @@ impl Server {
     // ANCHOR_END: shutdown
 
     /// One line of the connection log on stderr, unless `-q`.
-    fn log(&self, line: fmt::Arguments<'_>) {
+    fn log(&self, line: std::fmt::Arguments<'_>) {
         if !self.args.quiet {
             eprintln!("{line}");
         }
