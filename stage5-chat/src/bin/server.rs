@@ -636,18 +636,19 @@ impl Server {
     fn end(&mut self, fd: RawFd, why: Why) {
         let online = self.clients.online_count();
         let deadline = Instant::now() + LINGER;
-        if let Some(name) = self.clients.leave(fd, why, deadline) {
-            self.deadlines.push_back((deadline, fd));
-            if online <= self.args.announce_limit
-                && let Some(notice) = why.notice(&name)
-            {
-                self.clients.broadcast(notice, None);
-            }
+        let left = self.clients.leave(fd, why, deadline);
+        if let Some(name) = &left
+            && online <= self.args.announce_limit
+            && let Some(notice) = why.notice(name)
+        {
+            self.clients.broadcast(notice, None);
         }
-        if why.owes_output() {
-            self.finish(fd);
-        } else {
-            self.close(fd);
+        if !why.owes_output() {
+            return self.close(fd);
+        }
+        self.finish(fd);
+        if left.is_some() && self.clients.get(fd).is_some() {
+            self.deadlines.push_back((deadline, fd)); // not closed yet: by then
         }
     }
 
