@@ -184,3 +184,9 @@ pub fn echo_probe(client: &mut Client) {
     client.send(b"ping\n");
     assert_eq!(client.recv_exact(5), b"ping\n");
 }
+
+/// The probe for chat servers: a fresh client is welcomed by name.
+pub fn welcome_probe(client: &mut Client) {
+    let line = client.recv_line();
+    assert!(line.starts_with("* welcome client"), "got {line:?}");
+}

@@ -12,6 +12,7 @@
 //! byte count in the registry expresses directly.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -374,6 +375,42 @@ fn line(text: impl AsRef<[u8]>) -> Line {
     bytes.into()
 }
 
+/// Why a connection ended: what its `closed fd N (...)` line says.
+enum Closed {
+    /// The client closed its sending side.
+    EndOfFile,
+    /// The client sent `/quit`.
+    Quit,
+    /// The client sent a line over `--max-line`.
+    LineTooLong,
+    /// Its queue passed `--max-queue`: dropped as too slow.
+    TooSlow,
+    /// `--max-clients` were online already.
+    ServerFull,
+    /// SIGINT or SIGTERM.
+    ShuttingDown,
+    /// A read or write failed (`ECONNRESET`, `EPIPE`, ...).
+    Failed(io::Error),
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Closed::EndOfFile => "end of file",
+            Closed::Quit => "quit",
+            Closed::LineTooLong => "line too long",
+            Closed::TooSlow => "too slow",
+            Closed::ServerFull => "server full",
+            Closed::ShuttingDown => "shutting down",
+            // The errno as the man pages name it (`ECONNRESET`), when it has one.
+            Closed::Failed(err) => match err.raw_os_error() {
+                Some(code) => return write!(f, "{:?}", nix::errno::Errno::from_raw(code)),
+                None => return write!(f, "{err}"),
+            },
+        })
+    }
+}
+
 /// One client from accept to close.
 async fn connection(
     mut stream: TcpStream,
@@ -388,20 +425,23 @@ async fn connection(
     // Chat lines are small: send each batch at once instead of waiting to
     // coalesce it with the next one (Nagle's algorithm).
     let _ = stream.set_nodelay(true);
-    let result = session(&mut stream, &chat, args).await;
+    let why = session(&mut stream, &chat, args)
+        .await
+        .unwrap_or_else(Closed::Failed);
     // Logged before the close, so a new connection that reuses the fd
     // number is always logged after this one's end.
     if !args.quiet {
-        if let Err(err) = result {
-            eprintln!("fd {fd}: {err}");
-        }
-        eprintln!("closed fd {fd}");
+        eprintln!("closed fd {fd} ({why})");
     }
     drop(stream); // close(2)
 }
 
 /// Register the client, serve it, and unregister it.
-async fn session(stream: &mut TcpStream, chat: &Mutex<Registry>, args: &Args) -> io::Result<()> {
+async fn session(
+    stream: &mut TcpStream,
+    chat: &Mutex<Registry>,
+    args: &Args,
+) -> io::Result<Closed> {
     // Borrowed halves: both stay in this one task.
     let (reader, mut writer) = stream.split();
     let joined = {
@@ -409,13 +449,14 @@ async fn session(stream: &mut TcpStream, chat: &Mutex<Registry>, args: &Args) ->
         (chat.peers.len() < args.max_clients).then(|| chat.join())
     };
     let Some((mut me, welcome)) = joined else {
-        return writer.write_all(b"* error: server full\n").await;
+        writer.write_all(b"* error: server full\n").await?;
+        return Ok(Closed::ServerFull);
     };
     let kicked = Arc::clone(&me.kicked);
     let result = tokio::select! {
         // Dropped as too slow: the registry has already announced it, and
         // the pending write (if any) is abandoned with the connection.
-        _ = kicked.notified() => Ok(()),
+        _ = kicked.notified() => Ok(Closed::TooSlow),
         result = serve(reader, &mut writer, &mut me, welcome, chat, args) => result,
     };
     // A no-op if the client was dropped or the server is shutting down.
@@ -426,7 +467,7 @@ async fn session(stream: &mut TcpStream, chat: &Mutex<Registry>, args: &Args) ->
 /// What to do after a line from the client.
 enum Next {
     Continue,
-    Close,
+    Close(Closed),
 }
 
 /// The client's loop: lines from the socket and lines from the others,
@@ -438,7 +479,7 @@ async fn serve(
     welcome: Line,
     chat: &Mutex<Registry>,
     args: &Args,
-) -> io::Result<()> {
+) -> io::Result<Closed> {
     writer.write_all(&welcome).await?;
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
@@ -448,23 +489,24 @@ async fn serve(
             read = read_line(&mut reader, &mut buf, args.max_line) => {
                 match read? {
                     Framed::Line => {}
-                    Framed::Eof => return Ok(()),
+                    Framed::Eof => return Ok(Closed::EndOfFile),
                     Framed::TooLong => {
                         let msg = format!("* error: line too long (max {} bytes)\n", args.max_line);
                         writer.write_all(msg.as_bytes()).await?;
-                        return linger(reader, writer).await;
+                        linger(reader, writer).await?;
+                        return Ok(Closed::LineTooLong);
                     }
                 }
                 let next = handle_line(&buf, me.id, chat, writer).await?;
                 buf.clear();
-                if let Next::Close = next {
-                    return Ok(());
+                if let Next::Close(why) = next {
+                    return Ok(why);
                 }
             }
             queued = me.queue.recv() => {
                 // `None`: the server is shutting down and everything queued
                 // has been written.
-                let Some(first) = queued else { return Ok(()) };
+                let Some(first) = queued else { return Ok(Closed::ShuttingDown) };
                 // Whatever else is already queued goes out in the same write;
                 // the batch is freed after it, so an idle client holds no
                 // output buffer.
@@ -572,14 +614,15 @@ async fn handle_line(
             "quit" => {
                 drop(chat);
                 writer.write_all(b"* bye\n").await?;
-                return Ok(Next::Close);
+                return Ok(Next::Close(Closed::Quit));
             }
             _ => Some(line(format!("* error: unknown command /{word}"))),
         }
     } else {
         let mut chat = chat.lock().unwrap();
         let Some(name) = chat.name(id) else {
-            return Ok(Next::Close); // dropped meanwhile: say nothing more
+            // Dropped as too slow meanwhile: say nothing more.
+            return Ok(Next::Close(Closed::TooSlow));
         };
         let msg = line([name.as_bytes(), b": ", &text].concat());
         chat.broadcast_line(msg, Some(id));
