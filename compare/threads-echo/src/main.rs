@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ usage: threads-echo [-q] [--max-clients N] [ADDR]
 
 A thread-per-connection TCP echo server (a baseline for the benchmark).
 
-  ADDR             IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR             HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   --max-clients N  client threads at once; a client past them is closed at once
                    (default: a quarter of vm.max_map_count, less 512)
   -q               do not log connections to stderr
@@ -137,9 +137,13 @@ fn parse_args() -> Args {
                     _ => usage_error("--max-clients needs a number above 0"),
                 }
             }
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
