@@ -134,14 +134,14 @@ fn run(args: &Args) -> Result<()> {
     io::stdout().flush()?;
 
     // epoll_create1(2): the kernel object that watches every socket for us.
-    let epoll_fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
         .map_err(io::Error::from)
         .context("epoll_create1 failed")?;
     // epoll_ctl(EPOLL_CTL_ADD): the event's data is the fd, so a ready event
     // names the socket it is about.
     let listener = listen_fd.as_raw_fd();
     let interest = EpollEvent::new(EpollFlags::EPOLLIN, listener as u64);
-    epoll_fd
+    epoll
         .add(&listen_fd, interest)
         .map_err(io::Error::from)
         .context("epoll_ctl ADD listener failed")?;
@@ -150,7 +150,7 @@ fn run(args: &Args) -> Result<()> {
     let mut ready = [EpollEvent::empty(); 64];
     loop {
         // epoll_wait(2) sleeps until at least one watched socket is ready.
-        let n = match epoll_fd.wait(&mut ready, EpollTimeout::NONE) {
+        let n = match epoll.wait(&mut ready, EpollTimeout::NONE) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
@@ -158,7 +158,7 @@ fn run(args: &Args) -> Result<()> {
         for event in &ready[..n] {
             let fd = event.data() as RawFd;
             if fd == listener {
-                accept_client(&listen_fd, &epoll_fd, &mut clients, args.quiet);
+                accept_client(&listen_fd, &epoll, &mut clients, args.quiet);
             } else if let Some(client_fd) = clients.get(&fd) {
                 // 0 bytes is end-of-file; an error (such as a reset) ends
                 // this client only.
@@ -167,7 +167,7 @@ fn run(args: &Args) -> Result<()> {
                     Ok(_) => continue,
                     Err(err) => Closed::Failed(err),
                 };
-                close_client(&epoll_fd, &mut clients, fd, why, args.quiet);
+                close_client(&epoll, &mut clients, fd, why, args.quiet);
             }
         }
     }
@@ -179,7 +179,7 @@ fn run(args: &Args) -> Result<()> {
 /// listener again at the next `epoll_wait` if more clients are waiting.
 fn accept_client(
     listen_fd: &OwnedFd,
-    epoll_fd: &Epoll,
+    epoll: &Epoll,
     clients: &mut HashMap<RawFd, OwnedFd>,
     quiet: bool,
 ) {
@@ -200,10 +200,10 @@ fn accept_client(
     if !quiet {
         log_accepted(fd);
     }
-    let added = epoll_fd.add(&client_fd, EpollEvent::new(EpollFlags::EPOLLIN, fd as u64));
+    let added = epoll.add(&client_fd, EpollEvent::new(EpollFlags::EPOLLIN, fd as u64));
     clients.insert(fd, client_fd);
     if let Err(err) = added {
-        close_client(epoll_fd, clients, fd, Closed::Failed(err), quiet);
+        close_client(epoll, clients, fd, Closed::Failed(err), quiet);
     }
 }
 // ANCHOR_END: accept
@@ -241,14 +241,14 @@ fn echo_once(client_fd: &OwnedFd) -> nix::Result<usize> {
 /// The one way a connection ends. `EPOLL_CTL_DEL` before `close(2)`: the
 /// interest list forgets the socket while its descriptor number is still ours.
 fn close_client(
-    epoll_fd: &Epoll,
+    epoll: &Epoll,
     clients: &mut HashMap<RawFd, OwnedFd>,
     fd: RawFd,
     why: Closed,
     quiet: bool,
 ) {
     if let Some(client_fd) = clients.remove(&fd) {
-        let _ = epoll_fd.delete(&client_fd);
+        let _ = epoll.delete(&client_fd);
         drop(client_fd); // close(2)
         if !quiet {
             eprintln!("closed fd {fd} ({why})");

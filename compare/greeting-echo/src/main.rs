@@ -157,14 +157,14 @@ fn run(args: &Args) -> Result<()> {
     io::stdout().flush()?;
 
     // epoll_create1(2): the kernel object that watches every socket for us.
-    let epoll_fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
         .map_err(io::Error::from)
         .context("epoll_create1 failed")?;
     // epoll_ctl(EPOLL_CTL_ADD): the event's data is the fd, so a ready event
     // names the socket it is about.
     let listener = listen_fd.as_raw_fd();
     let interest = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, listener as u64);
-    epoll_fd
+    epoll
         .add(&listen_fd, interest)
         .map_err(io::Error::from)
         .context("epoll_ctl ADD listener failed")?;
@@ -178,7 +178,7 @@ fn run(args: &Args) -> Result<()> {
     let mut backlog_left = false;
     loop {
         // epoll_wait(2) sleeps until at least one watched socket is ready.
-        let n = match epoll_fd.wait(&mut ready, EpollTimeout::NONE) {
+        let n = match epoll.wait(&mut ready, EpollTimeout::NONE) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
@@ -186,22 +186,22 @@ fn run(args: &Args) -> Result<()> {
         for event in &ready[..n] {
             let fd = event.data() as RawFd;
             if fd == listener {
-                backlog_left = !accept_clients(&listen_fd, &epoll_fd, &mut clients, args.quiet);
+                backlog_left = !accept_clients(&listen_fd, &epoll, &mut clients, args.quiet);
             } else if let Some(conn) = clients.get_mut(&fd) {
                 // Whatever the event says, try both directions: reading may
                 // have paused for a full buffer that writing just emptied.
                 let why = match serve(conn, &mut scratch) {
                     Ok(()) if conn.read_closed && conn.pending.is_empty() => Closed::EndOfFile,
-                    Ok(()) => match update_interest(&epoll_fd, conn) {
+                    Ok(()) => match update_interest(&epoll, conn) {
                         Ok(()) => continue,
                         Err(err) => Closed::Failed(err),
                     },
                     // A reset or other error ends only this client.
                     Err(err) => Closed::Failed(err),
                 };
-                close_client(&epoll_fd, &mut clients, fd, why, args.quiet);
+                close_client(&epoll, &mut clients, fd, why, args.quiet);
                 if backlog_left {
-                    backlog_left = !accept_clients(&listen_fd, &epoll_fd, &mut clients, args.quiet);
+                    backlog_left = !accept_clients(&listen_fd, &epoll, &mut clients, args.quiet);
                 }
             }
         }
@@ -213,7 +213,7 @@ fn run(args: &Args) -> Result<()> {
 /// newcomer. Returns whether the queue was drained.
 fn accept_clients(
     listen_fd: &OwnedFd,
-    epoll_fd: &Epoll,
+    epoll: &Epoll,
     clients: &mut HashMap<RawFd, Connection>,
     quiet: bool,
 ) -> bool {
@@ -244,23 +244,23 @@ fn accept_clients(
             read_closed: false,
             want_write: false,
         };
-        let greeted = greet(epoll_fd, &mut conn);
+        let greeted = greet(epoll, &mut conn);
         clients.insert(fd, conn);
         if let Err(err) = greeted {
-            close_client(epoll_fd, clients, fd, Closed::Failed(err), quiet);
+            close_client(epoll, clients, fd, Closed::Failed(err), quiet);
         }
     }
 }
 
 /// The greeting, before the socket is registered (a new socket has room
 /// for it); whatever of it did not fit waits for EPOLLOUT.
-fn greet(epoll_fd: &Epoll, conn: &mut Connection) -> nix::Result<()> {
+fn greet(epoll: &Epoll, conn: &mut Connection) -> nix::Result<()> {
     flush(conn)?;
     // EPOLLRDHUP reports the client's end-of-file even while we still owe it echo.
     let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
     let fd = conn.fd.as_raw_fd();
-    epoll_fd.add(&conn.fd, EpollEvent::new(flags, fd as u64))?;
-    update_interest(epoll_fd, conn)
+    epoll.add(&conn.fd, EpollEvent::new(flags, fd as u64))?;
+    update_interest(epoll, conn)
 }
 
 /// The `accepted` line names the peer when it can: a client that reset
@@ -310,7 +310,7 @@ fn flush(conn: &mut Connection) -> nix::Result<()> {
 
 /// Ask for `EPOLLOUT` only while echo is pending: a socket with room to
 /// write is almost always writable, and would wake us for nothing.
-fn update_interest(epoll_fd: &Epoll, conn: &mut Connection) -> nix::Result<()> {
+fn update_interest(epoll: &Epoll, conn: &mut Connection) -> nix::Result<()> {
     let want_write = !conn.pending.is_empty();
     if want_write == conn.want_write {
         return Ok(());
@@ -320,7 +320,7 @@ fn update_interest(epoll_fd: &Epoll, conn: &mut Connection) -> nix::Result<()> {
         flags |= EpollFlags::EPOLLOUT;
     }
     let fd = conn.fd.as_raw_fd();
-    epoll_fd.modify(&conn.fd, &mut EpollEvent::new(flags, fd as u64))?;
+    epoll.modify(&conn.fd, &mut EpollEvent::new(flags, fd as u64))?;
     conn.want_write = want_write;
     Ok(())
 }
@@ -328,14 +328,14 @@ fn update_interest(epoll_fd: &Epoll, conn: &mut Connection) -> nix::Result<()> {
 /// The one way a connection ends. `EPOLL_CTL_DEL` before `close(2)`: the
 /// interest list forgets the socket while its descriptor number is still ours.
 fn close_client(
-    epoll_fd: &Epoll,
+    epoll: &Epoll,
     clients: &mut HashMap<RawFd, Connection>,
     fd: RawFd,
     why: Closed,
     quiet: bool,
 ) {
     if let Some(conn) = clients.remove(&fd) {
-        let _ = epoll_fd.delete(&conn.fd);
+        let _ = epoll.delete(&conn.fd);
         drop(conn); // close(2)
         if !quiet {
             eprintln!("closed fd {fd} ({why})");
