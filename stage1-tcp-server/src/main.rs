@@ -138,10 +138,6 @@ fn run(args: &Args) -> Result<()> {
             Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
             // The client gave up before we got to it: wait for the next one.
             Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
-            // The listener itself is broken: no client will ever come.
-            Err(err @ (Errno::EBADF | Errno::EINVAL | Errno::ENOTSOCK)) => {
-                return Err(io::Error::from(err)).context("accept failed");
-            }
             // One connection's failure (EPROTO, ENETDOWN, ...) or a shortage
             // (EMFILE, ENOBUFS): that client is lost, the others are not.
             Err(err) => {

@@ -108,8 +108,10 @@ fn run(args: &Args) -> Result<()> {
         }
         send_all(&socket_fd, &line).context("cannot send to the server")?;
         let reply = read_line(&socket_fd, &mut received)?;
-        stdout.write_all(&reply)?;
-        stdout.flush()?;
+        stdout
+            .write_all(&reply)
+            .and_then(|()| stdout.flush())
+            .context("cannot write to stdout")?;
     }
 }
 // ANCHOR_END: run

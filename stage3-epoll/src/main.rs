@@ -189,7 +189,7 @@ fn accept_client(
         Err(Errno::ECONNABORTED | Errno::EINTR) => return,
         // One connection's failure (EPROTO, ENETDOWN, ...) or a shortage
         // (EMFILE, ENOBUFS). The listener stays ready, so with no descriptor
-        // to spare this repeats at every epoll_wait: stage 5 fixes the spin.
+        // to spare this repeats at every epoll_wait: stage 4 fixes the spin.
         Err(err) => {
             eprintln!("cannot accept: {err:?}");
             return;
