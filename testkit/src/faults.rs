@@ -6,7 +6,9 @@
 //! `testkit::fault_checks!(bin(), probe);`
 
 use std::io::{ErrorKind, Write};
+use std::net::Shutdown;
 use std::path::Path;
+use std::thread;
 use std::time::Duration;
 
 use crate::conventions::Probe;
@@ -26,10 +28,17 @@ pub enum Reply {
 /// for tests that run in parallel.
 const RESETS: usize = 50;
 const CHURN: usize = 300;
-const WRITERS: usize = 4;
+const WRITERS: usize = 2;
 
-/// How much a writer in [`resets_mid_write`] sends at most before it resets.
-const MID_WRITE_BYTES: usize = 1 << 20;
+/// How much a writer in [`resets_mid_write`] sends at most before it
+/// resets: more than the kernel's buffers and an echo server's own output
+/// buffer hold together (stage 4 stops reading after about 7 MiB), so the
+/// server is left with output it could not send. A chat server reads on,
+/// relaying to the other writer, until this much is sent.
+const MID_WRITE_BYTES: usize = 16 << 20;
+
+/// What the half-closing client sends an echo server.
+const HALF_CLOSE_BYTES: u32 = 8 << 20;
 
 /// The server as a reader runs it: logging on.
 fn start(bin: &Path) -> Server {
@@ -82,12 +91,13 @@ pub fn resets_in_the_accept_queue(bin: &Path, probe: Probe) {
 /// server is writing to them (or holds output for them) when they go.
 pub fn resets_mid_write(bin: &Path, probe: Probe) {
     let mut server = start(bin);
-    let line = [b"x".repeat(63), b"\n".to_vec()].concat();
+    // 64 KiB of 64-byte lines: an echo server echoes them, a chat relays them.
+    let lines = [b"x".repeat(63), b"\n".to_vec()].concat().repeat(1024);
     let writers: Vec<Client> = (0..WRITERS)
         .map(|_| {
             // A small receive window: the server's answers back up at once.
             let mut client = Client::connect_small_window(server.addr);
-            send_until_stalled(&mut client, &line);
+            send_until_stalled(&mut client, &lines);
             client
         })
         .collect();
@@ -95,16 +105,17 @@ pub fn resets_mid_write(bin: &Path, probe: Probe) {
     still_serving(&mut server, probe, WRITERS);
 }
 
-/// Send `line` over and over, up to [`MID_WRITE_BYTES`], until the server
-/// stops reading (a write waits in vain) or has closed the connection.
-fn send_until_stalled(client: &mut Client, line: &[u8]) {
-    // Not a synchronisation: whichever way the sending ends, the reset that
+/// Send `chunk` over and over, up to [`MID_WRITE_BYTES`], until the server
+/// stops reading (nothing drains for a while: every buffer on the way is
+/// full) or has closed the connection.
+fn send_until_stalled(client: &mut Client, chunk: &[u8]) {
+    // Not a synchronisation: however the sending ends, the reset that
     // follows finds the server with output it could not deliver.
-    let stall = Duration::from_millis(200);
+    let stall = Duration::from_millis(300);
     client.stream.set_write_timeout(Some(stall)).unwrap();
     let mut sent = 0;
     while sent < MID_WRITE_BYTES {
-        match client.stream.write(line) {
+        match client.stream.write(chunk) {
             Ok(n) => sent += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => break, // stalled (timed out), or closed by the server
@@ -116,20 +127,32 @@ fn send_until_stalled(client: &mut Client, line: &[u8]) {
 /// everything it is owed, and then the close (`end of file`).
 pub fn half_close_gets_its_answer_then_the_close(bin: &Path, probe: Probe, reply: Reply) {
     let mut server = start(bin);
-    let mut client = server.connect();
+    // A small receive window, so the echo backs up in the server: when
+    // end-of-file arrives, it still owes most of the payload.
+    let mut client = Client::connect_small_window(server.addr);
     probe(&mut client);
     let fd = server.fd_of(&client);
     let (payload, owed) = match reply {
-        // More than one read's worth, every byte value, no newline.
+        // More than the kernel's buffers hold; bytes that differ from their
+        // neighbours, so a lost or repeated chunk shows.
         Reply::Echo => {
-            let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
+            let data: Vec<u8> = (0..HALF_CLOSE_BYTES).map(|i| (i % 251) as u8).collect();
             (data.clone(), data)
         }
         Reply::Nothing => (b"hello\n".to_vec(), Vec::new()),
     };
-    client.send(&payload);
-    client.shutdown_write();
+    // Sent from a thread while this one reads: a blocking echo server
+    // answers as it reads, and would wait for us to read.
+    let mut writer = client.stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        writer.write_all(&payload)?;
+        writer.shutdown(Shutdown::Write)
+    });
     let got = client.recv_to_eof();
+    sender
+        .join()
+        .unwrap()
+        .expect("send the payload, then shut down");
     assert!(
         got == owed,
         "expected {} bytes before the close, got {}",
