@@ -65,10 +65,12 @@ fn parse_args() -> Args {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
-            },
+            _ if !addr_given && !arg.starts_with('-') => {
+                match std::net::ToSocketAddrs::to_socket_addrs(arg.as_str()).map(|mut a| a.next()) {
+                    Ok(Some(addr)) => (args.addr, addr_given) = (addr, true),
+                    _ => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
+                }
+            }
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
     }
