@@ -151,6 +151,23 @@ fn piped_input_gets_every_reply_before_the_client_exits() {
 }
 
 #[test]
+fn the_server_may_be_named_by_host_name() {
+    let server = start_server();
+    let output = AssertCommand::new(client_bin())
+        .arg(format!("localhost:{}", server.addr.port()))
+        .write_stdin("/who\n")
+        .timeout(TIMEOUT)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.ends_with("* online: client1\n"),
+        "stdout: {stdout:?}"
+    );
+}
+
+#[test]
 fn reads_stdin_from_a_regular_file() {
     // epoll refuses regular files (EPERM): the client must still send them.
     let server = start_server();

@@ -6,7 +6,7 @@
 //! and handles whichever is ready.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
 
@@ -26,7 +26,7 @@ Connects to the chat server, sends each line of stdin and prints every line
 the server sends. At the end of stdin it waits briefly for the last lines
 and exits.
 
-  ADDR        IP:PORT of the server (default 127.0.0.1:8080)
+  ADDR        HOST:PORT of the server (default 127.0.0.1:8080)
   -h, --help  print this help";
 
 /// After the end of stdin: how long to wait for more lines from a server
@@ -39,7 +39,8 @@ const STDIN: u64 = 0;
 const SOCKET: u64 = 1;
 
 struct Args {
-    addr: SocketAddr,
+    /// Every address ADDR resolved to, tried in turn.
+    addrs: Vec<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
 /// `BIN [ADDR]`; exits 0 after `--help` and 2 after a bad argument.
 fn parse_args() -> Args {
     let mut args = Args {
-        addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        addrs: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
     };
     let mut addr_given = false;
     for arg in std::env::args().skip(1) {
@@ -65,9 +66,9 @@ fn parse_args() -> Args {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            _ if !addr_given && !arg.starts_with('-') => match parse_addr(&arg) {
+                Ok(addrs) => (args.addrs, addr_given) = (addrs, true),
+                Err(msg) => usage_error(&msg),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -75,9 +76,36 @@ fn parse_args() -> Args {
     args
 }
 
+/// `HOST:PORT`, where HOST is a name (`localhost`) or an IP address
+/// (`[::1]` for IPv6), resolved once, here.
+fn parse_addr(arg: &str) -> Result<Vec<SocketAddr>, String> {
+    let invalid = |why: String| format!("invalid address {arg:?} (expected HOST:PORT): {why}");
+    let addrs: Vec<SocketAddr> = arg
+        .to_socket_addrs()
+        .map_err(|err| invalid(err.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(invalid("the name has no address".into()));
+    }
+    Ok(addrs)
+}
+
 fn usage_error(msg: &str) -> ! {
     eprintln!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
+}
+
+/// Connect to the first of `addrs` that answers (a name may have an IPv6 and
+/// an IPv4 address, and the server listen on only one of them).
+fn connect_any(addrs: &[SocketAddr]) -> Result<OwnedFd> {
+    let mut result = Err(anyhow::anyhow!("no address to connect to"));
+    for &addr in addrs {
+        result = connect_to(addr);
+        if result.is_ok() {
+            break;
+        }
+    }
+    result
 }
 
 /// `socket(2)` and a blocking `connect(2)`, then non-blocking from here on:
@@ -127,7 +155,7 @@ struct Client {
 
 // ANCHOR: client_loop
 fn run(args: &Args) -> Result<()> {
-    let socket_fd = connect_to(args.addr)?;
+    let socket_fd = connect_any(&args.addrs)?;
     // epoll_create1(2): one set for both sides, so neither blocks the other.
     let epoll_fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
         .map_err(io::Error::from)
