@@ -200,13 +200,21 @@ fn reads_stdin_from_a_regular_file() {
     assert_eq!(other.recv_line(), "* client2 left");
 }
 
-#[test]
-fn on_a_terminal_an_incoming_line_does_not_split_a_half_typed_one() {
+/// A server, a client on a socket (`client1`) and the client on a terminal
+/// (`client2`), showing its prompt.
+fn chat_on_a_terminal() -> (Server, Client, PtyClient) {
     let server = start_server();
     let mut other = server.connect();
     assert_eq!(other.recv_line(), "* welcome client1 (1 online)");
     let mut client = PtyClient::start(&server);
     client.wait_for_prompt("client2> ");
+    assert_eq!(other.recv_line(), "* client2 joined");
+    (server, other, client)
+}
+
+#[test]
+fn on_a_terminal_an_incoming_line_does_not_split_a_half_typed_one() {
+    let (_server, mut other, mut client) = chat_on_a_terminal();
     let raw = client.modes();
     assert!(
         !raw.local_flags
@@ -218,7 +226,6 @@ fn on_a_terminal_an_incoming_line_does_not_split_a_half_typed_one() {
     // it is overwritten shows.
     client.type_keys(b"half-typed line, longer than the one that comes");
     client.wait_for_prompt("client2> half-typed line, longer than the one that comes");
-    assert_eq!(other.recv_line(), "* client2 joined");
     other.send(b"interrupting\n");
     let rows = client.wait_for_screen("the incoming line", |rows| {
         rows.iter().any(|r| r.contains("interrupting"))
@@ -251,12 +258,7 @@ fn on_a_terminal_an_incoming_line_does_not_split_a_half_typed_one() {
 
 #[test]
 fn on_a_terminal_keys_edit_the_line_and_ctrl_c_quits() {
-    let server = start_server();
-    let mut other = server.connect();
-    assert_eq!(other.recv_line(), "* welcome client1 (1 online)");
-    let mut client = PtyClient::start(&server);
-    client.wait_for_prompt("client2> ");
-    assert_eq!(other.recv_line(), "* client2 joined");
+    let (_server, mut other, mut client) = chat_on_a_terminal();
 
     // Ctrl-U clears the line; Backspace (DEL or BS) removes one character,
     // two bytes for `ï`; an arrow key (`ESC [ D`) types nothing.

@@ -477,6 +477,7 @@ enum Escape {
     Sequence,
 }
 
+// ANCHOR: terminal
 /// The terminal when stdin and stdout are one: raw mode, the signals that
 /// must not leave it raw, and the input line drawn under what arrives.
 struct Terminal {
@@ -494,6 +495,7 @@ struct Terminal {
     /// connection ends).
     prompt: bool,
 }
+// ANCHOR_END: terminal
 
 impl Terminal {
     /// Signals first, then raw mode: a signal from here on ends the loop
