@@ -184,6 +184,8 @@ fn run(args: &Args) -> Result<ExitCode> {
         Err(Errno::EPERM) => true,
         Err(err) => return Err(io::Error::from(err)).context("epoll_ctl ADD stdin failed"),
     };
+    // Typing on a terminal: raw mode and our own input line. (With stdout
+    // sent to a file, the prompt and escape codes would land in the file.)
     let on_terminal = isatty(io::stdin()).unwrap_or(false) && isatty(io::stdout()).unwrap_or(false);
     let terminal = if on_terminal {
         Some(Terminal::start(&epoll_fd)?)
