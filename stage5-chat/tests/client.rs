@@ -14,7 +14,9 @@ use assert_cmd::Command as AssertCommand;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::pty::{Winsize, openpty};
+use nix::sys::signal::{Signal, kill};
 use nix::sys::termios::{LocalFlags, Termios, tcgetattr};
+use nix::unistd::Pid;
 use testkit::{Client, Server, TIMEOUT};
 
 fn server_bin() -> PathBuf {
@@ -285,11 +287,8 @@ fn on_a_terminal_sigterm_restores_the_terminal() {
     client.wait_for_prompt("client1> ");
     client.type_keys(b"half a line");
     client.wait_for_prompt("client1> half a line");
-    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
-    assert_eq!(
-        unsafe { libc::kill(client.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let pid = Pid::from_raw(client.child.id() as i32);
+    kill(pid, Signal::SIGTERM).expect("kill the client");
     assert_eq!(client.wait_exit_restored(), Some(128 + libc::SIGTERM));
 }
 
