@@ -229,8 +229,10 @@ fn run(args: &Args) -> Result<ExitCode> {
             match event.data() {
                 STDIN => stdin_ready = true,
                 SIGNALS => {
-                    if let Some(terminal) = &client.terminal {
-                        return terminal.signalled(); // SIGINT, SIGTERM or SIGHUP
+                    if let Some(terminal) = &client.terminal
+                        && let Some(code) = terminal.signalled()?
+                    {
+                        return Ok(code); // SIGINT, SIGTERM or SIGHUP
                     }
                 }
                 _ => {
@@ -521,15 +523,16 @@ impl Terminal {
         Ok(terminal)
     }
 
-    /// The exit code for the signal waiting in the signalfd.
-    fn signalled(&self) -> Result<ExitCode> {
+    /// Take the signal waiting in the signalfd: the exit code it asks for,
+    /// the one a shell shows for a process it ended (`None` if there was
+    /// none after all).
+    fn signalled(&self) -> Result<Option<ExitCode>> {
         let info = self
             .signal_fd
             .read_signal()
             .map_err(io::Error::from)
             .context("cannot read the signalfd")?;
-        let signal = info.and_then(|info| Signal::try_from(info.ssi_signo as i32).ok());
-        Ok(exit_code(signal.unwrap_or(Signal::SIGTERM)))
+        Ok(info.map(|info| ExitCode::from(128 + info.ssi_signo as u8)))
     }
 
     // ANCHOR: keys
