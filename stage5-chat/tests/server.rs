@@ -9,7 +9,7 @@ fn server_bin() -> PathBuf {
     testkit::bin("STAGE5_SERVER_BIN", env!("CARGO_BIN_EXE_server"))
 }
 
-testkit::server_conventions!(server_bin(), chat::welcome_probe);
+testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 
 /// Stage 5a's checks: the chat.
 #[path = "../steps/chat/tests/checks/chat.rs"]

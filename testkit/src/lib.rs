@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod conventions;
+pub mod faults;
 
 /// How long any single wait may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,6 +142,11 @@ impl Server {
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.whole_stderr()
+    }
+
+    /// All the server wrote to stderr, once it has exited.
+    fn whole_stderr(&self) -> String {
         let (log, changed) = &*self.stderr;
         let log = log.lock().unwrap();
         let (log, _) = changed
@@ -151,16 +157,31 @@ impl Server {
 
     /// Wait until stderr contains `needle`; panics after [`TIMEOUT`].
     pub fn wait_stderr(&self, needle: &str) {
+        self.wait_log(&format!("{needle:?}"), |log| log.contains(needle));
+    }
+
+    /// Wait until what the server wrote to stderr satisfies `done` (`what`
+    /// describes it for the failure message); panics after [`TIMEOUT`].
+    pub fn wait_log(&self, what: &str, done: impl Fn(&str) -> bool) {
         let (text, changed) = &*self.stderr;
         let log = text.lock().unwrap();
         let (log, timeout) = changed
-            .wait_timeout_while(log, TIMEOUT, |l| !l.text.contains(needle))
+            .wait_timeout_while(log, TIMEOUT, |l| !done(&l.text))
             .unwrap();
-        assert!(
-            !timeout.timed_out(),
-            "server never logged {needle:?}; stderr:\n{}",
-            log.text
-        );
+        // Released before a failure, so the panic does not poison the log.
+        let (timed_out, text) = (timeout.timed_out(), log.text.clone());
+        drop(log);
+        assert!(!timed_out, "server never logged {what}; stderr:\n{text}");
+    }
+
+    /// Panic (with its stderr) if the server has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!(
+                "the server exited ({status}); stderr:\n{}",
+                self.whole_stderr()
+            );
+        }
     }
 
     /// Send a signal (for example `libc::SIGTERM`) to the server.

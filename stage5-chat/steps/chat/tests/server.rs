@@ -7,7 +7,7 @@ fn server_bin() -> PathBuf {
     testkit::bin("STAGE5A_BIN", env!("CARGO_BIN_EXE_stage5a-chat"))
 }
 
-testkit::server_conventions!(server_bin(), chat::welcome_probe);
+testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 
 #[path = "checks/chat.rs"]
 mod chat;

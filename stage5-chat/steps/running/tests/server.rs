@@ -8,7 +8,7 @@ fn server_bin() -> PathBuf {
     testkit::bin("STAGE5B_BIN", env!("CARGO_BIN_EXE_stage5b-running"))
 }
 
-testkit::server_conventions!(server_bin(), chat::welcome_probe);
+testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 
 /// Stage 5a's checks: the chat.
 #[path = "../../chat/tests/checks/chat.rs"]

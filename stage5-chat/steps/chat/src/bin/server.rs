@@ -7,7 +7,7 @@
 //! that falls too far behind is dropped.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
@@ -38,7 +38,7 @@ usage: stage5a-chat [-q] [--max-queue BYTES] [--max-line BYTES] [ADDR]
 An edge-triggered epoll chat server: every line a client sends goes to
 every other client.
 
-  ADDR                  IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR                  HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   --max-queue BYTES     output owed to one client before it is dropped as too slow (default 1048576)
   --max-line BYTES      longest line a client may send (default 4096)
   -q                    do not log connections to stderr
@@ -99,9 +99,13 @@ fn parse_args() -> Args {
             "-q" => args.quiet = true,
             "--max-queue" => args.max_queue = number(&arg),
             "--max-line" => args.max_line = number(&arg),
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -143,6 +147,18 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
     Ok(listen_fd)
 }
 // ANCHOR_END: listen
+
+// ANCHOR: log_accepted
+/// The `accepted` line names the peer when it can: a client that reset
+/// while it waited in the accept queue has none (`getpeername` fails with
+/// `ENOTCONN`), and the first read on its socket reports the reset.
+fn log_accepted(fd: RawFd) {
+    match getpeername::<SockaddrStorage>(fd) {
+        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
+        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+    }
+}
+// ANCHOR_END: log_accepted
 
 // ANCHOR: server
 /// Whether, and how, the listener is being served.
@@ -237,7 +253,7 @@ impl Server {
                 // Out of descriptors (EMFILE) or memory: keep serving the
                 // clients we have, and come back when one of them leaves.
                 Err(err) => {
-                    self.log(format_args!("cannot accept: {}", io::Error::from(err)));
+                    self.log(format_args!("cannot accept: {err:?}"));
                     self.accepting = Accepting::Backlogged;
                     return;
                 }
@@ -255,10 +271,7 @@ impl Server {
                 continue; // dropping client_fd closes it
             }
             if !self.args.quiet {
-                match getpeername::<SockaddrStorage>(fd) {
-                    Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
-                    Err(_) => eprintln!("accepted fd {fd}"), // already reset
-                }
+                log_accepted(fd);
             }
             self.admit(client_fd);
         }

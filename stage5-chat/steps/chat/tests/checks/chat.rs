@@ -11,15 +11,10 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use testkit::conventions::welcome_probe;
 use testkit::{Client, Server, TIMEOUT};
 
 use super::server_bin;
-
-/// A fresh client is served when its first line is its welcome.
-pub fn welcome_probe(client: &mut Client) {
-    let line = client.recv_line();
-    assert!(line.starts_with("* welcome client"), "got {line:?}");
-}
 
 /// Start a quiet server on a free port with extra `flags`.
 pub fn start(flags: &[&str]) -> Server {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use testkit::{Client, Server};
 
-use super::chat::{expect_welcome, join, start, welcome_probe};
+use testkit::conventions::welcome_probe;
+
+use super::chat::{expect_welcome, join, start};
 use super::server_bin;
 
 // ---------------------------------------------------------------------
