@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use chat::{join, start};
+
 fn server_bin() -> PathBuf {
     testkit::bin("STAGE5_SERVER_BIN", env!("CARGO_BIN_EXE_server"))
 }
@@ -18,3 +20,40 @@ mod chat;
 /// Stage 5b's checks: a server you can leave running.
 #[path = "../steps/running/tests/checks/running.rs"]
 mod running;
+
+// ---------------------------------------------------------------------
+// Its own: fewer system calls.
+
+/// Lines that reach the server together reach each receiver in one write
+/// (a few, for a server that takes them in a few rounds): counted by the
+/// server's `write`/`writev` calls (`/proc/PID/io`) and, for a server that
+/// uses `send`, which that count leaves out, by the TCP segments a receiver
+/// gets (a write of its own per line makes many, `TCP_NODELAY` or not).
+#[test]
+fn lines_that_arrive_together_reach_each_receiver_in_one_write() {
+    const LINES: u64 = 300;
+    /// Rounds a correct server may take for lines that arrive in one segment.
+    const ROUNDS: u64 = 4;
+    let server = start(&[]);
+    let mut c = join(&server, 4);
+    let writes_before = server.write_calls();
+    let segments_before = c[1].segments_received();
+    // About 3 KiB in one write: one segment, one read.
+    let batch: String = (0..LINES).map(|n| format!("line {n}\n")).collect();
+    c[0].send(batch.as_bytes());
+    for receiver in &mut c[1..] {
+        for n in 0..LINES {
+            assert_eq!(receiver.recv_line(), format!("client1: line {n}"));
+        }
+    }
+    let writes = server.write_calls() - writes_before;
+    let segments = u64::from(c[1].segments_received() - segments_before);
+    assert!(
+        writes <= ROUNDS * 3,
+        "{writes} write calls for {LINES} lines to 3 receivers: a write per line"
+    );
+    assert!(
+        segments <= ROUNDS,
+        "{segments} segments for {LINES} lines to one receiver: a write per line"
+    );
+}

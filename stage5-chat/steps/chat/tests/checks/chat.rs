@@ -449,6 +449,71 @@ fn a_client_that_never_reads_is_dropped_and_stalls_no_one() {
     );
 }
 
+/// A client with a small receive window that has read its welcome, while
+/// `talker` is the only other client.
+fn slow_reader(server: &Server, talker: &mut Client) -> Client {
+    let mut slow = Client::connect_small_window(server.addr);
+    let name = welcome_name(&slow.recv_line());
+    assert_eq!(talker.recv_line(), format!("* {name} joined"));
+    slow
+}
+
+/// Line `n` of a numbered burst: 100 bytes, newline included.
+fn numbered(n: usize) -> String {
+    format!("line {n:06} {}\n", "x".repeat(88))
+}
+
+/// Send lines `range` in one write, then wait for the answer to `/who`:
+/// by then the server has read the lines and tried to write them.
+fn burst(talker: &mut Client, range: std::ops::Range<usize>) {
+    let lines: String = range.map(numbered).collect();
+    talker.send(lines.as_bytes());
+    talker.send(b"/who\n");
+    let reply = talker.recv_line();
+    assert!(reply.starts_with("* online: "), "got {reply:?}");
+}
+
+/// More than the kernel's buffers hold for a small-window client, far less
+/// than the queue limit the checks below set.
+const BURST: usize = 4000;
+
+#[test]
+fn lines_left_for_a_full_socket_arrive_in_order_without_more_traffic() {
+    let server = start(&["--max-queue", "16777216"]);
+    let mut talker = join(&server, 1).remove(0);
+    let mut slow = slow_reader(&server, &mut talker);
+    // The first burst fills the slow client's socket and leaves the rest in
+    // the server; the second is queued while the socket is full.
+    burst(&mut talker, 0..BURST);
+    burst(&mut talker, BURST..2 * BURST);
+    // Nothing else happens now: only EPOLLOUT can tell the server that the
+    // socket has room again, and a line queued later must not overtake one
+    // queued earlier.
+    for n in 0..2 * BURST {
+        let expected = format!("client1: {}", numbered(n));
+        assert_eq!(slow.recv_line(), expected.trim_end(), "line {n}");
+    }
+}
+
+#[test]
+fn end_of_file_still_gets_every_line_it_is_owed_then_the_close() {
+    let server = start(&["--max-queue", "16777216"]);
+    let mut talker = join(&server, 1).remove(0);
+    let mut slow = slow_reader(&server, &mut talker);
+    burst(&mut talker, 0..BURST);
+    // End-of-file means "no more input", not "throw away what I am owed".
+    slow.shutdown_write();
+    assert!(
+        talker.recv_line().ends_with(" left"),
+        "the server saw the end-of-file"
+    );
+    for n in 0..BURST {
+        let expected = format!("client1: {}", numbered(n));
+        assert_eq!(slow.recv_line(), expected.trim_end(), "line {n}");
+    }
+    assert_eq!(slow.recv_to_eof(), b"");
+}
+
 // ---------------------------------------------------------------------
 // Faults.
 
