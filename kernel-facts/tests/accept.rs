@@ -1,0 +1,146 @@
+//! Facts about `listen` and `accept` that the book's chapters lean on.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use kernel_facts::{accept_one, connect_to, listener, local_port, poll_for, reset, tcp_info};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::PollFlags;
+use nix::sys::socket::{
+    AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrIn, connect, getpeername,
+    getsockopt, recv, send, setsockopt, socket, sockopt,
+};
+
+/// Is the connection from `remote_port` to `local_port` in the kernel's
+/// table of IPv4 TCP connections (`/proc/net/tcp`, ports in hex)?
+fn listed(local_port: u16, remote_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let local = format!(":{local_port:04X} ");
+    let remote = format!(":{remote_port:04X} ");
+    table.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 2
+            && format!("{} ", fields[1]).ends_with(&local)
+            && format!("{} ", fields[2]).ends_with(&remote)
+    })
+}
+
+/// A connection reset while it waits in the accept queue is **still
+/// accepted** on Linux: `accept` succeeds (no `ECONNABORTED`) and returns a
+/// socket that is already dead. `getpeername` on it fails with `ENOTCONN`;
+/// the bytes the client sent before its reset are still there to read, and
+/// only then does `recv` fail with `ECONNRESET`. So a server must treat a
+/// failed `getpeername` or `recv` on a fresh socket as that one client's
+/// error.
+///
+/// Book: stage 1, "The accept loop"; Appendix A, `accept4`'s errors.
+#[test]
+fn reset_while_queued_is_still_accepted() {
+    let (listen_fd, addr) = listener(SockFlag::SOCK_CLOEXEC, Backlog::MAXCONN);
+    let client = connect_to(addr);
+    send(client.as_raw_fd(), b"hello", MsgFlags::MSG_NOSIGNAL).expect("send");
+    let client_port = local_port(&client);
+    reset(client);
+    // The reset has reached the queued socket once the kernel has taken the
+    // connection out of its table; /proc has no notification, so poll it.
+    testkit::wait_until("the reset reaches the queued connection", || {
+        !listed(addr.port(), client_port)
+    });
+
+    let fd = accept_one(&listen_fd, SockFlag::SOCK_CLOEXEC);
+    assert_eq!(
+        getpeername::<SockaddrIn>(fd.as_raw_fd()).err(),
+        Some(Errno::ENOTCONN),
+        "getpeername on an accepted socket that was reset while queued"
+    );
+    let mut buf = [0u8; 16];
+    let n =
+        recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).expect("the bytes sent before the reset");
+    assert_eq!(&buf[..n], b"hello");
+    assert_eq!(
+        recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()),
+        Err(Errno::ECONNRESET),
+        "the read after the data"
+    );
+}
+
+/// `accept4` without `SOCK_NONBLOCK` returns a **blocking** socket even
+/// when the listener is non-blocking: the file status flag `O_NONBLOCK` is
+/// not inherited. Socket options such as `TCP_NODELAY` are: the new socket
+/// is a copy of the listener's.
+///
+/// Book: stage 4, "The new calls and flags"; Appendix A, `accept4`.
+#[test]
+fn accept4_inherits_nodelay_but_not_nonblock() {
+    let (listen_fd, addr) = listener(
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        Backlog::MAXCONN,
+    );
+    setsockopt(&listen_fd, sockopt::TcpNoDelay, &true).expect("TCP_NODELAY");
+    let _client = connect_to(addr);
+    let fd = accept_one(&listen_fd, SockFlag::SOCK_CLOEXEC);
+    let status = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL).expect("F_GETFL"));
+    assert!(
+        !status.contains(OFlag::O_NONBLOCK),
+        "the accepted socket is blocking"
+    );
+    assert!(
+        getsockopt(&fd, sockopt::TcpNoDelay).expect("TCP_NODELAY"),
+        "the accepted socket has the listener's TCP_NODELAY"
+    );
+
+    // The control: from a listener without TCP_NODELAY, it is off.
+    let (plain_fd, plain_addr) = listener(SockFlag::SOCK_CLOEXEC, Backlog::MAXCONN);
+    let _other = connect_to(plain_addr);
+    let fd = accept_one(&plain_fd, SockFlag::SOCK_CLOEXEC);
+    assert!(!getsockopt(&fd, sockopt::TcpNoDelay).expect("TCP_NODELAY"));
+}
+
+/// The accept queue holds `backlog + 1` connections, and when it is full
+/// the kernel **drops** a new SYN without a word: the client is not
+/// refused, its connect just waits (for the SYN retry a second later).
+/// The backlog a program asks for is capped by `net.core.somaxconn`, whose
+/// default equals the `SOMAXCONN` constant (4096 since Linux 5.4).
+///
+/// Book: stage 1, "Making a listening socket"; the introduction's
+/// conventions; Appendix D, "Limits that appear at scale".
+#[test]
+fn listen_backlog_holds_one_more_and_is_capped_by_somaxconn() {
+    let (listen_fd, addr) = listener(SockFlag::SOCK_CLOEXEC, Backlog::new(2).unwrap());
+    let queued: Vec<OwnedFd> = (0..3).map(|_| connect_to(addr)).collect();
+    let info = tcp_info(&listen_fd);
+    assert_eq!(info.tcpi_sacked, 2, "the queue's limit is the backlog");
+    assert_eq!(info.tcpi_unacked, 3, "the queue holds backlog + 1");
+
+    let fourth = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    assert_eq!(
+        connect(fourth.as_raw_fd(), &SockaddrIn::from(addr)),
+        Err(Errno::EINPROGRESS)
+    );
+    // Neither connected nor refused: its SYN was dropped, and the retry
+    // comes after about one second.
+    assert_eq!(
+        poll_for(&fourth, PollFlags::POLLOUT, 300),
+        PollFlags::empty(),
+        "a connect to a full queue neither completes nor fails at once"
+    );
+    const TCP_SYN_SENT: u8 = 2; // include/net/tcp_states.h
+    assert_eq!(tcp_info(&fourth).tcpi_state, TCP_SYN_SENT);
+    drop(queued);
+
+    // Any larger backlog is silently lowered to net.core.somaxconn.
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("read somaxconn")
+        .trim()
+        .parse()
+        .expect("a number");
+    let (big_fd, _) = listener(SockFlag::SOCK_CLOEXEC, Backlog::MAXALLOWABLE);
+    assert_eq!(tcp_info(&big_fd).tcpi_sacked, somaxconn);
+    assert_eq!(libc::SOMAXCONN, 4096, "the constant SOMAXCONN");
+}
