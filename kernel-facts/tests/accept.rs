@@ -1,8 +1,10 @@
 //! Facts about `listen` and `accept` that the book's chapters lean on.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use kernel_facts::{accept_one, connect_to, listener, local_port, poll_for, reset, tcp_info};
+use kernel_facts::{
+    accept_one, connect_to, listener, local_port, poll_for, reset, tcp_info, wait_for,
+};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::PollFlags;
@@ -25,17 +27,9 @@ fn listed(local_port: u16, remote_port: u16) -> bool {
     })
 }
 
-/// A connection reset while it waits in the accept queue is **still
-/// accepted** on Linux: `accept` succeeds (no `ECONNABORTED`) and returns a
-/// socket that is already dead. `getpeername` on it fails with `ENOTCONN`;
-/// the bytes the client sent before its reset are still there to read, and
-/// only then does `recv` fail with `ECONNRESET`. So a server must treat a
-/// failed `getpeername` or `recv` on a fresh socket as that one client's
-/// error.
-///
-/// Book: stage 1, "The accept loop"; Appendix A, `accept4`'s errors.
-#[test]
-fn reset_while_queued_is_still_accepted() {
+/// A listener on loopback with one connection in its accept queue that the
+/// client has reset after sending `hello`.
+fn listener_with_a_reset_connection_queued() -> (OwnedFd, u16) {
     let (listen_fd, addr) = listener(SockFlag::SOCK_CLOEXEC, Backlog::MAXCONN);
     let client = connect_to(addr);
     send(client.as_raw_fd(), b"hello", MsgFlags::MSG_NOSIGNAL).expect("send");
@@ -46,12 +40,33 @@ fn reset_while_queued_is_still_accepted() {
     testkit::wait_until("the reset reaches the queued connection", || {
         !listed(addr.port(), client_port)
     });
+    (listen_fd, client_port)
+}
 
+/// A connection reset while it waits in the accept queue is **still
+/// accepted** on Linux: `accept` succeeds (no `ECONNABORTED`) and returns a
+/// socket that is already dead. (This check calls it as `nix` does, without
+/// an address buffer; the next one asks for the address.)
+/// `getpeername` on it fails with `ENOTCONN`; `poll` (like `epoll_wait`)
+/// reports it with `POLLHUP` and `POLLERR`; the bytes the client sent before
+/// its reset are still there to read, and only then does `recv` fail with
+/// `ECONNRESET`. So a server must treat a failed `getpeername` or `recv` on
+/// a fresh socket as that one client's error.
+///
+/// Book: stage 1, "The accept loop"; Appendix A, `accept4`'s errors.
+#[test]
+fn reset_while_queued_is_still_accepted() {
+    let (listen_fd, _) = listener_with_a_reset_connection_queued();
     let fd = accept_one(&listen_fd, SockFlag::SOCK_CLOEXEC);
     assert_eq!(
         getpeername::<SockaddrIn>(fd.as_raw_fd()).err(),
         Some(Errno::ENOTCONN),
         "getpeername on an accepted socket that was reset while queued"
+    );
+    let revents = poll_for(&fd, PollFlags::POLLIN, 0);
+    assert!(
+        revents.contains(PollFlags::POLLHUP | PollFlags::POLLERR),
+        "reported as hung up and failed: {revents:?}"
     );
     let mut buf = [0u8; 16];
     let n =
@@ -61,6 +76,39 @@ fn reset_while_queued_is_still_accepted() {
         recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()),
         Err(Errno::ECONNRESET),
         "the read after the data"
+    );
+}
+
+/// An `accept` that **does** ask for the peer's address (as C servers often
+/// do, and Rust's `TcpListener::accept` does) succeeds too, and even fills
+/// in the address: the kernel reads it for `accept` without the state check
+/// that makes `getpeername` on the same socket fail with `ENOTCONN` a moment
+/// later. So a server that logs peers can take the address from `accept`.
+///
+/// Book: stage 1, "The accept loop"; Appendix A, `accept4`'s errors.
+#[test]
+fn reset_while_queued_still_gives_accept_the_address() {
+    let (listen_fd, client_port) = listener_with_a_reset_connection_queued();
+    wait_for(&listen_fd, PollFlags::POLLIN);
+    // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
+    let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `peer` and `len` are valid for writes and `len` is its size.
+    let rc = unsafe {
+        libc::accept4(
+            listen_fd.as_raw_fd(),
+            (&raw mut peer).cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    let fd = Errno::result(rc).expect("accept4 with an address buffer");
+    // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    assert_eq!(u16::from_be(peer.sin_port), client_port, "the peer's port");
+    assert_eq!(
+        getpeername::<SockaddrIn>(fd.as_raw_fd()).err(),
+        Some(Errno::ENOTCONN)
     );
 }
 
