@@ -14,13 +14,10 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kernel_facts::{connect_to, listener};
+use kernel_facts::{connect_nonblocking, connect_to, listener};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, connect, getsockname, getsockopt,
-    socket, sockopt,
-};
+use nix::sys::socket::{Backlog, SockFlag, SockaddrIn, getsockname, getsockopt, sockopt};
 
 fn sysctl(name: &str) -> String {
     let path = format!("/proc/sys/net/ipv4/{name}");
@@ -87,16 +84,10 @@ fn main() -> Result<()> {
     let capture = capture_lo()?;
     let (_listen_fd, addr) = listener(SockFlag::SOCK_CLOEXEC, Backlog::new(0)?);
     let _filler = connect_to(addr); // the queue (backlog + 1 = 1) is now full
-    let client = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
     let start = Instant::now();
-    match connect(client.as_raw_fd(), &SockaddrIn::from(addr)) {
-        Err(Errno::EINPROGRESS) => {}
-        other => bail!("expected EINPROGRESS from connect, got {other:?}"),
+    let (client, started) = connect_nonblocking(addr);
+    if started != Err(Errno::EINPROGRESS) {
+        bail!("expected EINPROGRESS from connect, got {started:?}");
     }
     let client_port = getsockname::<SockaddrIn>(client.as_raw_fd())?.port();
 

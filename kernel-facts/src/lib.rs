@@ -41,6 +41,20 @@ pub fn connect_to(addr: SocketAddrV4) -> OwnedFd {
     fd
 }
 
+/// A non-blocking socket and what `connect(2)` to `addr` said on it (on
+/// Linux, `EINPROGRESS`).
+pub fn connect_nonblocking(addr: SocketAddrV4) -> (OwnedFd, nix::Result<()>) {
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let started = connect(fd.as_raw_fd(), &SockaddrIn::from(addr));
+    (fd, started)
+}
+
 /// The local port of a socket.
 pub fn local_port(fd: &OwnedFd) -> u16 {
     let local: SockaddrIn = getsockname(fd.as_raw_fd()).expect("getsockname");

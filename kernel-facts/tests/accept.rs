@@ -3,28 +3,25 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use kernel_facts::{
-    accept_one, connect_to, listener, local_port, poll_for, reset, tcp_info, wait_for,
+    accept_one, connect_nonblocking, connect_to, listener, local_port, poll_for, reset, tcp_info,
+    wait_for,
 };
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::PollFlags;
 use nix::sys::socket::{
-    AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrIn, connect, getpeername,
-    getsockopt, recv, send, setsockopt, socket, sockopt,
+    Backlog, MsgFlags, SockFlag, SockaddrIn, getpeername, getsockopt, recv, send, setsockopt,
+    sockopt,
 };
 
-/// Is the connection from `remote_port` to `local_port` in the kernel's
-/// table of IPv4 TCP connections (`/proc/net/tcp`, ports in hex)?
+/// Is the loopback connection from `remote_port` to `local_port` in the
+/// kernel's table of IPv4 TCP connections (`/proc/net/tcp`, where
+/// 127.0.0.1:8080 reads `0100007F:1F90`)?
 fn listed(local_port: u16, remote_port: u16) -> bool {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    let local = format!(":{local_port:04X} ");
-    let remote = format!(":{remote_port:04X} ");
-    table.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() > 2
-            && format!("{} ", fields[1]).ends_with(&local)
-            && format!("{} ", fields[2]).ends_with(&remote)
-    })
+    table.contains(&format!(
+        "0100007F:{local_port:04X} 0100007F:{remote_port:04X}"
+    ))
 }
 
 /// A listener on loopback with one connection in its accept queue that the
@@ -34,6 +31,7 @@ fn listener_with_a_reset_connection_queued() -> (OwnedFd, u16) {
     let client = connect_to(addr);
     send(client.as_raw_fd(), b"hello", MsgFlags::MSG_NOSIGNAL).expect("send");
     let client_port = local_port(&client);
+    assert!(listed(addr.port(), client_port), "queued, and in the table");
     reset(client);
     // The reset has reached the queued socket once the kernel has taken the
     // connection out of its table; /proc has no notification, so poll it.
@@ -160,17 +158,8 @@ fn listen_backlog_holds_one_more_and_is_capped_by_somaxconn() {
     assert_eq!(info.tcpi_sacked, 2, "the queue's limit is the backlog");
     assert_eq!(info.tcpi_unacked, 3, "the queue holds backlog + 1");
 
-    let fourth = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
-    assert_eq!(
-        connect(fourth.as_raw_fd(), &SockaddrIn::from(addr)),
-        Err(Errno::EINPROGRESS)
-    );
+    let (fourth, started) = connect_nonblocking(addr);
+    assert_eq!(started, Err(Errno::EINPROGRESS));
     // Neither connected nor refused: its SYN was dropped, and the retry
     // comes after about one second.
     assert_eq!(

@@ -1,13 +1,9 @@
 //! What a non-blocking `connect` returns on loopback.
 
-use std::os::fd::AsRawFd;
-
-use kernel_facts::{accept_one, listener, wait_for};
+use kernel_facts::{accept_one, connect_nonblocking, listener, wait_for};
 use nix::errno::Errno;
 use nix::poll::PollFlags;
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, connect, getsockopt, socket, sockopt,
-};
+use nix::sys::socket::{Backlog, SockFlag, getsockopt, sockopt};
 
 /// A non-blocking `connect`, even on loopback where the whole handshake
 /// takes microseconds, returns `EINPROGRESS`: the kernel sends the SYN and
@@ -20,18 +16,8 @@ use nix::sys::socket::{
 fn nonblocking_connect_on_loopback_is_einprogress() {
     let (listen_fd, addr) = listener(SockFlag::SOCK_CLOEXEC, Backlog::MAXCONN);
     for attempt in 0..500 {
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .expect("socket");
-        assert_eq!(
-            connect(fd.as_raw_fd(), &SockaddrIn::from(addr)),
-            Err(Errno::EINPROGRESS),
-            "attempt {attempt}"
-        );
+        let (fd, started) = connect_nonblocking(addr);
+        assert_eq!(started, Err(Errno::EINPROGRESS), "attempt {attempt}");
         wait_for(&fd, PollFlags::POLLOUT);
         assert_eq!(
             getsockopt(&fd, sockopt::SocketError),
