@@ -183,8 +183,9 @@ fn echo(client_fd: &OwnedFd) -> nix::Result<()> {
         }
         let mut rest = &buf[..n];
         while !rest.is_empty() {
-            // send(2) may take only part of the bytes; MSG_NOSIGNAL turns a
-            // write to a reset peer into EPIPE instead of a fatal SIGPIPE.
+            // send(2) may take only part of the bytes; MSG_NOSIGNAL makes a
+            // write to a reset peer fail (ECONNRESET, then EPIPE) instead of
+            // raising SIGPIPE, which would kill the server.
             let sent = send(client_fd.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL)?;
             rest = &rest[sent..];
         }

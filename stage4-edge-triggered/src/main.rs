@@ -291,7 +291,8 @@ fn serve(conn: &mut Connection, scratch: &mut [u8]) -> nix::Result<()> {
 /// Send as much of `pending` as the socket takes; stop at `EAGAIN`.
 fn flush(conn: &mut Connection) -> nix::Result<()> {
     while !conn.pending.is_empty() {
-        // MSG_NOSIGNAL: a write to a reset peer is EPIPE, not a fatal SIGPIPE.
+        // MSG_NOSIGNAL: a write to a reset peer fails (ECONNRESET, then
+        // EPIPE) instead of raising SIGPIPE, which would kill the server.
         match send(conn.fd.as_raw_fd(), &conn.pending, MsgFlags::MSG_NOSIGNAL) {
             Ok(sent) => {
                 conn.pending.drain(..sent);

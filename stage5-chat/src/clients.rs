@@ -168,8 +168,9 @@ impl Client {
 
     // ANCHOR: write
     /// At most one `writev(2)`: every queued line in one system call.
-    /// `writev` has no `MSG_NOSIGNAL` flag; Rust programs start with
-    /// SIGPIPE ignored, so a write to a closed peer is `EPIPE` here.
+    /// `writev` has no `MSG_NOSIGNAL` flag: the first write after a reset
+    /// fails with `ECONNRESET`, a later one raises SIGPIPE, which Rust
+    /// programs start with ignored, so it fails with `EPIPE` here.
     pub fn write(&mut self) -> Result<(), Errno> {
         // While full, the socket is known to have no room: wait for EPOLLOUT.
         if self.send_buffer == SendBuffer::Full {

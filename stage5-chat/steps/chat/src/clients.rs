@@ -162,7 +162,8 @@ impl Client {
         }
         while let Some(line) = self.queue.front() {
             let rest = &line[self.written..];
-            // MSG_NOSIGNAL: a send to a closed peer is EPIPE, not a fatal SIGPIPE.
+            // MSG_NOSIGNAL: a write to a reset peer fails (ECONNRESET, then
+            // EPIPE) instead of raising SIGPIPE, which would kill the server.
             match send(self.fd.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
                 Ok(n) => {
                     self.queued -= n;
