@@ -211,6 +211,9 @@ enum Step {
     Done {
         reset: bool,
     },
+    /// The server reset it (a read or a send failed): the end of this
+    /// client, and one more way a server may treat a misbehaving one.
+    Cut,
     /// Could not connect.
     Failed(Failure),
 }
@@ -357,25 +360,37 @@ impl Misfit {
                         // let go; either way this client is over.
                         return match end {
                             ReadEnd::WouldBlock => Step::Going,
-                            _ => Step::Done { reset: false },
+                            ReadEnd::Eof => Step::Done { reset: false },
+                            ReadEnd::Failed(_) => Step::Cut,
                         };
                     }
                     self.phase = Phase::Sending;
                 }
                 Phase::Sending => {
-                    let closed = !self.deaf && self.discard(buf) != ReadEnd::WouldBlock;
+                    let end = if self.deaf {
+                        ReadEnd::WouldBlock
+                    } else {
+                        self.discard(buf)
+                    };
+                    if let ReadEnd::Failed(_) = end {
+                        return Step::Cut;
+                    }
                     match self.send() {
-                        // The server cut it off (a reset after its error line):
-                        // what it was meant to do, done.
-                        Err(_) => return Step::Done { reset: false },
-                        Ok(false) if closed => return Step::Done { reset: false },
+                        Err(_) => return Step::Cut,
+                        // Closed by the server (after its error line, say)
+                        // with bytes still to send: nobody reads them now.
+                        Ok(false) if end == ReadEnd::Eof => return Step::Done { reset: false },
                         Ok(false) => return Step::Going,
                         Ok(true) => self.phase = Phase::Pausing(now + self.pause),
                     }
                 }
                 Phase::Pausing(until) => {
-                    if !self.deaf && self.discard(buf) != ReadEnd::WouldBlock {
-                        return Step::Done { reset: false };
+                    if !self.deaf {
+                        match self.discard(buf) {
+                            ReadEnd::WouldBlock => {}
+                            ReadEnd::Eof => return Step::Done { reset: false },
+                            ReadEnd::Failed(_) => return Step::Cut,
+                        }
                     }
                     if now < until {
                         return Step::Going;
@@ -393,7 +408,8 @@ impl Misfit {
                 Phase::Draining => {
                     return match self.discard(buf) {
                         ReadEnd::WouldBlock => Step::Going,
-                        _ => Step::Done { reset: false },
+                        ReadEnd::Eof => Step::Done { reset: false },
+                        ReadEnd::Failed(_) => Step::Cut,
                     };
                 }
             }
@@ -496,9 +512,10 @@ pub fn run(args: &ChaosArgs) -> Result<Outcome> {
     let members = group.members();
 
     let mut misfits: Slots<Misfit> = Slots::default();
-    let mut injected: BTreeMap<Kind, u64> = KINDS.iter().map(|&k| (k, 0)).collect();
-    let mut unfinished: BTreeMap<Kind, u64> = BTreeMap::new();
-    let mut errors = Errors::default();
+    let mut tally = Tally {
+        injected: KINDS.iter().map(|&k| (k, 0)).collect(),
+        ..Tally::default()
+    };
     let mut launched = 0u64;
     let mut ready = vec![EpollEvent::empty(); 1024];
     let mut buf = vec![0u8; 64 * 1024];
@@ -537,7 +554,7 @@ pub fn run(args: &ChaosArgs) -> Result<Outcome> {
                     &mut rng,
                     &epoll,
                     &mut misfits,
-                    &mut errors,
+                    &mut tally.errors,
                 );
             }
             // At the limit, the schedule waits instead of bursting later.
@@ -568,16 +585,7 @@ pub fn run(args: &ChaosArgs) -> Result<Outcome> {
             let slot = (token - MISFIT) as usize;
             if let Some(misfit) = misfits.get_mut(slot) {
                 let step = misfit.step(event.events(), &mut buf, now);
-                settle(
-                    step,
-                    slot,
-                    &epoll,
-                    &mut misfits,
-                    &mut injected,
-                    &mut errors,
-                    now,
-                    timeout,
-                );
+                settle(step, slot, &epoll, &mut misfits, &mut tally, now, timeout);
             }
         }
         // Timers: pauses that ended, and clients past their deadline.
@@ -587,29 +595,20 @@ pub fn run(args: &ChaosArgs) -> Result<Outcome> {
             };
             if now >= misfit.deadline || now >= hard_stop {
                 if let Phase::Connecting = misfit.phase {
-                    errors.count_for(misfit.target, Failure::Timeout);
+                    tally.errors.count_for(misfit.target, Failure::Timeout);
                 } else {
-                    *unfinished.entry(misfit.kind).or_default() += 1;
+                    *tally.unfinished.entry(misfit.kind).or_default() += 1;
                 }
                 close_misfit(&epoll, misfits.remove(slot).expect("in use"), true);
             } else if misfit.timer_due(now) {
                 let step = misfit.step(EpollFlags::empty(), &mut buf, now);
-                settle(
-                    step,
-                    slot,
-                    &epoll,
-                    &mut misfits,
-                    &mut injected,
-                    &mut errors,
-                    now,
-                    timeout,
-                );
+                settle(step, slot, &epoll, &mut misfits, &mut tally, now, timeout);
             }
         }
         progress.tick(|| {
             format!(
                 "{} faults, {} lines sent, {} delivered",
-                thousands(injected.values().sum::<u64>() as f64),
+                thousands(tally.injected.values().sum::<u64>() as f64),
                 thousands(group.sent as f64),
                 thousands(group.delivered as f64)
             )
@@ -649,9 +648,7 @@ pub fn run(args: &ChaosArgs) -> Result<Outcome> {
         args,
         seed,
         &group,
-        &injected,
-        &unfinished,
-        &errors,
+        &tally,
         still_connected,
         &probes,
         before,
@@ -688,15 +685,26 @@ fn launch(
     }
 }
 
+/// What the misbehaving clients did and met.
+#[derive(Default)]
+struct Tally {
+    /// By kind, counted when the client connected.
+    injected: BTreeMap<Kind, u64>,
+    /// By kind: still open at their deadline, so reset then.
+    unfinished: BTreeMap<Kind, u64>,
+    /// Clients that could not connect.
+    errors: Errors,
+    /// Clients the server reset.
+    cut: u64,
+}
+
 /// Act on a step: count a client that connected, close one that is done.
-#[allow(clippy::too_many_arguments)]
 fn settle(
     step: Step,
     slot: usize,
     epoll: &Epoll,
     misfits: &mut Slots<Misfit>,
-    injected: &mut BTreeMap<Kind, u64>,
-    errors: &mut Errors,
+    tally: &mut Tally,
     now: Instant,
     timeout: Duration,
 ) {
@@ -706,7 +714,7 @@ fn settle(
     // Counted once, when it connected: from then on the server meets the
     // fault. Its deadline counts from then too.
     if std::mem::take(&mut misfit.fresh) {
-        *injected.entry(misfit.kind).or_default() += 1;
+        *tally.injected.entry(misfit.kind).or_default() += 1;
         misfit.deadline = now + timeout;
     }
     match step {
@@ -714,8 +722,12 @@ fn settle(
         Step::Done { reset } => {
             close_misfit(epoll, misfits.remove(slot).expect("in use"), reset);
         }
+        Step::Cut => {
+            tally.cut += 1;
+            close_misfit(epoll, misfits.remove(slot).expect("in use"), false);
+        }
         Step::Failed(failure) => {
-            errors.count_for(misfit.target, failure);
+            tally.errors.count_for(misfit.target, failure);
             close_misfit(epoll, misfits.remove(slot).expect("in use"), false);
         }
     }
@@ -735,9 +747,7 @@ fn report(
     args: &ChaosArgs,
     seed: u64,
     group: &Group,
-    injected: &BTreeMap<Kind, u64>,
-    unfinished: &BTreeMap<Kind, u64>,
-    errors: &Errors,
+    tally: &Tally,
     still_connected: usize,
     probes: &[(SocketAddr, Result<(), String>)],
     before: Option<Usage>,
@@ -760,6 +770,12 @@ fn report(
     if let Some(pid) = args.server_pid {
         settings += &format!(" --server-pid {pid}");
     }
+    let Tally {
+        injected,
+        unfinished,
+        errors,
+        cut,
+    } = tally;
     let total: u64 = injected.values().sum();
     let by_kind: Vec<String> = injected
         .iter()
@@ -862,6 +878,12 @@ fn report(
         "{} ignored by the checked clients",
         plural(group.notices(), "server notice")
     )];
+    if *cut > 0 {
+        notes.push(format!(
+            "{} reset by the server",
+            plural(*cut, "misbehaving client")
+        ));
+    }
     if errors.total() > 0 {
         notes.push(format!(
             "misbehaving clients that could not connect: {}",
@@ -903,6 +925,7 @@ fn report(
         "injected_total": total,
         "unfinished": unfinished.iter().map(|(k, n)| (k.name(), *n)).collect::<BTreeMap<_, _>>(),
         "errors": errors,
+        "reset_by_server": cut,
         "sent": group.sent,
         "expected": group.expected(),
         "delivered": group.delivered,

@@ -904,22 +904,54 @@ fn chaos_costs_stage5_checked_clients_nothing() {
 }
 
 #[test]
-fn chaos_reports_a_line_a_faulty_relay_dropped() {
-    let addr = relay::start(Fault::DropOne, true, false).to_string();
-    let output = cmd(&["chaos", &addr, "--duration", "1s", "--clients", "3"])
-        .args(["--rate", "30", "--fault-rate", "20", "--concurrency", "4"])
-        .args(["--drain-timeout", "500ms", "--timeout", "2s"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains("FAILED: lost 1 line (client ")
-            && stdout.contains("never reached client 2"),
-        "{stdout}"
-    );
-    // The summary names the seed, so the run can be repeated.
-    assert!(stdout.contains(" --seed "), "{stdout}");
+fn chaos_survives_a_server_that_resets_misbehaving_clients() {
+    // The relay resets a client whose line is too long, where stage 5
+    // closes politely: a misbehaving client's reset must end that client
+    // only, never the run.
+    let addr = relay::start(Fault::None, true, false).to_string();
+    let report = run_json(&[
+        "chaos",
+        &addr,
+        "--duration",
+        "1s",
+        "--clients",
+        "3",
+        "--rate",
+        "30",
+        "--fault-rate",
+        "20",
+        "--concurrency",
+        "4",
+        "--timeout",
+        "2s",
+    ]);
+    assert!(report["reset_by_server"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["still_connected"], 3);
+    assert_eq!(report["fresh_client"], true);
+}
+
+#[test]
+fn chaos_reports_what_a_faulty_relay_did() {
+    for (fault, found) in [
+        (Fault::DropOne, "FAILED: lost 1 line (client "),
+        (Fault::DuplicateOne, "FAILED: duplicated 1 line (client "),
+    ] {
+        let addr = relay::start(fault, true, false).to_string();
+        let output = cmd(&["chaos", &addr, "--duration", "1s", "--clients", "3"])
+            .args(["--rate", "30", "--fault-rate", "20", "--concurrency", "4"])
+            .args(["--drain-timeout", "500ms", "--timeout", "2s"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.contains(found) && stdout.contains("client 2"),
+            "{stdout}"
+        );
+        // The summary names the seed, so the run can be repeated.
+        assert!(stdout.contains(" --seed "), "{stdout}");
+    }
 }
 
 #[test]

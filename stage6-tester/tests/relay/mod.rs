@@ -7,7 +7,8 @@
 //! line as the client's name, and relays every other line to every other
 //! client as `NAME: text`, like the stage 5 chat. A client it cannot write
 //! to within `WRITE_TIMEOUT` (one that never reads, or is gone) is dropped,
-//! so misbehaving clients cannot stall it.
+//! so misbehaving clients cannot stall it; a client that sends a line over
+//! `MAX_LINE` is reset, rudely, where stage 5 says why and closes.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -19,6 +20,8 @@ use std::time::Duration;
 
 /// How long one write to one client may block before that client is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+/// The longest line the relay takes; a longer one ends in a reset.
+const MAX_LINE: usize = 4096;
 
 /// What the relay does wrong, always to the 5th checked line (one with a
 /// tester's token, `~t:`) relayed to the 2nd client.
@@ -99,8 +102,15 @@ fn listen(
 fn serve(id: u32, stream: TcpStream, shared: Arc<Mutex<Shared>>, fault: Fault, named: bool) {
     let mut name = format!("client{id}");
     let mut first = named;
+    let control = stream.try_clone();
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
+        if line.len() > MAX_LINE {
+            if let Ok(control) = &control {
+                testkit::set_linger_zero(control);
+            }
+            break;
+        }
         if first {
             name = line;
             first = false;
