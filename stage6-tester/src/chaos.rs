@@ -679,7 +679,7 @@ fn launch(
     misfit.deadline = Instant::now() + args.common.timeout;
     let slot = misfits.insert(misfit);
     let misfit = misfits.get_mut(slot).expect("inserted");
-    if let Err(errno) = net::try_watch(epoll, &misfit.fd, net::INTEREST, MISFIT + slot as u64) {
+    if let Err(errno) = net::watch(epoll, &misfit.fd, net::INTEREST, MISFIT + slot as u64) {
         errors.count_for(target, Failure::Os(errno));
         drop(misfits.remove(slot));
     }

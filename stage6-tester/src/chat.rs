@@ -205,13 +205,14 @@ impl Group {
                 let index = launched;
                 launched += 1;
                 let client = &mut self.clients[index];
+                // A socket that cannot be started or watched is this
+                // client's failure, counted like a refused connect.
                 let started = net::start_connect(client.target, None, true)
-                    .map_err(Failure::Os)
                     .and_then(|(fd, _)| {
-                        net::watch(epoll, &fd, index as u64)
-                            .map_err(|_| Failure::Os(Errno::ENOMEM))?;
+                        net::watch(epoll, &fd, net::INTEREST, index as u64)?;
                         Ok(fd)
-                    });
+                    })
+                    .map_err(Failure::Os);
                 match started {
                     Ok(fd) => {
                         client.fd = Some(fd);

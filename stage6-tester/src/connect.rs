@@ -88,7 +88,7 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
                     } else {
                         net::INTEREST
                     };
-                    if let Err(errno) = net::try_watch(&epoll, &attempt.fd, interest, slot as u64) {
+                    if let Err(errno) = net::watch(&epoll, &attempt.fd, interest, slot as u64) {
                         errors.count_for(target, Failure::Os(errno));
                         drop(attempts.remove(slot));
                         continue;

@@ -90,7 +90,7 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
             last_progress: start,
         });
         let client = clients.get_mut(slot).expect("inserted");
-        if let Err(errno) = net::try_watch(&epoll, &client.fd, net::INTEREST, slot as u64) {
+        if let Err(errno) = net::watch(&epoll, &client.fd, net::INTEREST, slot as u64) {
             errors.count_for(target, Failure::Os(errno));
             drop(clients.remove(slot));
         }

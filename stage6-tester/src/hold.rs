@@ -340,8 +340,7 @@ pub fn run_part(
                         open: false,
                     });
                     let conn = conns.get_mut(slot).expect("inserted");
-                    if let Err(errno) = net::try_watch(&epoll, &conn.fd, net::INTEREST, slot as u64)
-                    {
+                    if let Err(errno) = net::watch(&epoll, &conn.fd, net::INTEREST, slot as u64) {
                         ramp.errors.count_for(target, Failure::Os(errno));
                         drop(conns.remove(slot));
                         continue;

@@ -48,28 +48,11 @@ pub fn epoll_create() -> Result<Epoll> {
         .context("cannot create an epoll instance")
 }
 
-/// `epoll_ctl(EPOLL_CTL_ADD)` with [`INTEREST`]; `token` comes back in every
-/// event for this descriptor.
-pub fn watch(epoll: &Epoll, fd: impl AsFd, token: u64) -> Result<()> {
-    watch_for(epoll, fd, INTEREST, token)
-}
-
-/// `epoll_ctl(EPOLL_CTL_ADD)` with another interest set.
-pub fn watch_for(epoll: &Epoll, fd: impl AsFd, interest: EpollFlags, token: u64) -> Result<()> {
-    try_watch(epoll, fd, interest, token)
-        .map_err(io::Error::from)
-        .context("epoll_ctl(EPOLL_CTL_ADD) failed")
-}
-
-/// `epoll_ctl(EPOLL_CTL_ADD)` for one connection: its failure (`ENOMEM`,
-/// `ENOSPC` past `max_user_watches`) is that connection's, counted like
-/// a failed connect rather than ending the run.
-pub fn try_watch(
-    epoll: &Epoll,
-    fd: impl AsFd,
-    interest: EpollFlags,
-    token: u64,
-) -> Result<(), Errno> {
+/// `epoll_ctl(EPOLL_CTL_ADD)`; `token` comes back in every event for this
+/// descriptor. Its failure (`ENOMEM`, `ENOSPC` past `max_user_watches`)
+/// belongs to that one connection: the caller counts it like a failed
+/// connect, and the run goes on.
+pub fn watch(epoll: &Epoll, fd: impl AsFd, interest: EpollFlags, token: u64) -> Result<(), Errno> {
     epoll.add(fd, EpollEvent::new(interest, token))
 }
 // ANCHOR_END: interest
