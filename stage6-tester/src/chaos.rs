@@ -532,6 +532,7 @@ pub fn run(args: &ChaosArgs) -> Result<Outcome> {
     let mut last_send = start;
     loop {
         let now = Instant::now();
+        // ANCHOR: schedule
         if now < end {
             // The checked clients' lines, paced: they flow all through the
             // faults, which is what shows the faults cost them nothing.
@@ -565,6 +566,7 @@ pub fn run(args: &ChaosArgs) -> Result<Outcome> {
                 break;
             }
         }
+        // ANCHOR_END: schedule
 
         let wait_for = if now < end {
             (start + line_every.mul_f64(next_line as f64))
@@ -875,8 +877,8 @@ fn report(
     }
     summary += &format!("\ncheck        {verdict}");
     let mut notes = vec![format!(
-        "{} ignored by the checked clients",
-        plural(group.notices(), "server notice")
+        "{} server notices ignored by the checked clients",
+        thousands(group.notices() as f64)
     )];
     if *cut > 0 {
         notes.push(format!(

@@ -452,7 +452,7 @@ pub fn vm_rss(pid: u32) -> Result<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kib| kib * 1024)
-        .with_context(|| format!("no VmRSS line in {path}"))
+        .with_context(|| format!("no VmRSS line in {path} (has the process exited?)"))
 }
 
 fn mib(bytes: u64) -> String {
