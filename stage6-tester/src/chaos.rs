@@ -40,6 +40,8 @@ const DEAF_BUFFER: usize = 4096;
 /// its side of every connection (a server lingers to let a leaving client
 /// read its last lines).
 const SETTLE: Duration = Duration::from_secs(5);
+/// The most a fresh client reads while waiting for its greeting.
+const MAX_GREETING: usize = 64 * 1024;
 
 // ANCHOR: kinds
 /// The ways a client misbehaves; each is one a server on a network meets.
@@ -468,21 +470,30 @@ fn usage(pid: u32) -> Result<Usage> {
 
 // ANCHOR: probe
 /// Does the server still accept a client and greet it? A plain blocking
-/// connect and read, each bounded by `timeout`.
+/// connect and read, bounded by `timeout` in all and by `MAX_GREETING`
+/// bytes: a server that trickles bytes without a newline fails too.
 fn probe(target: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let give_up = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let mut byte = [0u8; 1];
-    loop {
-        match stream.read(&mut byte) {
+    let mut greeting = Vec::new();
+    while greeting.len() < MAX_GREETING {
+        let left = give_up.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        let mut chunk = [0u8; 512];
+        match stream.read(&mut chunk) {
             Ok(0) => return Err("closed without a line".to_string()),
-            Ok(_) if byte[0] == b'\n' => return Ok(()),
-            Ok(_) => {}
+            Ok(n) if chunk[..n].contains(&b'\n') => return Ok(()),
+            Ok(n) => greeting.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => return Err(format!("no line within {}: {err}", show_duration(timeout))),
         }
     }
+    Err(format!("no line within {}", show_duration(timeout)))
 }
 // ANCHOR_END: probe
 
