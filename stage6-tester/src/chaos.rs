@@ -23,7 +23,7 @@ use nix::sys::socket::{Shutdown, shutdown};
 use serde_json::json;
 
 use crate::chat::{Group, Setup};
-use crate::cli::{ChaosArgs, show_addrs, show_duration};
+use crate::cli::{ChaosArgs, addr_list, show_addrs, show_duration};
 use crate::hold::vm_rss;
 use crate::net::{self, Errors, Failure, ReadEnd, Slots};
 use crate::report::{Outcome, Progress, duration, plural, thousands};
@@ -921,7 +921,7 @@ fn report(
         "command": "chaos",
         "settings": {
             "addr": args.common.addrs[0].to_string(),
-            "addrs": args.common.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "addrs": addr_list(&args.common.addrs),
             "duration_s": args.duration.as_secs_f64(),
             "clients": args.clients,
             "rate": args.rate,

@@ -23,7 +23,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use serde_json::json;
 
-use crate::cli::{ChatArgs, show_addrs, show_duration};
+use crate::cli::{ChatArgs, addr_list, show_addrs, show_duration};
 use crate::net::{self, Deadlines, Errors, Failure, ReadEnd};
 use crate::report::{Latency, Outcome, Progress, duration, per_second, plural, thousands};
 
@@ -1054,7 +1054,7 @@ fn report(
         "command": "chat",
         "settings": {
             "addr": args.common.addrs[0].to_string(),
-            "addrs": args.common.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "addrs": addr_list(&args.common.addrs),
             "clients": args.clients,
             "messages": args.messages,
             "rate": args.rate,

@@ -85,7 +85,7 @@ pub struct HoldArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// The server's process id: report its VmRSS before and after, and bytes per connection
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = |s: &str| in_range(s, 1u32, u32::MAX, ""))]
     pub server_pid: Option<u32>,
     /// Connections in their handshake at once while ramping up
     #[arg(long, default_value_t = 500, value_parser = |s: &str| in_range(s, 1u32, 10_000, ""))]
@@ -167,10 +167,10 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 4096, value_parser = |s: &str| in_range(s, 1usize, 1 << 20, ""))]
     pub max_line: usize,
     /// Seed for every random choice (default: from the clock; the summary prints it)
-    #[arg(long)]
+    #[arg(long, value_parser = |s: &str| in_range(s, 0u64, u64::MAX, ""))]
     pub seed: Option<u64>,
     /// The server's process id: its open descriptors and VmRSS before and after
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = |s: &str| in_range(s, 1u32, u32::MAX, ""))]
     pub server_pid: Option<u32>,
     /// After the last send, stop once no line has arrived for this long
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -271,8 +271,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The addresses as a command line gives them: `127.0.0.1:8080 [::1]:8080`.
 pub fn show_addrs(addrs: &[SocketAddr]) -> String {
-    let shown: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
-    shown.join(" ")
+    addr_list(addrs).join(" ")
+}
+
+/// The addresses as strings, for `--json`.
+pub fn addr_list(addrs: &[SocketAddr]) -> Vec<String> {
+    addrs.iter().map(SocketAddr::to_string).collect()
 }
 
 /// A duration as it is typed on a command line: `5s`, `250ms`.

@@ -12,7 +12,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::unistd::read;
 use serde_json::json;
 
-use crate::cli::{ConnectArgs, show_addrs, show_duration};
+use crate::cli::{ConnectArgs, addr_list, show_addrs, show_duration};
 use crate::net::{self, Deadlines, Errors, Failure, Slots};
 use crate::report::{Latency, Outcome, Progress, duration, per_second, thousands};
 
@@ -195,7 +195,7 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
         "command": "connect",
         "settings": {
             "addr": targets[0].to_string(),
-            "addrs": targets.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "addrs": addr_list(targets),
             "concurrency": args.concurrency,
             "duration_s": run_for.map(|d| d.as_secs_f64()),
             "count": args.count,

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use serde_json::json;
 
-use crate::cli::{EchoArgs, show_addrs, show_duration};
+use crate::cli::{EchoArgs, addr_list, show_addrs, show_duration};
 use crate::net::{self, Errors, Failure, ReadEnd, Slots};
 use crate::report::{Latency, Outcome, Progress, duration, per_second, plural, thousands};
 
@@ -228,7 +228,7 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
         "command": "echo",
         "settings": {
             "addr": targets[0].to_string(),
-            "addrs": targets.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "addrs": addr_list(targets),
             "clients": args.clients,
             "messages": args.messages,
             "size": args.size,

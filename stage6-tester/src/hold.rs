@@ -20,7 +20,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cli::{HoldArgs, show_addrs, show_duration};
+use crate::cli::{HoldArgs, addr_list, show_addrs, show_duration};
 use crate::net::{self, Deadlines, Errors, Failure, ReadEnd, Slots};
 use crate::report::{Latency, LatencyCounts, Outcome, Progress, duration, per_second, thousands};
 use crate::worker;
@@ -253,7 +253,7 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
         "command": "hold",
         "settings": {
             "addr": targets[0].to_string(),
-            "addrs": targets.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "addrs": addr_list(targets),
             "connections": args.connections,
             "duration_s": args.duration.as_secs_f64(),
             "concurrency": args.concurrency,

@@ -689,6 +689,8 @@ fn range_errors_exit_two_in_one_style() {
         ("chaos", "--concurrency", "0"),
         ("chaos", "--max-line", "0"),
         ("chaos", "--duration", "0"),
+        ("hold", "--server-pid", "0"),
+        ("chaos", "--server-pid", "0"),
     ];
     for &(sub, flag, value) in cases {
         cmd(&[sub, flag, value]).assert().code(2).stdout("").stderr(
