@@ -814,29 +814,9 @@ fn report(
     if let (Some(before), pid) = (before, args.server_pid.unwrap_or(0)) {
         match after {
             Some(after) => {
-                let back = after.fds <= before.fds;
-                fd_line = Some(format!(
-                    "{} before, {} after{}",
-                    before.fds,
-                    after.fds,
-                    if back {
-                        ": back to the baseline".to_string()
-                    } else {
-                        format!(
-                            " (still {} more after {})",
-                            after.fds - before.fds,
-                            duration(SETTLE)
-                        )
-                    }
-                ));
-                if !back {
-                    failures.push(format!(
-                        "the server holds {} more after the run than before ({} before, {} after)",
-                        plural((after.fds - before.fds) as u64, "descriptor"),
-                        before.fds,
-                        after.fds
-                    ));
-                }
+                let (line, failure) = descriptors(before, after);
+                fd_line = Some(line);
+                failures.extend(failure);
                 memory_line = Some(format!(
                     "VmRSS {} before, {} after",
                     mib(before.rss),
@@ -965,6 +945,32 @@ fn report(
     })
 }
 
+/// The descriptors line of the summary, and the failure when the server
+/// holds more after the run (and the wait for it) than before.
+fn descriptors(before: Usage, after: Usage) -> (String, Option<String>) {
+    if after.fds <= before.fds {
+        let line = format!(
+            "{} before, {} after: back to the baseline",
+            before.fds, after.fds
+        );
+        return (line, None);
+    }
+    let more = after.fds - before.fds;
+    let line = format!(
+        "{} before, {} after (still {more} more after {})",
+        before.fds,
+        after.fds,
+        duration(SETTLE)
+    );
+    let failure = format!(
+        "the server holds {} more after the run than before ({} before, {} after)",
+        plural(more as u64, "descriptor"),
+        before.fds,
+        after.fds
+    );
+    (line, Some(failure))
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -972,6 +978,24 @@ fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptors_left_open_fail_the_run() {
+        let at = |fds| Usage { fds, rss: 0 };
+        let (line, failure) = descriptors(at(8), at(8));
+        assert_eq!(line, "8 before, 8 after: back to the baseline");
+        assert_eq!(failure, None);
+        // Fewer after (a log file closed, say) is no leak.
+        assert_eq!(descriptors(at(8), at(7)).1, None);
+        let (line, failure) = descriptors(at(8), at(11));
+        assert_eq!(line, "8 before, 11 after (still 3 more after 5.00s)");
+        assert_eq!(
+            failure.as_deref(),
+            Some(
+                "the server holds 3 descriptors more after the run than before (8 before, 11 after)"
+            )
+        );
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_faults() {
