@@ -53,6 +53,19 @@ pub fn workspace_bin(var: &str, name: &str) -> PathBuf {
     path
 }
 
+/// A fresh TCP socket, neither bound nor connected: a descriptor for
+/// tests of data structures that own one per client.
+pub fn tcp_socket() -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket(2)")
+}
+
 /// A port on loopback where nothing listens (bound once, then released).
 pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe listener");
