@@ -100,9 +100,13 @@ impl Drop for ChatClient {
 fn sends_stdin_lines_while_printing_what_arrives() {
     let server = start_server();
     let mut other = server.connect();
-    assert_eq!(other.recv_line(), "* welcome client1 (1 online)");
+    assert!(
+        other
+            .recv_line()
+            .starts_with("* welcome client1 (1 online)")
+    );
     let mut client = ChatClient::start(&server);
-    assert_eq!(client.printed(), "* welcome client2 (2 online)");
+    assert!(client.printed().starts_with("* welcome client2 (2 online)"));
     assert_eq!(other.recv_line(), "* client2 joined");
 
     client.type_line("hello from the client");
@@ -123,7 +127,7 @@ fn sends_stdin_lines_while_printing_what_arrives() {
 fn prints_disconnected_and_exits_zero_when_the_server_closes() {
     let mut server = start_server();
     let mut client = ChatClient::start(&server);
-    assert_eq!(client.printed(), "* welcome client1 (1 online)");
+    assert!(client.printed().starts_with("* welcome client1 (1 online)"));
     server.signal(libc::SIGTERM);
     assert_eq!(client.printed(), "* server shutting down");
     assert_eq!(client.printed(), "* disconnected");
@@ -135,7 +139,11 @@ fn prints_disconnected_and_exits_zero_when_the_server_closes() {
 fn piped_input_gets_every_reply_before_the_client_exits() {
     let server = start_server();
     let mut other = server.connect();
-    assert_eq!(other.recv_line(), "* welcome client1 (1 online)");
+    assert!(
+        other
+            .recv_line()
+            .starts_with("* welcome client1 (1 online)")
+    );
     // All of stdin at once, then end-of-file: the replies still arrive.
     let output = AssertCommand::new(client_bin())
         .arg(server.addr.to_string())
@@ -145,12 +153,12 @@ fn piped_input_gets_every_reply_before_the_client_exits() {
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(
-        stdout,
-        "* welcome client2 (2 online)\n\
-         * client2 is now piped\n\
-         * online: client1, piped\n"
+    let (welcome, rest) = stdout.split_once('\n').unwrap();
+    assert!(
+        welcome.starts_with("* welcome client2 (2 online)"),
+        "{welcome:?}"
     );
+    assert_eq!(rest, "* client2 is now piped\n* online: client1, piped\n");
     assert_eq!(other.recv_line(), "* client2 joined");
     assert_eq!(other.recv_line(), "client2: first");
     assert_eq!(other.recv_line(), "* client2 is now piped");
@@ -180,7 +188,11 @@ fn reads_stdin_from_a_regular_file() {
     // epoll refuses regular files (EPERM): the client must still send them.
     let server = start_server();
     let mut other: Client = server.connect();
-    assert_eq!(other.recv_line(), "* welcome client1 (1 online)");
+    assert!(
+        other
+            .recv_line()
+            .starts_with("* welcome client1 (1 online)")
+    );
     let dir = std::env::temp_dir().join(format!("stage5-client-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("input.txt");
@@ -207,7 +219,11 @@ fn reads_stdin_from_a_regular_file() {
 fn chat_on_a_terminal() -> (Server, Client, PtyClient) {
     let server = start_server();
     let mut other = server.connect();
-    assert_eq!(other.recv_line(), "* welcome client1 (1 online)");
+    assert!(
+        other
+            .recv_line()
+            .starts_with("* welcome client1 (1 online)")
+    );
     let mut client = PtyClient::start(&server);
     client.wait_for_prompt("client2> ");
     assert_eq!(other.recv_line(), "* client2 joined");

@@ -53,6 +53,19 @@ pub fn workspace_bin(var: &str, name: &str) -> PathBuf {
     path
 }
 
+/// A fresh TCP socket, neither bound nor connected: a descriptor for
+/// tests of data structures that own one per client.
+pub fn tcp_socket() -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket(2)")
+}
+
 /// A port on loopback where nothing listens (bound once, then released).
 pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe listener");
@@ -184,6 +197,16 @@ impl Server {
         }
     }
 
+    /// Stop the server with `SIGSTOP` and wait until it is stopped (state
+    /// `T` in `/proc/PID/stat`): from then on it runs no code until `SIGCONT`.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        wait_until("the server is stopped", || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+            stat[stat.rfind(')').unwrap() + 2..].starts_with('T')
+        });
+    }
+
     /// Send a signal (for example `libc::SIGTERM`) to the server.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
@@ -253,6 +276,37 @@ impl Server {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
         Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// The `write` and `writev` calls the server has made (`syscw` in
+    /// `/proc/PID/io`; `send`, `sendto` and `sendmsg` are not counted).
+    pub fn write_calls(&self) -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid())).unwrap();
+        let line = io.lines().find(|l| l.starts_with("syscw:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Whether the server's side of `client`'s connection has left
+    /// `ESTABLISHED`: it has sent its end-of-file (`shutdown` or `close`)
+    /// or reset the connection (from `/proc/net/tcp` and `tcp6`).
+    pub fn has_ended_its_side(&self, client: &Client) -> bool {
+        let server_side = client.stream.peer_addr().unwrap();
+        let client_side = client.stream.local_addr().unwrap();
+        tcp_state(server_side, client_side) != Some(TCP_ESTABLISHED)
+    }
+
+    /// How long the server has wanted a CPU: time running plus time
+    /// waiting in the run queue (`/proc/PID/schedstat`). Unlike CPU time
+    /// it does not shrink when other work shares the cores: a loop that
+    /// never sleeps is busy for all of the wall-clock time.
+    pub fn busy_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid())).unwrap();
+        let ns: Vec<u64> = stat
+            .split_whitespace()
+            .take(2)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        Duration::from_nanos(ns[0] + ns[1])
     }
 
     /// The server's resident set size in bytes (`VmRSS` in `/proc/PID/status`).
@@ -416,6 +470,47 @@ impl Client {
         }
     }
 
+    /// TCP segments with data that this connection has received
+    /// (`tcpi_data_segs_in` of `TCP_INFO`): one per `write` of the peer's,
+    /// at least, when the peer sends with `TCP_NODELAY`.
+    pub fn segments_received(&self) -> u32 {
+        self.tcp_info().tcpi_data_segs_in
+    }
+
+    /// The window the peer's kernel last offered: how much more it takes
+    /// before it waits for the peer to read (`tcpi_snd_wnd`).
+    pub fn send_window(&self) -> usize {
+        self.tcp_info().tcpi_snd_wnd as usize
+    }
+
+    /// Whether every byte written so far is in the peer's kernel: sent and
+    /// acknowledged, nothing left in our socket.
+    pub fn all_delivered(&self) -> bool {
+        let info = self.tcp_info();
+        info.tcpi_unacked == 0 && info.tcpi_notsent_bytes == 0
+    }
+
+    /// `getsockopt(TCP_INFO)` on this connection.
+    fn tcp_info(&self) -> libc::tcp_info {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an all-zero tcp_info is valid (integers only).
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which
+        // is that large; a kernel older than the struct writes fewer.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        info
+    }
+
     /// Close our sending side (`shutdown(SHUT_WR)`): the server reads EOF.
     pub fn shutdown_write(&self) {
         self.stream.shutdown(Shutdown::Write).unwrap();
@@ -425,6 +520,36 @@ impl Client {
     pub fn reset(self) {
         set_linger_zero(&self.stream);
     }
+}
+
+/// `TCP_ESTABLISHED` in the `st` column of `/proc/net/tcp`.
+const TCP_ESTABLISHED: u8 = 1;
+
+/// The state of the TCP socket bound to `local` and connected to `remote`
+/// (`/proc/net/tcp` or `tcp6`), or `None` when there is none.
+fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    // Addresses as the kernel prints them: each 32-bit word in host order.
+    fn hex(addr: SocketAddr) -> String {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) => u32::from_ne_bytes(ip.octets()).to_be_bytes().to_vec(),
+            std::net::IpAddr::V6(ip) => ip
+                .octets()
+                .chunks(4)
+                .flat_map(|w| u32::from_ne_bytes(w.try_into().unwrap()).to_be_bytes())
+                .collect(),
+        };
+        let ip: String = ip.iter().map(|b| format!("{b:02X}")).collect();
+        format!("{ip}:{:04X}", addr.port())
+    }
+    let (local, remote) = (hex(local), hex(remote));
+    let table = if local.len() > 13 { "tcp6" } else { "tcp" };
+    let text = std::fs::read_to_string(format!("/proc/net/{table}")).ok()?;
+    text.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| u8::from_str_radix(fields[3], 16).ok())
+            .flatten()
+    })
 }
 
 /// Make `close` send a reset (RST) instead of a FIN.

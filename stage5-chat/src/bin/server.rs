@@ -9,8 +9,8 @@
 //! arrive through a `signalfd` in the same epoll set.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
-use std::net::SocketAddr;
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
@@ -26,11 +26,18 @@ use nix::sys::socket::{
     AddressFamily, Backlog, Shutdown, SockFlag, SockType, SockaddrStorage, accept4, bind,
     getpeername, getsockname, listen, setsockopt, shutdown, socket, sockopt,
 };
-use nix::sys::uio::writev;
 use nix::unistd::read;
 
-use stage5_chat::clients::{Clients, NickError, sanitize};
+use stage5_chat::clients::{Client, Clients, NickError, Phase, Why, sanitize};
 use stage5_chat::framer::{LineTooLong, split_lines};
+
+/// What `/help` sends: the commands, one short line each.
+const HELP: [&str; 4] = [
+    "* /nick NAME  take the name NAME (1-32 of A-Z a-z 0-9 _ -)",
+    "* /who        list who is online",
+    "* /help       this list",
+    "* /quit       leave the chat",
+];
 
 const USAGE: &str = "\
 usage: server [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
@@ -39,7 +46,7 @@ usage: server [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
 An edge-triggered epoll chat server: every line a client sends goes to
 every other client.
 
-  ADDR                  IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR                  HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   --max-clients N       clients in the chat at once; the next is told the server is full (default 100000)
   --max-queue BYTES     output owed to one client before it is dropped as too slow (default 1048576)
   --max-line BYTES      longest line a client may send (default 4096)
@@ -59,10 +66,12 @@ const READS_PER_ROUND: usize = 8;
 /// written, so a burst of joins never piles thousands of notices into
 /// every queue at once (memory the allocator would keep afterwards).
 const ACCEPTS_PER_ROUND: usize = 64;
-/// The most slices one `writev(2)` is given. Lines that follow each other
-/// in a chunk share a slice, so a queue holds a few per round; whatever is
-/// left over goes in the next round's write.
-const SLICES_PER_WRITE: usize = 64;
+/// The event data of the listener and the `signalfd`: a client's is its
+/// fd, which is never this large.
+const LISTENER: u64 = u64::MAX;
+const SIGNALS: u64 = u64::MAX - 1;
+/// What the listener is registered for.
+const LISTENER_EVENTS: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLET);
 /// What every client socket is registered for.
 const CLIENT_EVENTS: EpollFlags = EpollFlags::EPOLLIN
     .union(EpollFlags::EPOLLRDHUP)
@@ -118,12 +127,14 @@ fn parse_args() -> Args {
             "--max-queue" => args.max_queue = number(&arg),
             "--max-line" => args.max_line = number(&arg),
             "--announce-limit" => args.announce_limit = number(&arg),
-            _ if !addr_given && !arg.starts_with('-') => {
-                match std::net::ToSocketAddrs::to_socket_addrs(arg.as_str()).map(|mut a| a.next()) {
-                    Ok(Some(addr)) => (args.addr, addr_given) = (addr, true),
-                    _ => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
-                }
-            }
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
+            },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
     }
@@ -200,29 +211,48 @@ fn watch_signals() -> Result<SignalFd> {
 }
 // ANCHOR_END: limits
 
+// ANCHOR: log_accepted
+/// The `accepted` line names the peer when it can: a client that reset
+/// while it waited in the accept queue has none (`getpeername` fails with
+/// `ENOTCONN`), and the first read on its socket reports the reset.
+fn log_accepted(fd: RawFd) {
+    match getpeername::<SockaddrStorage>(fd) {
+        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
+        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+    }
+}
+// ANCHOR_END: log_accepted
+
 // ANCHOR: server
+/// Whether, and how, the listener is being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accepting {
+    /// In the interest list, and its queue was empty at the last look.
+    Open,
+    /// In the interest list, with connections left in its queue after the
+    /// round's share: no new edge will report them, so accept next round.
+    Backlogged,
+    /// Out of descriptors: out of the interest list until a client closes,
+    /// or until `until`.
+    Paused { until: Instant },
+    /// Shutting down: out of the interest list for good.
+    Closed,
+}
+
 /// Everything the event loop keeps between rounds.
 struct Server {
     args: Args,
-    epoll_fd: Epoll,
+    epoll: Epoll,
     listen_fd: OwnedFd,
+    accepting: Accepting,
+    /// The error last logged for `accept4`, so a shortage is logged once.
+    accept_error: Option<Errno>,
     clients: Clients,
-    /// Clients that have left, with the time by which they are closed
-    /// whatever happens: (deadline, fd, id), oldest first.
-    lingering: VecDeque<(Instant, RawFd, u64)>,
     /// Clients whose reads stopped before `EAGAIN`: read again next round.
     unread: Vec<RawFd>,
-    /// Clients with more queued than one `writev` took: write next round.
-    unwritten: Vec<RawFd>,
-    /// The accept loop stopped at `ACCEPTS_PER_ROUND`: accept next round.
-    accept_more: bool,
-    /// `accept` ran out of descriptors: the listener is out of the interest
-    /// list until a client closes, or until this time.
-    accept_paused: Option<Instant>,
-    /// `accept` has failed since the last success (log it once).
-    accept_failing: bool,
-    /// A client was closed this round, so `accept` may work again.
-    fd_freed: bool,
+    /// When clients that are leaving are closed whatever happens, oldest
+    /// first.
+    deadlines: VecDeque<(Instant, RawFd)>,
     /// SIGINT or SIGTERM arrived: exit once every client is gone, or then.
     shutdown: Option<Instant>,
 }
@@ -233,25 +263,18 @@ fn run(args: &Args) -> Result<()> {
     raise_fd_limit()?;
     let listen_fd = listen_on(args.addr)?;
     let signal_fd = watch_signals()?;
-
     // epoll_create1(2): the kernel object that watches every socket for us.
-    let epoll_fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
         .map_err(io::Error::from)
         .context("epoll_create1 failed")?;
-    // epoll_ctl(EPOLL_CTL_ADD): the event's data is the fd, so a ready event
-    // names the socket it is about.
-    let listener = listen_fd.as_raw_fd();
-    let interest = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, listener as u64);
-    epoll_fd
-        .add(&listen_fd, interest)
+    // epoll_ctl(EPOLL_CTL_ADD): the event's data says which descriptor a
+    // ready event is about: a token for these two, the fd for a client.
+    epoll
+        .add(&listen_fd, EpollEvent::new(LISTENER_EVENTS, LISTENER))
         .map_err(io::Error::from)
         .context("epoll_ctl ADD listener failed")?;
-    let signals = signal_fd.as_raw_fd();
-    epoll_fd
-        .add(
-            &signal_fd,
-            EpollEvent::new(EpollFlags::EPOLLIN, signals as u64),
-        )
+    epoll
+        .add(&signal_fd, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))
         .map_err(io::Error::from)
         .context("epoll_ctl ADD signalfd failed")?;
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
@@ -260,75 +283,76 @@ fn run(args: &Args) -> Result<()> {
     println!("listening on {local}");
     io::stdout().flush()?;
 
-    let mut server = Server {
-        args: args.clone(),
-        epoll_fd,
-        listen_fd,
-        clients: Clients::new(args.max_queue),
-        lingering: VecDeque::new(),
-        unread: Vec::new(),
-        unwritten: Vec::new(),
-        accept_more: false,
-        accept_paused: None,
-        accept_failing: false,
-        fd_freed: false,
-        shutdown: None,
-    };
+    let mut server = Server::new(args.clone(), epoll, listen_fd);
     // One buffer serves every read: a client keeps only half a line.
     let mut scratch = vec![0u8; 64 * 1024];
     let mut ready = [EpollEvent::empty(); 256];
     loop {
         // epoll_wait(2) sleeps until a socket is ready or the next deadline.
-        let n = match server.epoll_fd.wait(&mut ready, server.timeout()) {
+        let n = match server.epoll.wait(&mut ready, server.timeout()) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
         };
         // Work carried over from the last round: edge-triggered epoll will
-        // not report these again, so we must remember them ourselves.
+        // not report it again, so we must remember it ourselves.
         let unread = std::mem::take(&mut server.unread);
-        let accept_more = std::mem::take(&mut server.accept_more);
+        let backlogged = server.accepting == Accepting::Backlogged;
         for event in &ready[..n] {
-            let fd = event.data() as RawFd;
-            if fd == listener {
-                server.accept_clients()?;
-            } else if fd == signals {
-                if server.shut_down(&signal_fd) {
-                    return Ok(()); // a second signal: do not wait any longer
+            match event.data() {
+                LISTENER => server.accept_clients(),
+                SIGNALS => {
+                    if server.shut_down(&signal_fd) {
+                        return Ok(()); // a second signal: do not wait any longer
+                    }
                 }
-            } else {
-                server.serve_event(fd, event.events(), &mut scratch);
+                fd => server.serve_event(fd as RawFd, event.events(), &mut scratch),
             }
         }
         for fd in unread {
             server.serve(fd, &mut scratch);
         }
-        if accept_more && server.shutdown.is_none() {
-            server.accept_clients()?;
+        if backlogged {
+            server.accept_clients();
         }
-        server.expire_lingering();
+        server.expire_deadlines();
         // The one write per client per round.
         server.flush_all();
-        if let Some(deadline) = server.shutdown
-            && (server.clients.is_empty() || Instant::now() >= deadline)
-        {
+        if server.is_done() {
             return Ok(()); // exiting closes whatever is still open
         }
-        server.retry_accept()?;
     }
 }
 // ANCHOR_END: run
 
 impl Server {
+    fn new(args: Args, epoll: Epoll, listen_fd: OwnedFd) -> Server {
+        Server {
+            clients: Clients::new(args.max_queue),
+            args,
+            epoll,
+            listen_fd,
+            accepting: Accepting::Open,
+            accept_error: None,
+            unread: Vec::new(),
+            deadlines: VecDeque::new(),
+            shutdown: None,
+        }
+    }
+
     /// How long `epoll_wait` may sleep: not at all while work is carried
     /// over, otherwise until the next deadline (or for ever).
     fn timeout(&self) -> EpollTimeout {
-        if self.accept_more || !self.unread.is_empty() || !self.unwritten.is_empty() {
+        if !self.unread.is_empty() || self.accepting == Accepting::Backlogged {
             return EpollTimeout::ZERO;
         }
+        let retry = match self.accepting {
+            Accepting::Paused { until } => Some(until),
+            _ => None,
+        };
         let next = [
-            self.accept_paused,
-            self.lingering.front().map(|&(deadline, _, _)| deadline),
+            retry,
+            self.deadlines.front().map(|&(at, _)| at),
             self.shutdown,
         ]
         .into_iter()
@@ -345,17 +369,38 @@ impl Server {
         EpollTimeout::try_from(millis).unwrap_or(EpollTimeout::MAX)
     }
 
+    /// After a shutdown, once everyone is gone or its time is up. Also the
+    /// end of every round's bookkeeping: a paused listener whose retry is
+    /// due goes back in the interest list.
+    fn is_done(&mut self) -> bool {
+        if let Some(deadline) = self.shutdown {
+            return self.clients.is_empty() || Instant::now() >= deadline;
+        }
+        if let Accepting::Paused { until } = self.accepting
+            && Instant::now() >= until
+        {
+            self.resume_accepting();
+        }
+        false
+    }
+
     // ANCHOR: accept
     /// Accept until `EAGAIN`: an edge-triggered listener is reported once for
     /// a burst of connections. After `ACCEPTS_PER_ROUND` the rest waits for
     /// the next round.
-    fn accept_clients(&mut self) -> Result<()> {
+    fn accept_clients(&mut self) {
+        if matches!(self.accepting, Accepting::Paused { .. } | Accepting::Closed) {
+            return; // a stale event from before the listener left the interest list
+        }
         for _ in 0..ACCEPTS_PER_ROUND {
             // accept4(2) sets the new socket non-blocking in the same call.
             let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
             let fd = match accept4(self.listen_fd.as_raw_fd(), flags) {
                 Ok(fd) => fd,
-                Err(Errno::EAGAIN) => return Ok(()), // the queue is empty
+                Err(Errno::EAGAIN) => {
+                    self.accepting = Accepting::Open; // the queue is empty
+                    return;
+                }
                 // The client gave up before we got to it, or its network did.
                 Err(
                     Errno::ECONNABORTED
@@ -366,86 +411,92 @@ impl Server {
                     | Errno::ENETUNREACH
                     | Errno::EHOSTUNREACH,
                 ) => continue,
-                // Out of descriptors (this process or the system) or memory:
-                // retrying at once would fail again, so pause instead of spin.
-                Err(err @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
-                    return self.pause_accepting(err);
-                }
-                Err(err) => return Err(io::Error::from(err)).context("accept4 failed"),
+                // Out of descriptors (EMFILE, ENFILE) or memory, or anything
+                // else: retrying at once would fail again, so pause instead
+                // of spinning, and never exit for it.
+                Err(err) => return self.pause_accepting(err),
             };
-            self.accept_failing = false;
+            self.accept_error = None;
             // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
             let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
             if let Err(err) = self
-                .epoll_fd
+                .epoll
                 .add(&client_fd, EpollEvent::new(CLIENT_EVENTS, fd as u64))
             {
-                eprintln!("epoll_ctl ADD fd {fd}: {}", io::Error::from(err));
+                self.log(format_args!(
+                    "epoll_ctl ADD fd {fd}: {}",
+                    io::Error::from(err)
+                ));
                 continue; // dropping client_fd closes it
             }
             if !self.args.quiet {
-                match getpeername::<SockaddrStorage>(fd) {
-                    Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
-                    Err(_) => eprintln!("accepted fd {fd}"), // already reset
-                }
+                log_accepted(fd);
             }
-            self.clients.add(client_fd);
-            if self.clients.online() >= self.args.max_clients {
-                self.clients.send(fd, "* error: server full");
-                self.linger(fd);
-                continue;
-            }
-            let name = self.clients.join(fd);
-            let online = self.clients.online();
-            let welcome = format!("* welcome {name} ({online} online)");
-            self.clients.send(fd, welcome);
-            // Past the limit, N clients joining would cost N² notices.
-            if online <= self.args.announce_limit {
-                let joined = format!("* {name} joined");
-                self.clients.broadcast(joined, Some(fd));
-            }
+            self.admit(client_fd);
         }
-        self.accept_more = true;
-        Ok(())
+        self.accepting = Accepting::Backlogged;
+    }
+
+    /// A new connection joins the chat, or is told the server is full.
+    fn admit(&mut self, client_fd: OwnedFd) {
+        if self.clients.online_count() >= self.args.max_clients {
+            let deadline = Instant::now() + LINGER;
+            let fd = self.clients.refuse(client_fd, Why::ServerFull, deadline);
+            self.deadlines.push_back((deadline, fd));
+            self.clients.queue_line(fd, "* error: server full");
+            return;
+        }
+        let (fd, name) = self.clients.join(client_fd);
+        let online = self.clients.online_count();
+        let welcome = format!("* welcome {name} ({online} online); /help lists the commands");
+        self.clients.queue_line(fd, welcome);
+        // Past the limit, N clients joining would cost N² notices.
+        if online <= self.args.announce_limit {
+            self.clients.broadcast(format!("* {name} joined"), Some(fd));
+        }
     }
 
     /// Take the listener out of the interest list: until a descriptor is
     /// free, its readiness would wake the loop only to fail again.
-    fn pause_accepting(&mut self, err: Errno) -> Result<()> {
-        self.epoll_fd
-            .delete(&self.listen_fd)
-            .map_err(io::Error::from)
-            .context("epoll_ctl DEL listener failed")?;
-        self.accept_paused = Some(Instant::now() + ACCEPT_RETRY);
-        if !self.accept_failing {
-            self.accept_failing = true;
-            eprintln!(
+    fn pause_accepting(&mut self, err: Errno) {
+        if let Err(del) = self.epoll.delete(&self.listen_fd) {
+            self.log(format_args!(
+                "epoll_ctl DEL listener: {}",
+                io::Error::from(del)
+            ));
+        }
+        self.accepting = Accepting::Paused {
+            until: Instant::now() + ACCEPT_RETRY,
+        };
+        if self.accept_error != Some(err) {
+            self.accept_error = Some(err);
+            self.log(format_args!(
                 "accept4: {}: waiting for a client to leave",
                 io::Error::from(err)
-            );
+            ));
         }
-        Ok(())
     }
 
-    /// Put the listener back once a client closed (or after a while).
+    /// Put a paused listener back, once a client closed (or after a while).
     /// `EPOLL_CTL_ADD` checks readiness at once, so connections that waited
     /// in the accept queue meanwhile are reported on the next round.
-    fn retry_accept(&mut self) -> Result<()> {
-        let freed = std::mem::take(&mut self.fd_freed);
-        if let Some(retry) = self.accept_paused
-            && (freed || Instant::now() >= retry)
-            && self.shutdown.is_none()
-        {
-            let listener = self.listen_fd.as_raw_fd();
-            let interest =
-                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, listener as u64);
-            self.epoll_fd
-                .add(&self.listen_fd, interest)
-                .map_err(io::Error::from)
-                .context("epoll_ctl ADD listener failed")?;
-            self.accept_paused = None;
+    fn resume_accepting(&mut self) {
+        if !matches!(self.accepting, Accepting::Paused { .. }) {
+            return;
         }
-        Ok(())
+        let interest = EpollEvent::new(LISTENER_EVENTS, LISTENER);
+        match self.epoll.add(&self.listen_fd, interest) {
+            Ok(()) => self.accepting = Accepting::Open,
+            Err(err) => {
+                self.log(format_args!(
+                    "epoll_ctl ADD listener: {}",
+                    io::Error::from(err)
+                ));
+                self.accepting = Accepting::Paused {
+                    until: Instant::now() + ACCEPT_RETRY,
+                };
+            }
+        }
     }
     // ANCHOR_END: accept
 
@@ -457,7 +508,7 @@ impl Server {
             && let Some(client) = self.clients.get_mut(fd)
         {
             // Room in the socket again: write at the end of the round.
-            client.blocked = false;
+            client.freed();
             self.clients.mark_dirty(fd);
         }
         if events.intersects(
@@ -478,27 +529,27 @@ impl Server {
             let Some(client) = self.clients.get_mut(fd) else {
                 return;
             };
-            if client.read_closed {
-                return;
-            }
-            match read(&client.fd, scratch) {
-                Ok(0) => {
-                    // End-of-file: the client has left, as if it had closed.
-                    client.read_closed = true;
-                    let was_online = self.leave(fd, "");
-                    self.finish(fd); // closes it now unless it is still owed lines
-                    if was_online {
-                        self.linger(fd);
-                    }
-                    return;
-                }
+            match read(client.fd(), scratch) {
+                Ok(0) => return self.end_of_file(fd),
                 Ok(n) => self.handle_input(fd, &scratch[..n]),
                 Err(Errno::EAGAIN) => return, // drained: wait for the next edge
                 Err(Errno::EINTR) => {}
-                Err(_) => return self.close_client(fd, ""), // a reset ends only this client
+                Err(err) => return self.end(fd, Why::Error(err)),
             }
         }
         self.unread.push(fd);
+    }
+
+    /// `read` returned 0: the client sends no more.
+    fn end_of_file(&mut self, fd: RawFd) {
+        match self.clients.get(fd).map(Client::phase) {
+            Some(Phase::Online) => self.end(fd, Why::EndOfFile),
+            // Its end-of-file after ours: the receive buffer is empty, so
+            // `close` sends no reset.
+            Some(Phase::Closing { .. }) => self.close(fd),
+            // Still owed lines: sent, then our end-of-file wakes us again.
+            Some(Phase::Leaving { .. }) | None => {}
+        }
     }
     // ANCHOR_END: serve
 
@@ -509,27 +560,23 @@ impl Server {
         let Some(client) = self.clients.get_mut(fd) else {
             return;
         };
-        if !client.online {
+        if client.phase() != Phase::Online {
             return; // it has left: its input is read only to be thrown away
         }
-        let mut partial = std::mem::take(&mut client.partial);
+        let mut partial = client.take_partial();
         let framed = split_lines(&mut partial, input, max_line, |text| {
             self.handle_line(fd, text)
         });
         match framed {
             Ok(_) => {
-                if let Some(client) = self.clients.get_mut(fd)
-                    && client.online
-                {
-                    client.partial = partial;
+                if let Some(client) = self.clients.get_mut(fd) {
+                    client.keep_partial(partial);
                 }
             }
             Err(LineTooLong) => {
                 let error = format!("* error: line too long (max {max_line} bytes)");
-                self.clients.send(fd, error);
-                if self.leave(fd, "") {
-                    self.linger(fd);
-                }
+                self.clients.queue_line(fd, error);
+                self.end(fd, Why::LineTooLong);
             }
         }
     }
@@ -547,7 +594,8 @@ impl Server {
         ControlFlow::Continue(())
     }
 
-    /// `/nick NEW`, `/who`, `/quit`; anything else is an unknown command.
+    /// `/nick NEW`, `/who`, `/help`, `/quit`; anything else is an unknown
+    /// command.
     fn command(&mut self, fd: RawFd, command: &[u8]) -> ControlFlow<()> {
         let (word, arg) = match command.iter().position(|&b| b == b' ') {
             Some(space) => (&command[..space], command[space + 1..].trim_ascii()),
@@ -567,166 +615,149 @@ impl Server {
                 Err(NickError::Taken) => [b"* error: the name ", arg, b" is taken"].concat(),
             },
             b"who" => format!("* online: {}", self.clients.names().join(", ")).into_bytes(),
-            b"quit" => {
-                self.clients.send(fd, "* bye");
-                if self.leave(fd, "") {
-                    self.linger(fd);
+            b"help" => {
+                for line in HELP {
+                    self.clients.queue_line(fd, line);
                 }
+                return ControlFlow::Continue(());
+            }
+            b"quit" => {
+                self.clients.queue_line(fd, "* bye");
+                self.end(fd, Why::Quit);
                 return ControlFlow::Break(()); // nothing after /quit counts
             }
-            _ => [b"* error: unknown command /", word].concat(),
+            _ => [
+                b"* error: unknown command /",
+                word,
+                b" (/help lists the commands)",
+            ]
+            .concat(),
         };
-        self.clients.send(fd, reply);
+        self.clients.queue_line(fd, reply);
         ControlFlow::Continue(())
     }
     // ANCHOR_END: input
 
-    /// Take `fd` out of the chat and tell the others (while few enough are
-    /// online). Returns whether it was in the chat.
-    fn leave(&mut self, fd: RawFd, why: &str) -> bool {
-        let online = self.clients.online();
-        let Some(name) = self.clients.leave(fd) else {
-            return false;
-        };
-        if online <= self.args.announce_limit {
-            self.clients.broadcast(format!("* {name} left{why}"), None);
-        }
-        true
-    }
-
-    /// Give a client that has left `LINGER` to take its last lines and
-    /// close; after that it is closed whatever its state.
-    fn linger(&mut self, fd: RawFd) {
-        if let Some(client) = self.clients.get(fd) {
-            let deadline = Instant::now() + LINGER;
-            self.lingering.push_back((deadline, fd, client.id));
-        }
-    }
-
-    fn expire_lingering(&mut self) {
-        let now = Instant::now();
-        while let Some(&(deadline, fd, id)) = self.lingering.front()
-            && deadline <= now
+    // ANCHOR: end
+    /// The one way a client ends: out of the chat, the others told why
+    /// (while few enough are online), and closed now if it is owed nothing
+    /// more, or else once what it is owed is written (or at a deadline).
+    fn end(&mut self, fd: RawFd, why: Why) {
+        let online = self.clients.online_count();
+        let deadline = Instant::now() + LINGER;
+        let left = self.clients.leave(fd, why, deadline);
+        if let Some(name) = &left
+            && online <= self.args.announce_limit
+            && let Some(notice) = why.notice(name)
         {
-            self.lingering.pop_front();
-            // The fd may have been closed, and reused by a newer client.
-            if self.clients.get(fd).is_some_and(|c| c.id == id) {
-                self.close_client(fd, "");
-            }
+            self.clients.broadcast(notice, None);
+        }
+        if !why.owes_output() {
+            return self.close(fd);
+        }
+        self.finish(fd);
+        if left.is_some() && self.clients.get(fd).is_some() {
+            self.deadlines.push_back((deadline, fd)); // not closed yet: by then
         }
     }
 
-    // ANCHOR: finish
     /// Close a client that has left once it is owed nothing. If it may
     /// still send, end our side first and wait for its end-of-file: closing
     /// with unread input makes the kernel send a reset, which can destroy
     /// the last line (`* bye`, the error) before the client reads it.
     fn finish(&mut self, fd: RawFd) {
-        let Some(client) = self.clients.get_mut(fd) else {
+        let Some(client) = self.clients.get(fd) else {
             return;
         };
-        if client.online || !client.queue.is_empty() {
+        let Phase::Leaving { why, .. } = client.phase() else {
+            return;
+        };
+        if !client.is_flushed() {
             return;
         }
-        if client.read_closed {
-            self.close_client(fd, "");
-        } else if !client.write_closed {
-            // shutdown(SHUT_WR) sends FIN after the queued bytes: the client
-            // reads everything, then end-of-file, and closes its side.
-            let _ = shutdown(client.fd.as_raw_fd(), Shutdown::Write);
-            client.write_closed = true;
+        if why == Why::EndOfFile {
+            return self.close(fd); // it sends nothing more: no reset
+        }
+        // shutdown(SHUT_WR) sends FIN after the queued bytes: the client
+        // reads everything, then end-of-file, and closes its side.
+        if let Err(err) = shutdown(client.fd().as_raw_fd(), Shutdown::Write) {
+            return self.end(fd, Why::Error(err));
+        }
+        self.clients.closing(fd);
+    }
+
+    /// Close the clients whose time to leave is up.
+    fn expire_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, fd)) = self.deadlines.front()
+            && deadline <= now
+        {
+            self.deadlines.pop_front();
+            // The fd may have been closed, and reused by a newer client.
+            if let Some(client) = self.clients.get(fd)
+                && let Phase::Leaving { deadline: at, .. } | Phase::Closing { deadline: at, .. } =
+                    client.phase()
+                && at <= now
+            {
+                self.close(fd);
+            }
         }
     }
-    // ANCHOR_END: finish
+
+    /// `EPOLL_CTL_DEL` before `close(2)`: the interest list forgets the
+    /// socket while its descriptor number is still ours. A free descriptor
+    /// lets a paused listener accept again.
+    fn close(&mut self, fd: RawFd) {
+        let Some(client) = self.clients.remove(fd) else {
+            return;
+        };
+        let _ = self.epoll.delete(client.fd());
+        if let Phase::Leaving { why, .. } | Phase::Closing { why, .. } = client.phase() {
+            self.log(format_args!("closed fd {fd} ({why})"));
+        }
+        drop(client); // close(2)
+        self.resume_accepting();
+    }
+    // ANCHOR_END: end
 
     // ANCHOR: flush
     /// Write every dirty client's queue. Closing a client can queue `left`
     /// notices for others, so this goes on until no client is dirty.
     fn flush_all(&mut self) {
-        for fd in std::mem::take(&mut self.unwritten) {
-            self.clients.mark_dirty(fd);
-        }
         while let Some(fd) = self.clients.pop_dirty() {
             self.flush(fd);
         }
     }
 
-    /// At most one `writev(2)` for this client this round: every queued
-    /// line in one system call. `writev` has no `MSG_NOSIGNAL` flag; Rust
-    /// programs start with SIGPIPE ignored, so a reset peer is `EPIPE` here.
+    /// One client's write this round, then whatever it changed: `EPOLLOUT`
+    /// in or out of the interest list, a drop for being too slow, or the
+    /// close of a client that has left and is owed nothing more.
     fn flush(&mut self, fd: RawFd) {
         let Some(client) = self.clients.get_mut(fd) else {
             return;
         };
-        client.dirty = false;
-        // While blocked, the socket is known to be full: wait for EPOLLOUT.
-        if !client.blocked && !client.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); SLICES_PER_WRITE];
-            let filled = client.queue.slices(&mut slices);
-            let slices = &slices[..filled];
-            let offered: usize = slices.iter().map(|s| s.len()).sum();
-            let written = writev(&client.fd, slices);
-            match written {
-                Ok(n) => {
-                    client.queue.consume(n);
-                    client.blocked = n < offered; // a short write: the socket is full
-                }
-                Err(Errno::EAGAIN) => client.blocked = true,
-                Err(Errno::EINTR) => {}
-                Err(_) => return self.close_client(fd, ""),
+        let registered = client.wants_epollout();
+        if let Err(err) = client.write() {
+            return self.end(fd, Why::Error(err));
+        }
+        // Ask for EPOLLOUT only while the socket is full: a socket with room
+        // to write is almost always writable, and would wake us for nothing.
+        if client.wants_epollout() != registered {
+            let mut flags = CLIENT_EVENTS;
+            if client.wants_epollout() {
+                flags |= EpollFlags::EPOLLOUT;
             }
-            if !client.blocked && !client.queue.is_empty() {
-                self.unwritten.push(fd); // more than one writev takes
+            let interest = &mut EpollEvent::new(flags, fd as u64);
+            if let Err(err) = self.epoll.modify(client.fd(), interest) {
+                return self.end(fd, Why::Error(err));
             }
         }
         if self.clients.too_slow(fd) {
-            return self.close_client(fd, " (too slow)");
-        }
-        if let Err(err) = self.update_interest(fd) {
-            eprintln!("epoll_ctl MOD fd {fd}: {}", io::Error::from(err));
-            return self.close_client(fd, "");
+            return self.end(fd, Why::TooSlow);
         }
         self.finish(fd);
     }
     // ANCHOR_END: flush
-
-    // ANCHOR: interest
-    /// Ask for `EPOLLOUT` only while the socket is full: a socket with room
-    /// to write is almost always writable, and would wake us for nothing.
-    fn update_interest(&mut self, fd: RawFd) -> nix::Result<()> {
-        let Some(client) = self.clients.get_mut(fd) else {
-            return Ok(());
-        };
-        let want_write = client.blocked;
-        if want_write == client.want_write {
-            return Ok(());
-        }
-        let mut flags = CLIENT_EVENTS;
-        if want_write {
-            flags |= EpollFlags::EPOLLOUT;
-        }
-        self.epoll_fd
-            .modify(&client.fd, &mut EpollEvent::new(flags, fd as u64))?;
-        client.want_write = want_write;
-        Ok(())
-    }
-    // ANCHOR_END: interest
-
-    // ANCHOR: close
-    /// `EPOLL_CTL_DEL` before `close(2)`: the interest list forgets the
-    /// socket while its descriptor number is still ours.
-    fn close_client(&mut self, fd: RawFd, why: &str) {
-        self.leave(fd, why);
-        if let Some(client) = self.clients.remove(fd) {
-            let _ = self.epoll_fd.delete(&client.fd);
-            drop(client); // close(2)
-            self.fd_freed = true;
-            if !self.args.quiet {
-                eprintln!("closed fd {fd}");
-            }
-        }
-    }
-    // ANCHOR_END: close
 
     // ANCHOR: shutdown
     /// SIGINT or SIGTERM: stop accepting, tell everyone, and let the main
@@ -741,23 +772,28 @@ impl Server {
         if self.shutdown.is_some() {
             return true;
         }
-        if !self.args.quiet
-            && let Some(signal) = signal
-        {
-            eprintln!("{signal}: shutting down");
+        if let Some(signal) = signal {
+            self.log(format_args!("{signal}: shutting down"));
         }
         self.shutdown = Some(Instant::now() + SHUTDOWN_FLUSH);
-        if self.accept_paused.take().is_none() {
-            let _ = self.epoll_fd.delete(&self.listen_fd);
+        if !matches!(self.accepting, Accepting::Paused { .. }) {
+            let _ = self.epoll.delete(&self.listen_fd);
         }
+        self.accepting = Accepting::Closed;
         self.clients.broadcast("* server shutting down", None);
         for fd in self.clients.online_fds() {
-            // Out of the chat without a `left` notice: everyone is leaving.
-            self.clients.leave(fd);
+            self.end(fd, Why::Shutdown); // no `left` notice: everyone is leaving
         }
         false
     }
     // ANCHOR_END: shutdown
+
+    /// One line of the connection log on stderr, unless `-q`.
+    fn log(&self, line: std::fmt::Arguments<'_>) {
+        if !self.args.quiet {
+            eprintln!("{line}");
+        }
+    }
 }
 
 #[cfg(test)]
