@@ -198,9 +198,17 @@ impl Server {
 
     /// The number of descriptors the server has open (`/proc/PID/fd`).
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+        self.fds().len()
+    }
+
+    /// The descriptors the server has open, lowest first (`/proc/PID/fd`).
+    pub fn fds(&self) -> Vec<i32> {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read /proc/PID/fd")
-            .count()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort();
+        fds
     }
 
     /// The server's epoll interest list as (fd, event mask) pairs, from the
@@ -253,6 +261,38 @@ impl Server {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
         Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// How long the server's threads have been runnable so far: on a CPU or
+    /// waiting for one (the first two fields of `/proc/PID/task/*/schedstat`).
+    pub fn runnable_time(&self) -> Duration {
+        let tasks =
+            std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("read /proc/PID/task");
+        let nanos: u64 = tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+            .map(|stat| {
+                let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+                fields.next().unwrap() + fields.next().unwrap()
+            })
+            .sum();
+        Duration::from_nanos(nanos)
+    }
+
+    /// Assert that the server sleeps while it has nothing to do: over half a
+    /// second it is runnable less than half the time. A server that spins
+    /// (an `epoll_wait` that returns at once, again and again) is runnable
+    /// the whole time, whether a busy machine gives it a CPU or keeps it
+    /// waiting for one, so the check depends neither on load nor on speed.
+    pub fn assert_sleeps(&self, while_what: &str) {
+        let (start, runnable) = (Instant::now(), self.runnable_time());
+        // A measuring window, not a synchronisation: nothing happens in it.
+        thread::sleep(Duration::from_millis(500));
+        let busy = self.runnable_time().saturating_sub(runnable);
+        let window = start.elapsed();
+        assert!(
+            busy < window / 2,
+            "the server spins {while_what}: runnable {busy:?} of {window:?}"
+        );
     }
 
     /// The server's resident set size in bytes (`VmRSS` in `/proc/PID/status`).
@@ -413,6 +453,26 @@ impl Client {
             // A server that closes with unread input sends a reset: still a close.
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => rest,
             Err(e) => panic!("expected the server to close the connection: {e}"),
+        }
+    }
+
+    /// Read until the server closes the connection, `chunk` bytes at a time
+    /// with a `pause` before each read: a reader slower than the server, so
+    /// the socket buffers between them stay full and the server has to keep
+    /// the rest of its answer in its own memory.
+    pub fn recv_to_eof_slowly(&mut self, chunk: usize, pause: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            thread::sleep(pause); // pacing, not synchronisation
+            match self.reader.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A server that closes with unread input sends a reset: still a close.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
+                Err(e) => panic!("expected the server to close the connection: {e}"),
+            }
         }
     }
 
