@@ -456,26 +456,6 @@ impl Client {
         }
     }
 
-    /// Read until the server closes the connection, `chunk` bytes at a time
-    /// with a `pause` before each read: a reader slower than the server, so
-    /// the socket buffers between them stay full and the server has to keep
-    /// the rest of its answer in its own memory.
-    pub fn recv_to_eof_slowly(&mut self, chunk: usize, pause: Duration) -> Vec<u8> {
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; chunk];
-        loop {
-            thread::sleep(pause); // pacing, not synchronisation
-            match self.reader.read(&mut buf) {
-                Ok(0) => return got,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A server that closes with unread input sends a reset: still a close.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
-                Err(e) => panic!("expected the server to close the connection: {e}"),
-            }
-        }
-    }
-
     /// Close our sending side (`shutdown(SHUT_WR)`): the server reads EOF.
     pub fn shutdown_write(&self) {
         self.stream.shutdown(Shutdown::Write).unwrap();
