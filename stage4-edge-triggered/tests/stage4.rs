@@ -20,19 +20,66 @@ testkit::server_conventions!(bin(), echo_probe);
 testkit::fault_checks!(bin(), echo_probe);
 
 const MIB: usize = 1 << 20;
+const EPOLLIN: u32 = libc::EPOLLIN as u32;
 const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+const EPOLLET: u32 = libc::EPOLLET as u32;
 
-/// 1 MiB of bytes that differ from their neighbours, so a lost or repeated
-/// chunk shows up as a mismatch.
-fn one_mib() -> Vec<u8> {
-    (0..MIB as u32).map(|i| (i % 251) as u8).collect()
+/// `len` bytes of a stream whose bytes differ from their neighbours, from
+/// offset `start` on, so a lost or repeated chunk shows up as a mismatch.
+fn pattern(start: usize, len: usize) -> Vec<u8> {
+    (start..start + len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Send `data` from a thread while the caller reads the echo (and, with
+/// `then_shut_down`, shut down the sending side after it, like `nc -N`).
+fn send_in_background(
+    client: &Client,
+    data: &[u8],
+    then_shut_down: bool,
+) -> thread::JoinHandle<io::Result<()>> {
+    let mut writer = client.stream.try_clone().unwrap();
+    let data = data.to_vec();
+    thread::spawn(move || {
+        writer.write_all(&data)?;
+        if then_shut_down {
+            writer.shutdown(std::net::Shutdown::Write)?;
+        }
+        Ok(())
+    })
+}
+
+/// Send the pattern without reading until the server stops reading (nothing
+/// drains for half a second: every buffer between the two is full) or
+/// `limit` bytes are sent; returns how many were sent.
+fn push_until_jammed(client: &Client, limit: usize) -> usize {
+    const CHUNK: usize = 64 * 1024;
+    // One period more than a chunk, so any offset's chunk is a slice of it.
+    let stream = pattern(0, CHUNK + 251);
+    let mut socket = &client.stream;
+    socket.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    while sent < limit {
+        let at = sent % 251;
+        match socket.write(&stream[at..at + CHUNK.min(limit - sent)]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(client.stream.as_fd(), PollFlags::POLLOUT)];
+                if poll(&mut fds, 500u16).unwrap() == 0 {
+                    break; // jammed
+                }
+            }
+            Err(e) => panic!("sending without reading: {e}"),
+        }
+    }
+    socket.set_nonblocking(false).unwrap();
+    sent
 }
 
 #[test]
 fn returns_a_one_mib_burst_whole() {
     let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
     let mut client = server.connect();
-    let data = one_mib();
+    let data = pattern(0, MIB);
     // Nothing is read until everything is sent: the server's writes hit
     // EAGAIN and it must keep the rest until EPOLLOUT.
     client.send(&data);
@@ -43,19 +90,30 @@ fn returns_a_one_mib_burst_whole() {
 }
 
 #[test]
+fn registers_each_client_edge_triggered() {
+    let server = Server::start(bin(), &["127.0.0.1:0"]);
+    let mut client = server.connect();
+    echo_probe(&mut client);
+    let fd = server.fd_of(&client);
+    let events = server
+        .epoll_interest()
+        .into_iter()
+        .find_map(|(watched, events)| (watched == fd).then_some(events))
+        .unwrap_or_else(|| panic!("client fd {fd} is not in the interest list"));
+    assert!(
+        events & (EPOLLIN | EPOLLET) == EPOLLIN | EPOLLET,
+        "client fd {fd} is registered for {events:#x}, not EPOLLIN | EPOLLET"
+    );
+}
+
+#[test]
 fn flushes_everything_before_closing_after_end_of_file() {
     let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
     // A small window keeps most of the echo in the server when the client's
     // end-of-file arrives, so closing at once would lose it.
     let mut client = Client::connect_small_window(server.addr);
-    let data: Vec<u8> = (0..8 * MIB as u32).map(|i| (i % 251) as u8).collect();
-    let mut writer = client.stream.try_clone().unwrap();
-    let to_send = data.clone();
-    let sender = thread::spawn(move || {
-        writer.write_all(&to_send)?;
-        // Like `nc -N`: no more input, but the client still wants its echo.
-        writer.shutdown(std::net::Shutdown::Write)
-    });
+    let data = pattern(0, 8 * MIB);
+    let sender = send_in_background(&client, &data, true);
     let echo = client.recv_to_eof();
     sender.join().unwrap().unwrap();
     assert_eq!(echo.len(), data.len(), "the server closed before flushing");
@@ -83,10 +141,8 @@ fn keeps_what_the_socket_cannot_take_until_epollout() {
     let fd = server.fd_of(&client);
     // 8 MiB is more than the kernel's buffers hold, so the server's send(2)
     // must hit EAGAIN: it then keeps the rest and asks for EPOLLOUT.
-    let data: Vec<u8> = (0..8 * MIB as u32).map(|i| (i % 251) as u8).collect();
-    let mut writer = client.stream.try_clone().unwrap();
-    let to_send = data.clone();
-    let sender = thread::spawn(move || writer.write_all(&to_send));
+    let data = pattern(0, 8 * MIB);
+    let sender = send_in_background(&client, &data, false);
     testkit::wait_until("the server registers EPOLLOUT", || {
         let interest = server.epoll_interest();
         interest
@@ -98,32 +154,63 @@ fn keeps_what_the_socket_cannot_take_until_epollout() {
 }
 
 #[test]
+fn sleeps_once_the_echo_is_delivered() {
+    let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
+    let mut client = Client::connect_small_window(server.addr);
+    // Enough to make the server wait for EPOLLOUT; once all of it is back,
+    // the socket is writable for good, and a server still waiting for
+    // EPOLLOUT level-triggered is woken at every epoll_wait.
+    let data = pattern(0, 8 * MIB);
+    let sender = send_in_background(&client, &data, false);
+    assert!(client.recv_exact(data.len()) == data, "the echo differs");
+    sender.join().unwrap().unwrap();
+    server.assert_sleeps("with an idle client whose echo is all delivered");
+}
+
+#[test]
+fn reads_again_once_the_client_takes_its_echo() {
+    let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
+    let mut client = Client::connect_small_window(server.addr);
+    // The client sends until the server stops reading (it owes as much as
+    // it will hold), then sends nothing more and reads. The input the server
+    // left unread makes no new EPOLLIN edge: the server must read it again
+    // when EPOLLOUT says the client took some echo.
+    let sent = push_until_jammed(&client, 64 * MIB);
+    assert!(
+        client.recv_exact(sent) == pattern(0, sent),
+        "the echo differs"
+    );
+}
+
+#[test]
 fn a_client_that_never_reads_stalls_no_one() {
     let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
-    let hog = Client::connect_small_window(server.addr);
     // The hog sends without reading until every buffer between it and the
     // server is full: its socket stays unwritable. A server that blocks in
     // send(2) to the hog is stuck from then on.
-    let mut stream = &hog.stream;
-    stream.set_nonblocking(true).unwrap();
-    let chunk = vec![b'h'; 64 * 1024];
-    let mut sent = 0;
-    while sent < 256 * MIB {
-        match stream.write(&chunk) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut fds = [PollFd::new(hog.stream.as_fd(), PollFlags::POLLOUT)];
-                if poll(&mut fds, 500u16).unwrap() == 0 {
-                    break; // jammed: nothing drained for half a second
-                }
-            }
-            Err(e) => panic!("hog: {e}"),
-        }
-    }
+    let hog = Client::connect_small_window(server.addr);
+    push_until_jammed(&hog, 256 * MIB);
     let mut other = server.connect();
     for _ in 0..20 {
         echo_probe(&mut other);
     }
+}
+
+#[test]
+fn holds_a_bounded_amount_for_a_client_that_never_reads() {
+    let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
+    echo_probe(&mut server.connect());
+    let before = server.rss();
+    // A server that reads whatever comes keeps all of it: 256 MiB.
+    let hog = Client::connect_small_window(server.addr);
+    let sent = push_until_jammed(&hog, 256 * MIB);
+    let grown = server.rss().saturating_sub(before) as usize;
+    assert!(
+        grown < 64 * MIB,
+        "the server grew by {} MiB while a client sent {} MiB without reading",
+        grown / MIB,
+        sent / MIB
+    );
 }
 
 #[test]
@@ -132,7 +219,7 @@ fn a_client_that_resets_before_reading_stops_nothing() {
     let mut stays = server.connect();
     echo_probe(&mut stays);
     let mut leaves = server.connect();
-    leaves.send(&one_mib());
+    leaves.send(&pattern(0, MIB));
     let peer = leaves.stream.local_addr().unwrap();
     server.wait_stderr(&format!("from {peer}\n"));
     leaves.reset();
@@ -142,15 +229,48 @@ fn a_client_that_resets_before_reading_stops_nothing() {
 }
 
 #[test]
+fn every_ended_connection_gives_back_its_descriptor() {
+    let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
+    // Counted while a client is connected, so whatever the server opens
+    // for its first client is in the count too.
+    let mut first = server.connect();
+    echo_probe(&mut first);
+    let idle = server.open_fds() - 1;
+    drop(first);
+    // Every way a connection ends: close, reset, end-of-file while still
+    // reading, and a reset with echo still owed.
+    for i in 0..40 {
+        let mut client = server.connect();
+        echo_probe(&mut client);
+        match i % 4 {
+            0 => drop(client),
+            1 => client.reset(),
+            2 => {
+                client.shutdown_write();
+                assert!(client.recv_to_eof().is_empty(), "unexpected echo");
+            }
+            _ => {
+                client.send(&pattern(0, MIB));
+                client.reset();
+            }
+        }
+    }
+    testkit::wait_until("every connection's descriptor is closed", || {
+        server.open_fds() <= idle
+    });
+}
+
+#[test]
 fn running_out_of_descriptors_does_not_stop_the_server() {
+    const LIMIT: usize = 16;
     let mut cmd = std::process::Command::new(bin());
     cmd.args(["127.0.0.1:0"]);
     // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
     unsafe {
         cmd.pre_exec(|| {
             let limit = libc::rlimit {
-                rlim_cur: 16,
-                rlim_max: 16,
+                rlim_cur: LIMIT as libc::rlim_t,
+                rlim_max: LIMIT as libc::rlim_t,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 return Err(io::Error::last_os_error());
@@ -158,13 +278,22 @@ fn running_out_of_descriptors_does_not_stop_the_server() {
             Ok(())
         });
     }
-    let server = Server::spawn(cmd);
-    // Sixteen descriptors cannot hold thirty clients: accept4 fails with EMFILE.
+    let mut server = Server::spawn(cmd);
+    // Sixteen descriptors cannot hold thirty clients: accept4 fails with
+    // EMFILE, and the clients it could not take wait in the accept queue.
     let mut clients: Vec<Client> = (0..30).map(|_| server.connect()).collect();
-    server.wait_stderr("cannot accept: EMFILE");
+    // Out of descriptors: every number below the limit is taken (the server
+    // may also hold higher ones, inherited from whoever started it).
+    testkit::wait_until("the server has used all its descriptors", || {
+        server.assert_running();
+        server.fds().iter().filter(|&&fd| fd < LIMIT as i32).count() == LIMIT
+    });
+    server.assert_sleeps("while it is out of descriptors");
     echo_probe(&mut clients[0]);
-    // When clients leave, the server goes back to the queue it could not drain.
-    clients.truncate(1);
-    echo_probe(&mut clients[0]);
+    // The last client is still in the queue. When the others leave, the
+    // server must go back to the queue and serve it, not close it.
+    let mut queued = clients.pop().unwrap();
+    drop(clients);
+    echo_probe(&mut queued);
     echo_probe(&mut server.connect());
 }

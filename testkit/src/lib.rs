@@ -221,9 +221,17 @@ impl Server {
 
     /// The number of descriptors the server has open (`/proc/PID/fd`).
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+        self.fds().len()
+    }
+
+    /// The descriptors the server has open, lowest first (`/proc/PID/fd`).
+    pub fn fds(&self) -> Vec<i32> {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read /proc/PID/fd")
-            .count()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort();
+        fds
     }
 
     /// The server's epoll interest list as (fd, event mask) pairs, from the
@@ -295,18 +303,36 @@ impl Server {
         tcp_state(server_side, client_side) != Some(TCP_ESTABLISHED)
     }
 
-    /// How long the server has wanted a CPU: time running plus time
-    /// waiting in the run queue (`/proc/PID/schedstat`). Unlike CPU time
-    /// it does not shrink when other work shares the cores: a loop that
-    /// never sleeps is busy for all of the wall-clock time.
-    pub fn busy_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid())).unwrap();
-        let ns: Vec<u64> = stat
-            .split_whitespace()
-            .take(2)
-            .map(|n| n.parse().unwrap())
-            .collect();
-        Duration::from_nanos(ns[0] + ns[1])
+    /// How long the server's threads have been runnable so far: on a CPU or
+    /// waiting for one (the first two fields of `/proc/PID/task/*/schedstat`).
+    pub fn runnable_time(&self) -> Duration {
+        let tasks =
+            std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("read /proc/PID/task");
+        let nanos: u64 = tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+            .map(|stat| {
+                let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+                fields.next().unwrap() + fields.next().unwrap()
+            })
+            .sum();
+        Duration::from_nanos(nanos)
+    }
+
+    /// Assert that the server sleeps while it has nothing to do: over half a
+    /// second it is runnable less than half the time. A server that spins
+    /// (an `epoll_wait` that returns at once, again and again) is runnable
+    /// the whole time, whether a busy machine gives it a CPU or keeps it
+    /// waiting for one, so the check depends neither on load nor on speed.
+    pub fn assert_sleeps(&self, while_what: &str) {
+        let (start, runnable) = (Instant::now(), self.runnable_time());
+        // A measuring window, not a synchronisation: nothing happens in it.
+        thread::sleep(Duration::from_millis(500));
+        let busy = self.runnable_time().saturating_sub(runnable);
+        let window = start.elapsed();
+        assert!(
+            busy < window / 2,
+            "the server spins {while_what}: runnable {busy:?} of {window:?}"
+        );
     }
 
     /// The server's resident set size in bytes (`VmRSS` in `/proc/PID/status`).
