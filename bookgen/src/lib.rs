@@ -16,6 +16,7 @@
 //! | 4 | stage 3 | `src/main.rs` → `src/main.rs` |
 //! | 5 | stage 4 | `src/main.rs` → `src/bin/server.rs`; every other file under `src/` shown as added |
 //! | 6 | none | the tester is a new program, so its chapter shows its code, not a diff |
+//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client is left out (it is used unchanged) |
 //!
 //! Within a pair of stages, a file is compared with the file of the same path
 //! unless the table renames it; a file with no counterpart is shown as added
@@ -35,7 +36,7 @@ pub const REFRESH: &str = "cargo run -p bookgen -- diffs";
 /// One stage crate of the workbook.
 #[derive(Debug, Clone, Copy)]
 pub struct Stage {
-    /// 1..=6: the chapter is `book/src/stage<number>.md`.
+    /// 1..=7: the chapter is `book/src/stage<number>.md`.
     pub number: u32,
     /// The crate's folder at the top of the workspace.
     pub dir: &'static str,
@@ -48,13 +49,14 @@ pub struct Stage {
 pub struct DiffSpec {
     /// The stage it is compared with.
     pub base: u32,
-    /// `(path in the base, path in this stage)`: files that moved.
+    /// `(path in the base, path in this stage)`: files that moved; an empty
+    /// path in this stage leaves the base's file out of the diff.
     pub renames: &'static [(&'static str, &'static str)],
 }
 
 /// Every stage, in order. A new stage folder must be added here (a test
 /// fails until it is).
-pub const STAGES: [Stage; 6] = [
+pub const STAGES: [Stage; 7] = [
     Stage {
         number: 1,
         dir: "stage1-tcp-server",
@@ -96,6 +98,17 @@ pub const STAGES: [Stage; 6] = [
         number: 6,
         dir: "stage6-tester",
         diff: None,
+    },
+    Stage {
+        number: 7,
+        dir: "stage7-cluster",
+        diff: Some(DiffSpec {
+            base: 5,
+            renames: &[
+                ("src/bin/server.rs", "src/main.rs"),
+                ("src/bin/client.rs", ""),
+            ],
+        }),
     },
 ];
 
@@ -189,7 +202,8 @@ pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
         pairs.push((old.map(String::as_str), Some(new)));
     }
     for old in &old_files {
-        if !pairs.iter().any(|(o, _)| *o == Some(old.as_str())) {
+        let left_out = spec.renames.contains(&(old.as_str(), ""));
+        if !left_out && !pairs.iter().any(|(o, _)| *o == Some(old.as_str())) {
             pairs.push((Some(old), None));
         }
     }

@@ -1,0 +1,202 @@
+//! Exercise checks for the cluster: several nodes and a real Redis, started
+//! by each test on free loopback ports and killed when it ends. Without
+//! `redis-server` on the machine they are skipped (`REQUIRE_REDIS=1` makes
+//! that a failure). Without `--redis` the server is stage 5's, and stage
+//! 5's checks run against it unchanged:
+//! `STAGE5_SERVER_BIN=target/debug/stage7-cluster cargo test -p stage5-chat --test server`.
+
+use std::time::{Duration, Instant};
+
+use testkit::redis::Redis;
+use testkit::{Client, Server};
+
+/// A node of the cluster on a free port, logging (the default mode).
+fn node(redis: &Redis, flags: &[&str]) -> Server {
+    let mut args = vec!["--redis".to_string(), redis.arg()];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    if !flags.iter().any(|f| f.contains(':')) {
+        args.push("127.0.0.1:0".to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(env!("CARGO_BIN_EXE_stage7-cluster"), &args)
+}
+
+/// Connect to `server` and read the welcome; returns the client and its
+/// name.
+fn join(server: &Server) -> (Client, String) {
+    let mut client = server.connect();
+    let welcome = client.recv_line();
+    let name = welcome
+        .strip_prefix("* welcome ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("expected a welcome, got {welcome:?}"))
+        .to_string();
+    (client, name)
+}
+
+/// Two nodes and a client on each, each having seen the other join.
+fn two_nodes(redis: &Redis) -> (Server, Server, Client, Client) {
+    let (a, b) = (node(redis, &[]), node(redis, &[]));
+    let (mut on_a, first) = join(&a);
+    let (on_b, second) = join(&b);
+    assert_eq!(on_a.recv_line(), format!("* {second} joined"));
+    assert_ne!(first, second);
+    (a, b, on_a, on_b)
+}
+
+#[test]
+fn a_line_crosses_nodes_in_order_both_ways() {
+    let Some(redis) = Redis::start() else { return };
+    let (_a, _b, mut on_a, mut on_b) = two_nodes(&redis);
+    let batch: String = (0..300).map(|n| format!("line {n}\n")).collect();
+    on_a.send(batch.as_bytes());
+    on_b.send(b"from b\n");
+    for n in 0..300 {
+        assert_eq!(on_b.recv_line(), format!("client1: line {n}"));
+    }
+    assert_eq!(on_a.recv_line(), "client2: from b");
+}
+
+#[test]
+fn names_and_counts_are_cluster_wide() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let (mut on_a, _) = join(&a);
+    let mut on_b = b.connect();
+    assert!(
+        on_b.recv_line().starts_with("* welcome client2 (2 online)"),
+        "numbers and the count come from the cluster"
+    );
+    assert_eq!(on_a.recv_line(), "* client2 joined");
+    on_a.send(b"/nick alice\n");
+    assert_eq!(on_a.recv_line(), "* client1 is now alice");
+    assert_eq!(on_b.recv_line(), "* client1 is now alice");
+    on_b.send(b"/nick alice\n");
+    assert_eq!(on_b.recv_line(), "* error: the name alice is taken");
+    // A name taken on the other node a moment ago, before this node has
+    // read about it, is refused by Redis itself.
+    on_a.send(b"/nick bob\n");
+    on_b.send(b"/nick bob\n");
+    let (mut won, mut lost) = (0, 0);
+    for (client, old) in [(&mut on_a, "alice"), (&mut on_b, "client2")] {
+        // Its own answer; the winner's rename may reach the loser first.
+        let mine = format!("* {old} is now bob");
+        let refused = "* error: the name bob is taken";
+        let line = client.recv_line_until(|l| l == mine || l == refused);
+        if line == mine { won += 1 } else { lost += 1 }
+    }
+    assert_eq!((won, lost), (1, 1), "one claim wins");
+}
+
+#[test]
+fn who_lists_every_node_in_the_order_names_were_given() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let (mut first, _) = join(&a);
+    let (mut second, _) = join(&b);
+    assert_eq!(first.recv_line(), "* client2 joined");
+    let (_third, _) = join(&a);
+    assert_eq!(second.recv_line(), "* client3 joined");
+    second.send(b"/who\n");
+    assert_eq!(second.recv_line(), "* online: client1, client2, client3");
+    drop(first);
+    assert_eq!(second.recv_line(), "* client1 left");
+    second.send(b"/who\n");
+    assert_eq!(second.recv_line(), "* online: client2, client3");
+}
+
+#[test]
+fn several_nodes_share_one_port() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &["--reuseport"]);
+    let port = a.addr.to_string();
+    let b = node(&redis, &["--reuseport", &port]);
+    assert_eq!(a.addr, b.addr);
+    let mut clients: Vec<Client> = (0..12).map(|_| join(&a).0).collect();
+    clients[0].send(b"/who\n");
+    let who = clients[0].recv_line_until(|l| l.starts_with("* online: "));
+    assert_eq!(who.split(", ").count(), 12, "{who}");
+}
+
+#[test]
+fn a_node_killed_is_announced_as_left_within_ten_seconds() {
+    let Some(redis) = Redis::start() else { return };
+    let (_a, b, mut on_a, _on_b) = two_nodes(&redis);
+    b.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    assert_eq!(on_a.recv_line(), "* client2 left (server lost)");
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "announced after {took:?}");
+    // Its name is free again.
+    on_a.send(b"/nick client2\n");
+    assert_eq!(on_a.recv_line(), "* client1 is now client2");
+}
+
+/// `client1` on node A sends lines, Redis goes away (`stop`), it sends
+/// more while the nodes know Redis is away, and Redis comes back
+/// (`resume`). `client2` on node B must get every line, once, in order,
+/// and be told once that contact was lost and once that it is back.
+fn nothing_lost_while(mut redis: Redis, stop: fn(&mut Redis), resume: fn(&mut Redis)) -> Server {
+    const LINES: usize = 1000;
+    let (a, b, mut on_a, mut on_b) = two_nodes(&redis);
+    let lines = |range: std::ops::Range<usize>| -> String {
+        range.map(|n| format!("line {n}\n")).collect()
+    };
+    let mut notices = Vec::new();
+    let mut expect = |on_b: &mut Client, range: std::ops::Range<usize>| {
+        for n in range {
+            let mut line = on_b.recv_line();
+            while line.starts_with("* ") {
+                notices.push(line);
+                line = on_b.recv_line();
+            }
+            assert_eq!(line, format!("client1: line {n}"));
+        }
+    };
+    // Redis goes away with appended lines that B may not have read yet.
+    on_a.send(lines(0..LINES / 2).as_bytes());
+    expect(&mut on_b, 0..LINES / 10);
+    stop(&mut redis);
+    assert_eq!(on_a.recv_line(), "* lost contact with the other servers");
+    // Sent while the node knows Redis is away: they wait in its backlog.
+    on_a.send(lines(LINES / 2..LINES).as_bytes());
+    resume(&mut redis);
+    expect(&mut on_b, LINES / 10..LINES);
+    drop(on_a);
+    loop {
+        let line = on_b.recv_line();
+        assert!(
+            line.starts_with("* "),
+            "a line after the last one: {line:?}"
+        );
+        if line == "* client1 left" {
+            break;
+        }
+        notices.push(line);
+    }
+    assert_eq!(
+        notices,
+        ["* lost contact with the other servers", "* back in contact"],
+        "told once each"
+    );
+    drop(b);
+    a
+}
+
+#[test]
+fn a_killed_redis_connection_loses_nothing() {
+    let Some(redis) = Redis::start() else { return };
+    let kill = |redis: &mut Redis| {
+        let killed = redis.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+        assert!(killed.starts_with(':'), "CLIENT KILL: {killed}");
+    };
+    let a = nothing_lost_while(redis, kill, |_| {});
+    a.wait_stderr("redis: connection lost");
+}
+
+#[test]
+fn a_redis_restart_loses_nothing() {
+    let Some(redis) = Redis::start() else { return };
+    let a = nothing_lost_while(redis, Redis::stop, Redis::start_again);
+    a.wait_stderr("it forgot this node; putting it back");
+}
