@@ -208,6 +208,7 @@ pub struct Cluster {
     next_ticket: u64,
     announce_limit: usize,
     quiet: bool,
+    said_unreachable: bool,
 }
 
 impl fmt::Debug for Cluster {
@@ -264,6 +265,7 @@ impl Cluster {
             next_ticket: 0,
             announce_limit,
             quiet,
+            said_unreachable: false,
         };
         cluster.reconnect(epoll);
         Ok(cluster)
@@ -272,6 +274,15 @@ impl Cluster {
     fn log(&self, line: fmt::Arguments<'_>) {
         if !self.quiet {
             eprintln!("{line}");
+        }
+    }
+
+    /// A connect failed: logged once until a connect succeeds, as it is
+    /// tried again every half second while Redis is away.
+    fn unreachable(&mut self, why: &str) {
+        if !self.said_unreachable {
+            self.said_unreachable = true;
+            self.log(format_args!("redis: cannot connect ({why}); retrying"));
         }
     }
 
@@ -307,6 +318,7 @@ impl Cluster {
         };
         let progress = link.ready(events, scratch);
         if progress.connected {
+            self.said_unreachable = false;
             self.log(format_args!(
                 "redis: connected ({})",
                 if token == COMMANDS {
@@ -360,7 +372,7 @@ impl Cluster {
             if matches!(link.state(), State::Down { .. })
                 && let Err(err) = link.connect(epoll)
             {
-                self.log(format_args!("redis: cannot connect: {err}"));
+                self.unreachable(&err.to_string());
             }
         }
     }
@@ -402,6 +414,8 @@ impl Cluster {
         let unanswered = link.drop_connection(epoll);
         if was_up {
             self.log(format_args!("redis: connection lost ({why})"));
+        } else {
+            self.unreachable(why);
         }
         if token == COMMANDS {
             self.sent = 0; // appended again, in order, once back

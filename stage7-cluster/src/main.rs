@@ -882,6 +882,11 @@ impl Server {
                 }
             }
         }
+        // The joins to Redis now, before the welcomes go out at the end of
+        // the round: a client that knows it is in is in the stream too.
+        if let Some(cluster) = &mut self.cluster {
+            cluster.flush(&self.epoll, &mut self.clients);
+        }
     }
 
     /// `/nick` in a cluster: checked here, then claimed in Redis while the

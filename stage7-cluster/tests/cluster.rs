@@ -113,6 +113,10 @@ fn several_nodes_share_one_port() {
     let b = node(&redis, &["--reuseport", &port]);
     assert_eq!(a.addr, b.addr);
     let mut clients: Vec<Client> = (0..12).map(|_| join(&a).0).collect();
+    // Once the last one's line has reached the first, its join has too
+    // (whichever node each is on): one node's entries keep their order.
+    clients[11].send(b"hello\n");
+    clients[0].recv_line_until(|l| l == "client12: hello");
     clients[0].send(b"/who\n");
     let who = clients[0].recv_line_until(|l| l.starts_with("* online: "));
     assert_eq!(who.split(", ").count(), 12, "{who}");
@@ -130,6 +134,18 @@ fn a_node_killed_is_announced_as_left_within_ten_seconds() {
     // Its name is free again.
     on_a.send(b"/nick client2\n");
     assert_eq!(on_a.recv_line(), "* client1 is now client2");
+}
+
+#[test]
+fn a_node_shutting_down_tells_the_others_its_clients_left() {
+    let Some(redis) = Redis::start() else { return };
+    let (_a, mut b, mut on_a, mut on_b) = two_nodes(&redis);
+    b.signal(libc::SIGTERM);
+    assert_eq!(on_b.recv_line(), "* server shutting down");
+    assert_eq!(on_a.recv_line(), "* client2 left");
+    assert_eq!(b.wait_exit().code(), Some(0));
+    on_a.send(b"/who\n");
+    assert_eq!(on_a.recv_line(), "* online: client1");
 }
 
 /// `client1` on node A sends lines, Redis goes away (`stop`), it sends
