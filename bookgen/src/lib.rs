@@ -3,7 +3,7 @@
 //!
 //! Every stage chapter shows what changed since the stage it grew from, as a
 //! unified diff of the two crates' `src/` folders. The diffs are written to
-//! `book/src/diffs/stageN.diff` by `cargo run -p bookgen` and included in the
+//! `book/src/diffs/stageN.diff` by `cargo run -p bookgen -- diffs` and included in the
 //! chapter; the tests in this crate fail when a committed diff no longer
 //! matches the crates, or when a stage has no chapter.
 //!
@@ -14,9 +14,11 @@
 //! | 2 | stage 1 | `src/main.rs` → `src/main.rs` (the client grows from the server) |
 //! | 3 | stage 1 | `src/main.rs` → `src/main.rs` (stage 2 is a client; stage 3 grows from the last server) |
 //! | 4 | stage 3 | `src/main.rs` → `src/main.rs` |
-//! | 5 | stage 4 | `src/main.rs` → `src/bin/server.rs`; every other file under `src/` shown as added |
+//! | 5a | stage 4 | `src/main.rs` → `src/bin/server.rs`; every other file under `src/` shown as added, but the client (`src/bin/client.rs`), a new program shown in its own section |
+//! | 5b | stage 5a | same paths |
+//! | 5 (5c) | stage 5b | same paths |
 //! | 6 | none | the tester is a new program, so its chapter shows its code, not a diff |
-//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client is left out (it is used unchanged) |
+//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client left out (stage 7 uses it unchanged) |
 //!
 //! Within a pair of stages, a file is compared with the file of the same path
 //! unless the table renames it; a file with no counterpart is shown as added
@@ -33,12 +35,13 @@ use similar::{Algorithm, TextDiff};
 /// The command that rewrites the diffs; every failure message names it.
 pub const REFRESH: &str = "cargo run -p bookgen -- diffs";
 
-/// One stage crate of the workbook.
+/// One stage crate of the workbook, or one step of stage 5.
 #[derive(Debug, Clone, Copy)]
 pub struct Stage {
-    /// 1..=7: the chapter is `book/src/stage<number>.md`.
-    pub number: u32,
-    /// The crate's folder at the top of the workspace.
+    /// `1`..`7`, or a step of stage 5 (`5a`, `5b`; `5` is its last step):
+    /// the chapter is `book/src/stage<name>.md`.
+    pub name: &'static str,
+    /// The crate's folder, from the top of the workspace.
     pub dir: &'static str,
     /// What its chapter's diff compares, or `None` for a stage without one.
     pub diff: Option<DiffSpec>,
@@ -48,73 +51,95 @@ pub struct Stage {
 #[derive(Debug, Clone, Copy)]
 pub struct DiffSpec {
     /// The stage it is compared with.
-    pub base: u32,
-    /// `(path in the base, path in this stage)`: files that moved; an empty
-    /// path in this stage leaves the base's file out of the diff.
+    pub base: &'static str,
+    /// `(path in the base, path in this stage)`: files that moved.
     pub renames: &'static [(&'static str, &'static str)],
+    /// Files left out of the diff, in both stages (a new program that the
+    /// chapter shows in its own section).
+    pub omit: &'static [&'static str],
 }
 
 /// Every stage, in order. A new stage folder must be added here (a test
 /// fails until it is).
-pub const STAGES: [Stage; 7] = [
+pub const STAGES: [Stage; 9] = [
     Stage {
-        number: 1,
+        name: "1",
         dir: "stage1-tcp-server",
         diff: None,
     },
     Stage {
-        number: 2,
+        name: "2",
         dir: "stage2-tcp-client",
         diff: Some(DiffSpec {
-            base: 1,
+            base: "1",
             renames: &[],
+            omit: &[],
         }),
     },
     Stage {
-        number: 3,
+        name: "3",
         dir: "stage3-epoll",
         diff: Some(DiffSpec {
-            base: 1,
+            base: "1",
             renames: &[],
+            omit: &[],
         }),
     },
     Stage {
-        number: 4,
+        name: "4",
         dir: "stage4-edge-triggered",
         diff: Some(DiffSpec {
-            base: 3,
+            base: "3",
             renames: &[],
+            omit: &[],
         }),
     },
     Stage {
-        number: 5,
+        name: "5a",
+        dir: "stage5-chat/steps/chat",
+        diff: Some(DiffSpec {
+            base: "4",
+            renames: &[("src/main.rs", "src/bin/server.rs")],
+            omit: &["src/bin/client.rs"],
+        }),
+    },
+    Stage {
+        name: "5b",
+        dir: "stage5-chat/steps/running",
+        diff: Some(DiffSpec {
+            base: "5a",
+            renames: &[],
+            omit: &["src/bin/client.rs"],
+        }),
+    },
+    Stage {
+        name: "5",
         dir: "stage5-chat",
         diff: Some(DiffSpec {
-            base: 4,
-            renames: &[("src/main.rs", "src/bin/server.rs")],
+            base: "5b",
+            renames: &[],
+            omit: &["src/bin/client.rs"],
         }),
     },
     Stage {
-        number: 6,
+        name: "6",
         dir: "stage6-tester",
         diff: None,
     },
     Stage {
-        number: 7,
+        name: "7",
         dir: "stage7-cluster",
         diff: Some(DiffSpec {
-            base: 5,
-            renames: &[
-                ("src/bin/server.rs", "src/main.rs"),
-                ("src/bin/client.rs", ""),
-            ],
+            base: "5",
+            renames: &[("src/bin/server.rs", "src/main.rs")],
+            omit: &["src/bin/client.rs"],
         }),
     },
 ];
 
-/// The stage with this number.
-pub fn stage(number: u32) -> Option<&'static Stage> {
-    STAGES.iter().find(|s| s.number == number)
+/// The stage with this name (`"4"`, `"5a"`).
+pub fn stage(name: &str) -> Option<&'static Stage> {
+    STAGES.iter().find(|s| s.name == name)
 }
 
 /// The workspace root (the folder above this crate).
@@ -131,18 +156,18 @@ pub fn book_root(root: &Path) -> PathBuf {
 }
 
 /// Where a stage's chapter lives.
-pub fn chapter_path(root: &Path, number: u32) -> PathBuf {
-    root.join(format!("book/src/stage{number}.md"))
+pub fn chapter_path(root: &Path, name: &str) -> PathBuf {
+    root.join(format!("book/src/stage{name}.md"))
 }
 
 /// Where a stage's generated diff lives.
-pub fn diff_path(root: &Path, number: u32) -> PathBuf {
-    root.join(format!("book/src/diffs/stage{number}.diff"))
+pub fn diff_path(root: &Path, name: &str) -> PathBuf {
+    root.join(format!("book/src/diffs/stage{name}.diff"))
 }
 
 /// The text a chapter must contain to show its stage's diff.
-pub fn diff_include(number: u32) -> String {
-    format!("```diff\n{{{{#include diffs/stage{number}.diff}}}}\n```")
+pub fn diff_include(name: &str) -> String {
+    format!("```diff\n{{{{#include diffs/stage{name}.diff}}}}\n```")
 }
 
 /// Whether a stage's crate exists yet (stages land one at a time).
@@ -150,8 +175,9 @@ pub fn is_present(root: &Path, stage: &Stage) -> bool {
     root.join(stage.dir).join("Cargo.toml").is_file()
 }
 
-/// Every `stage*` folder in the workspace with the number after `stage`.
-pub fn stage_dirs(root: &Path) -> Result<Vec<(Option<u32>, String)>> {
+/// Every `stage*` folder in the workspace, and every step folder of a
+/// stage (`stage*/steps/*`), as paths from the top.
+pub fn stage_dirs(root: &Path) -> Result<Vec<String>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))? {
         let entry = entry?;
@@ -159,11 +185,18 @@ pub fn stage_dirs(root: &Path) -> Result<Vec<(Option<u32>, String)>> {
         if !entry.file_type()?.is_dir() || !name.starts_with("stage") {
             continue;
         }
-        let digits: String = name["stage".len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        found.push((digits.parse().ok(), name));
+        if let Ok(steps) = fs::read_dir(entry.path().join("steps")) {
+            for step in steps {
+                let step = step?;
+                if step.file_type()?.is_dir() {
+                    found.push(format!(
+                        "{name}/steps/{}",
+                        step.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        found.push(name);
     }
     found.sort();
     Ok(found)
@@ -182,13 +215,15 @@ pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
     if !is_present(root, base) {
         bail!(
             "stage {} is compared with stage {}, but {} does not exist",
-            stage.number,
-            base.number,
+            stage.name,
+            base.name,
             base.dir
         );
     }
-    let old_files = source_files(&root.join(base.dir))?;
-    let new_files = source_files(&root.join(stage.dir))?;
+    let mut old_files = source_files(&root.join(base.dir))?;
+    let mut new_files = source_files(&root.join(stage.dir))?;
+    old_files.retain(|f| !spec.omit.contains(&f.as_str()));
+    new_files.retain(|f| !spec.omit.contains(&f.as_str()));
 
     // Pair each new file with its old counterpart: renamed, same path, or none.
     let mut pairs: Vec<(Option<&str>, Option<&str>)> = Vec::new();
@@ -202,8 +237,7 @@ pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
         pairs.push((old.map(String::as_str), Some(new)));
     }
     for old in &old_files {
-        let left_out = spec.renames.contains(&(old.as_str(), ""));
-        if !left_out && !pairs.iter().any(|(o, _)| *o == Some(old.as_str())) {
+        if !pairs.iter().any(|(o, _)| *o == Some(old.as_str())) {
             pairs.push((Some(old), None));
         }
     }
@@ -280,7 +314,7 @@ pub fn expected_diffs(root: &Path) -> Result<Vec<(PathBuf, String)>> {
     let mut diffs = Vec::new();
     for stage in &STAGES {
         if let Some(text) = generate(root, stage)? {
-            diffs.push((diff_path(root, stage.number), text));
+            diffs.push((diff_path(root, stage.name), text));
         }
     }
     Ok(diffs)
@@ -337,27 +371,29 @@ pub fn check_chapters(root: &Path) -> Result<Vec<String>> {
     let summary_path = root.join("book/src/SUMMARY.md");
     let summary = fs::read_to_string(&summary_path)
         .with_context(|| format!("cannot read {}", summary_path.display()))?;
-    for (number, dir) in stage_dirs(root)? {
-        let Some(stage) = number.and_then(stage).filter(|s| s.dir == dir) else {
+    for dir in stage_dirs(root)? {
+        if !STAGES.iter().any(|s| s.dir == dir) {
             problems.push(format!(
                 "{dir} is not a stage bookgen knows: add it to STAGES in bookgen/src/lib.rs"
             ));
-            continue;
-        };
-        let chapter = chapter_path(root, stage.number);
+        }
+    }
+    for stage in STAGES.iter().filter(|s| is_present(root, s)) {
+        let dir = stage.dir;
+        let chapter = chapter_path(root, stage.name);
         let Ok(text) = fs::read_to_string(&chapter) else {
             problems.push(format!("{dir} has no chapter: write {}", chapter.display()));
             continue;
         };
-        let file = format!("stage{}.md", stage.number);
+        let file = format!("stage{}.md", stage.name);
         if !summary.contains(&format!("({file})")) {
             problems.push(format!("{file} is not listed in book/src/SUMMARY.md"));
         }
-        if stage.diff.is_some() && !text.contains(&diff_include(stage.number)) {
+        if stage.diff.is_some() && !text.contains(&diff_include(stage.name)) {
             problems.push(format!(
                 "{} does not show its diff: add\n{}\nthen run `{REFRESH}`",
                 chapter.display(),
-                diff_include(stage.number)
+                diff_include(stage.name)
             ));
         }
     }

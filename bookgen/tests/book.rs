@@ -96,9 +96,10 @@ fn build_and_check(book_root: &Path) -> Vec<String> {
             }
         }
     }
-    for stage in 1..=6 {
-        if !out.path().join(format!("stage{stage}.html")).is_file() {
-            problems.push(format!("stage{stage}.html was not built"));
+    for stage in &bookgen::STAGES {
+        let page = format!("stage{}.html", stage.name);
+        if !out.path().join(&page).is_file() {
+            problems.push(format!("{page} was not built"));
         }
     }
     problems

@@ -39,27 +39,33 @@ fn anchors_are_left_out_and_renamed_files_are_compared() {
         "stage4-edge-triggered/src/main.rs",
         "fn main() {\n    // ANCHOR: run\n    serve();\n    // ANCHOR_END: run\n}\n",
     );
-    write(root, "stage5-chat/Cargo.toml", "");
+    let step = "stage5-chat/steps/chat";
+    write(root, &format!("{step}/Cargo.toml"), "");
     write(
         root,
-        "stage5-chat/src/bin/server.rs",
+        &format!("{step}/src/bin/server.rs"),
         "fn main() {\n    // ANCHOR: run\n    chat();\n    // ANCHOR_END: run\n}\n",
     );
-    write(root, "stage5-chat/src/bin/client.rs", "fn main() {}\n");
+    write(root, &format!("{step}/src/lib.rs"), "pub mod clients;\n");
+    write(root, &format!("{step}/src/bin/client.rs"), "fn main() {}\n");
 
-    let diff = generate(root, stage(5).unwrap()).unwrap().unwrap();
+    let diff = generate(root, stage("5a").unwrap()).unwrap().unwrap();
     assert!(!diff.contains("ANCHOR"), "{diff}");
     assert!(
-        diff.contains("--- stage4-edge-triggered/src/main.rs\n+++ stage5-chat/src/bin/server.rs\n"),
+        diff.contains(
+            "--- stage4-edge-triggered/src/main.rs\n+++ stage5-chat/steps/chat/src/bin/server.rs\n"
+        ),
         "{diff}"
     );
     assert!(diff.contains("-    serve();\n+    chat();\n"), "{diff}");
     assert!(
-        diff.contains("--- /dev/null\n+++ stage5-chat/src/bin/client.rs\n"),
+        diff.contains("--- /dev/null\n+++ stage5-chat/steps/chat/src/lib.rs\n"),
         "{diff}"
     );
+    // The client is a new program, shown in its own section, not diffed.
+    assert!(!diff.contains("client.rs"), "{diff}");
     // Stage 6 has not landed in this workspace: nothing to generate.
-    assert!(generate(root, stage(6).unwrap()).unwrap().is_none());
+    assert!(generate(root, stage("6").unwrap()).unwrap().is_none());
 }
 
 #[test]
@@ -71,6 +77,7 @@ fn a_stale_diff_and_a_missing_chapter_are_reported() {
     write(root, "stage3-epoll/Cargo.toml", "");
     write(root, "stage3-epoll/src/main.rs", "fn main() { epoll(); }\n");
     write(root, "stage9-extra/Cargo.toml", "");
+    write(root, "stage9-extra/steps/more/Cargo.toml", "");
     write(root, "book/src/SUMMARY.md", "- [Stage 1](stage1.md)\n");
     write(root, "book/src/stage1.md", "# Stage 1\n");
     write(root, "book/src/diffs/stage3.diff", "--- an old diff\n");
@@ -87,6 +94,10 @@ fn a_stale_diff_and_a_missing_chapter_are_reported() {
     );
     assert!(
         chapters.contains("stage9-extra is not a stage bookgen knows"),
+        "{chapters}"
+    );
+    assert!(
+        chapters.contains("stage9-extra/steps/more is not a stage bookgen knows"),
         "{chapters}"
     );
 
@@ -110,8 +121,8 @@ fn a_stale_diff_and_a_missing_chapter_are_reported() {
     write(
         root,
         "book/src/stage3.md",
-        &format!("# Stage 3\n\n{}\n", diff_include(3)),
+        &format!("# Stage 3\n\n{}\n", diff_include("3")),
     );
     let chapters = check_chapters(root).unwrap();
-    assert_eq!(chapters.len(), 1, "{chapters:?}"); // only stage9-extra
+    assert_eq!(chapters.len(), 2, "{chapters:?}"); // only stage9-extra and its step
 }

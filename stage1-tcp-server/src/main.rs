@@ -4,9 +4,10 @@
 //! until it hangs up. While that client stays connected, the next one waits
 //! in the kernel's accept queue: the limitation the later stages remove.
 
+use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -22,7 +23,7 @@ usage: stage1-tcp-server [-q] [ADDR]
 
 A blocking TCP echo server that serves one client at a time.
 
-  ADDR        IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR        HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   -q          do not log connections to stderr
   -h, --help  print this help";
 
@@ -30,6 +31,26 @@ struct Args {
     addr: SocketAddr,
     quiet: bool,
 }
+
+// ANCHOR: closed
+/// Why a connection ended: what its `closed fd N (...)` line says.
+enum Closed {
+    /// `read(2)` returned 0: the client closed its sending side.
+    EndOfFile,
+    /// A call on the socket failed (`ECONNRESET`, `EPIPE`, ...).
+    Failed(Errno),
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Closed::EndOfFile => f.write_str("end of file"),
+            // Debug prints the errno's name, as the man pages spell it.
+            Closed::Failed(errno) => write!(f, "{errno:?}"),
+        }
+    }
+}
+// ANCHOR_END: closed
 
 fn main() -> ExitCode {
     let args = parse_args();
@@ -56,9 +77,13 @@ fn parse_args() -> Args {
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -113,26 +138,38 @@ fn run(args: &Args) -> Result<()> {
             Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
             // The client gave up before we got to it: wait for the next one.
             Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
-            Err(err) => return Err(io::Error::from(err)).context("accept failed"),
+            // One connection's failure (EPROTO, ENETDOWN, ...) or a shortage
+            // (EMFILE, ENOBUFS): that client is lost, the others are not.
+            Err(err) => {
+                eprintln!("cannot accept: {err:?}");
+                continue;
+            }
         };
-        let fd = client_fd.as_raw_fd();
         if !args.quiet {
-            let peer: SockaddrStorage = getpeername(fd)?;
-            eprintln!("accepted fd {fd} from {peer}");
+            log_accepted(client_fd.as_raw_fd());
         }
         // Every other client waits here until this one hangs up. A client
         // that resets the connection ends only its own session.
-        let result = echo(&client_fd);
-        drop(client_fd); // close(2)
-        if !args.quiet {
-            if let Err(err) = result {
-                eprintln!("fd {fd}: {}", io::Error::from(err));
-            }
-            eprintln!("closed fd {fd}");
-        }
+        let why = match echo(&client_fd) {
+            Ok(()) => Closed::EndOfFile,
+            Err(err) => Closed::Failed(err),
+        };
+        close_client(client_fd, why, args.quiet);
     }
 }
 // ANCHOR_END: run
+
+// ANCHOR: log_accepted
+/// The `accepted` line names the peer when it can: a client that reset
+/// while it waited in the accept queue has none (`getpeername` fails with
+/// `ENOTCONN`), and the first read on its socket reports the reset.
+fn log_accepted(fd: RawFd) {
+    match getpeername::<SockaddrStorage>(fd) {
+        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
+        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+    }
+}
+// ANCHOR_END: log_accepted
 
 // ANCHOR: echo
 /// Send back every byte the client sends, until it closes its side.
@@ -146,11 +183,23 @@ fn echo(client_fd: &OwnedFd) -> nix::Result<()> {
         }
         let mut rest = &buf[..n];
         while !rest.is_empty() {
-            // send(2) may take only part of the bytes; MSG_NOSIGNAL turns a
-            // write to a reset peer into EPIPE instead of a fatal SIGPIPE.
+            // send(2) may take only part of the bytes; MSG_NOSIGNAL makes a
+            // write to a reset peer fail (ECONNRESET, then EPIPE) instead of
+            // raising SIGPIPE, which would kill the server.
             let sent = send(client_fd.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL)?;
             rest = &rest[sent..];
         }
     }
 }
 // ANCHOR_END: echo
+
+// ANCHOR: close
+/// The one way a connection ends: `close(2)`, and a line that says why.
+fn close_client(client_fd: OwnedFd, why: Closed, quiet: bool) {
+    let fd = client_fd.as_raw_fd();
+    drop(client_fd); // close(2)
+    if !quiet {
+        eprintln!("closed fd {fd} ({why})");
+    }
+}
+// ANCHOR_END: close

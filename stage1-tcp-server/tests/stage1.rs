@@ -12,6 +12,7 @@ fn bin() -> PathBuf {
 }
 
 testkit::server_conventions!(bin(), echo_probe);
+testkit::fault_checks!(bin(), echo_probe);
 
 #[test]
 fn echoes_exactly_the_bytes_it_receives() {

@@ -4,7 +4,7 @@
 //! the reply line, print it. At the end of stdin it exits.
 
 use std::io::{self, BufRead, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitCode;
 
@@ -20,7 +20,7 @@ usage: stage2-tcp-client [ADDR]
 
 Sends each line of stdin to an echo server and prints each reply.
 
-  ADDR        IP:PORT of the server (default 127.0.0.1:8080)
+  ADDR        HOST:PORT of the server (default 127.0.0.1:8080)
   -h, --help  print this help";
 
 struct Args {
@@ -50,9 +50,13 @@ fn parse_args() -> Args {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -104,8 +108,10 @@ fn run(args: &Args) -> Result<()> {
         }
         send_all(&socket_fd, &line).context("cannot send to the server")?;
         let reply = read_line(&socket_fd, &mut received)?;
-        stdout.write_all(&reply)?;
-        stdout.flush()?;
+        stdout
+            .write_all(&reply)
+            .and_then(|()| stdout.flush())
+            .context("cannot write to stdout")?;
     }
 }
 // ANCHOR_END: run

@@ -5,8 +5,9 @@
 //! some socket is ready, so an idle client no longer blocks the others.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
@@ -24,7 +25,7 @@ usage: stage3-epoll [-q] [ADDR]
 
 A level-triggered epoll echo server that serves many clients at once.
 
-  ADDR        IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR        HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   -q          do not log connections to stderr
   -h, --help  print this help";
 
@@ -32,6 +33,26 @@ struct Args {
     addr: SocketAddr,
     quiet: bool,
 }
+
+// ANCHOR: closed
+/// Why a connection ended: what its `closed fd N (...)` line says.
+enum Closed {
+    /// `read(2)` returned 0: the client closed its sending side.
+    EndOfFile,
+    /// A call on the socket failed (`ECONNRESET`, `EPIPE`, ...).
+    Failed(Errno),
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Closed::EndOfFile => f.write_str("end of file"),
+            // Debug prints the errno's name, as the man pages spell it.
+            Closed::Failed(errno) => write!(f, "{errno:?}"),
+        }
+    }
+}
+// ANCHOR_END: closed
 
 fn main() -> ExitCode {
     let args = parse_args();
@@ -58,9 +79,13 @@ fn parse_args() -> Args {
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -109,14 +134,14 @@ fn run(args: &Args) -> Result<()> {
     io::stdout().flush()?;
 
     // epoll_create1(2): the kernel object that watches every socket for us.
-    let epoll_fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
         .map_err(io::Error::from)
         .context("epoll_create1 failed")?;
     // epoll_ctl(EPOLL_CTL_ADD): the event's data is the fd, so a ready event
     // names the socket it is about.
     let listener = listen_fd.as_raw_fd();
     let interest = EpollEvent::new(EpollFlags::EPOLLIN, listener as u64);
-    epoll_fd
+    epoll
         .add(&listen_fd, interest)
         .map_err(io::Error::from)
         .context("epoll_ctl ADD listener failed")?;
@@ -125,7 +150,7 @@ fn run(args: &Args) -> Result<()> {
     let mut ready = [EpollEvent::empty(); 64];
     loop {
         // epoll_wait(2) sleeps until at least one watched socket is ready.
-        let n = match epoll_fd.wait(&mut ready, EpollTimeout::NONE) {
+        let n = match epoll.wait(&mut ready, EpollTimeout::NONE) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
@@ -133,12 +158,16 @@ fn run(args: &Args) -> Result<()> {
         for event in &ready[..n] {
             let fd = event.data() as RawFd;
             if fd == listener {
-                accept_client(&listen_fd, &epoll_fd, &mut clients, args.quiet)?;
+                accept_client(&listen_fd, &epoll, &mut clients, args.quiet);
             } else if let Some(client_fd) = clients.get(&fd) {
-                // 0 bytes is end-of-file; an error (such as a reset) also ends the client.
-                if matches!(echo_once(client_fd), Ok(0) | Err(_)) {
-                    close_client(&epoll_fd, &mut clients, fd, args.quiet);
-                }
+                // 0 bytes is end-of-file; an error (such as a reset) ends
+                // this client only.
+                let why = match echo_once(client_fd) {
+                    Ok(0) => Closed::EndOfFile,
+                    Ok(_) => continue,
+                    Err(err) => Closed::Failed(err),
+                };
+                close_client(&epoll, &mut clients, fd, why, args.quiet);
             }
         }
     }
@@ -150,30 +179,46 @@ fn run(args: &Args) -> Result<()> {
 /// listener again at the next `epoll_wait` if more clients are waiting.
 fn accept_client(
     listen_fd: &OwnedFd,
-    epoll_fd: &Epoll,
+    epoll: &Epoll,
     clients: &mut HashMap<RawFd, OwnedFd>,
     quiet: bool,
-) -> Result<()> {
+) {
     let fd = match accept(listen_fd.as_raw_fd()) {
         Ok(fd) => fd,
         // The client gave up before we got to it.
-        Err(Errno::ECONNABORTED | Errno::EINTR) => return Ok(()),
-        Err(err) => return Err(io::Error::from(err)).context("accept failed"),
+        Err(Errno::ECONNABORTED | Errno::EINTR) => return,
+        // One connection's failure (EPROTO, ENETDOWN, ...) or a shortage
+        // (EMFILE, ENOBUFS). The listener stays ready, so with no descriptor
+        // to spare this repeats at every epoll_wait: stage 4 fixes the spin.
+        Err(err) => {
+            eprintln!("cannot accept: {err:?}");
+            return;
+        }
     };
     // SAFETY: accept(2) just returned this descriptor; nothing else owns it.
     let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    epoll_fd
-        .add(&client_fd, EpollEvent::new(EpollFlags::EPOLLIN, fd as u64))
-        .map_err(io::Error::from)
-        .context("epoll_ctl ADD client failed")?;
     if !quiet {
-        let peer: SockaddrStorage = getpeername(fd)?;
-        eprintln!("accepted fd {fd} from {peer}");
+        log_accepted(fd);
     }
+    let added = epoll.add(&client_fd, EpollEvent::new(EpollFlags::EPOLLIN, fd as u64));
     clients.insert(fd, client_fd);
-    Ok(())
+    if let Err(err) = added {
+        close_client(epoll, clients, fd, Closed::Failed(err), quiet);
+    }
 }
 // ANCHOR_END: accept
+
+// ANCHOR: log_accepted
+/// The `accepted` line names the peer when it can: a client that reset
+/// while it waited in the accept queue has none (`getpeername` fails with
+/// `ENOTCONN`), and the first read on its socket reports the reset.
+fn log_accepted(fd: RawFd) {
+    match getpeername::<SockaddrStorage>(fd) {
+        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
+        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+    }
+}
+// ANCHOR_END: log_accepted
 
 // ANCHOR: echo
 /// One `read(2)` per readiness event, then send it all back; returns the
@@ -193,14 +238,20 @@ fn echo_once(client_fd: &OwnedFd) -> nix::Result<usize> {
 // ANCHOR_END: echo
 
 // ANCHOR: close
-/// `EPOLL_CTL_DEL` before `close(2)`: the interest list forgets the socket
-/// while its descriptor number is still ours.
-fn close_client(epoll_fd: &Epoll, clients: &mut HashMap<RawFd, OwnedFd>, fd: RawFd, quiet: bool) {
+/// The one way a connection ends. `EPOLL_CTL_DEL` before `close(2)`: the
+/// interest list forgets the socket while its descriptor number is still ours.
+fn close_client(
+    epoll: &Epoll,
+    clients: &mut HashMap<RawFd, OwnedFd>,
+    fd: RawFd,
+    why: Closed,
+    quiet: bool,
+) {
     if let Some(client_fd) = clients.remove(&fd) {
-        let _ = epoll_fd.delete(&client_fd);
+        let _ = epoll.delete(&client_fd);
         drop(client_fd); // close(2)
         if !quiet {
-            eprintln!("closed fd {fd}");
+            eprintln!("closed fd {fd} ({why})");
         }
     }
 }

@@ -11,6 +11,7 @@ fn bin() -> PathBuf {
 }
 
 testkit::server_conventions!(bin(), echo_probe);
+testkit::fault_checks!(bin(), echo_probe);
 
 #[test]
 fn serves_an_idle_client_and_a_busy_one_together() {
@@ -59,7 +60,7 @@ fn a_reset_client_is_removed_and_disturbs_no_one() {
     leaves.send(b"unread echo");
     leaves.reset();
 
-    server.wait_stderr(&format!("closed fd {fd}\n"));
+    server.wait_stderr(&format!("closed fd {fd} (ECONNRESET)\n"));
     assert_eq!(
         server.epoll_interest(),
         interest_before,

@@ -7,8 +7,9 @@
 //! others, and nothing is lost.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
@@ -26,7 +27,7 @@ usage: stage4-edge-triggered [-q] [ADDR]
 
 An edge-triggered, non-blocking epoll echo server.
 
-  ADDR        IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR        HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   -q          do not log connections to stderr
   -h, --help  print this help";
 
@@ -51,6 +52,26 @@ struct Connection {
     want_write: bool,
 }
 // ANCHOR_END: connection
+
+// ANCHOR: closed
+/// Why a connection ended: what its `closed fd N (...)` line says.
+enum Closed {
+    /// The client sent end-of-file and has all its echo.
+    EndOfFile,
+    /// A call on the socket failed (`ECONNRESET`, `EPIPE`, ...).
+    Failed(Errno),
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Closed::EndOfFile => f.write_str("end of file"),
+            // Debug prints the errno's name, as the man pages spell it.
+            Closed::Failed(errno) => write!(f, "{errno:?}"),
+        }
+    }
+}
+// ANCHOR_END: closed
 
 fn main() -> ExitCode {
     let args = parse_args();
@@ -77,9 +98,13 @@ fn parse_args() -> Args {
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -131,14 +156,14 @@ fn run(args: &Args) -> Result<()> {
     io::stdout().flush()?;
 
     // epoll_create1(2): the kernel object that watches every socket for us.
-    let epoll_fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
         .map_err(io::Error::from)
         .context("epoll_create1 failed")?;
     // epoll_ctl(EPOLL_CTL_ADD): the event's data is the fd, so a ready event
     // names the socket it is about.
     let listener = listen_fd.as_raw_fd();
     let interest = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, listener as u64);
-    epoll_fd
+    epoll
         .add(&listen_fd, interest)
         .map_err(io::Error::from)
         .context("epoll_ctl ADD listener failed")?;
@@ -152,7 +177,7 @@ fn run(args: &Args) -> Result<()> {
     let mut backlog_left = false;
     loop {
         // epoll_wait(2) sleeps until at least one watched socket is ready.
-        let n = match epoll_fd.wait(&mut ready, EpollTimeout::NONE) {
+        let n = match epoll.wait(&mut ready, EpollTimeout::NONE) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
@@ -160,22 +185,22 @@ fn run(args: &Args) -> Result<()> {
         for event in &ready[..n] {
             let fd = event.data() as RawFd;
             if fd == listener {
-                backlog_left = !accept_clients(&listen_fd, &epoll_fd, &mut clients, args.quiet)?;
+                backlog_left = !accept_clients(&listen_fd, &epoll, &mut clients, args.quiet);
             } else if let Some(conn) = clients.get_mut(&fd) {
                 // Whatever the event says, try both directions: reading may
                 // have paused for a full buffer that writing just emptied.
-                let done = match serve(conn, &mut scratch) {
-                    Ok(()) => conn.read_closed && conn.pending.is_empty(),
-                    Err(_) => true, // a reset or other error ends only this client
+                let why = match serve(conn, &mut scratch) {
+                    Ok(()) if conn.read_closed && conn.pending.is_empty() => Closed::EndOfFile,
+                    Ok(()) => match update_interest(&epoll, conn) {
+                        Ok(()) => continue,
+                        Err(err) => Closed::Failed(err),
+                    },
+                    // A reset or other error ends only this client.
+                    Err(err) => Closed::Failed(err),
                 };
-                if done {
-                    close_client(&epoll_fd, &mut clients, fd, args.quiet);
-                    if backlog_left {
-                        backlog_left =
-                            !accept_clients(&listen_fd, &epoll_fd, &mut clients, args.quiet)?;
-                    }
-                } else {
-                    update_interest(&epoll_fd, conn)?;
+                close_client(&epoll, &mut clients, fd, why, args.quiet);
+                if backlog_left {
+                    backlog_left = !accept_clients(&listen_fd, &epoll, &mut clients, args.quiet);
                 }
             }
         }
@@ -189,37 +214,34 @@ fn run(args: &Args) -> Result<()> {
 /// newcomer. Returns whether the queue was drained.
 fn accept_clients(
     listen_fd: &OwnedFd,
-    epoll_fd: &Epoll,
+    epoll: &Epoll,
     clients: &mut HashMap<RawFd, Connection>,
     quiet: bool,
-) -> Result<bool> {
+) -> bool {
     loop {
         // accept4(2) sets the new socket non-blocking in the same call.
         let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
         let fd = match accept4(listen_fd.as_raw_fd(), flags) {
             Ok(fd) => fd,
-            Err(Errno::EAGAIN) => return Ok(true), // the queue is empty
+            Err(Errno::EAGAIN) => return true, // the queue is empty
             // The client gave up before we got to it.
             Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
-            // Out of descriptors (EMFILE) or memory: keep serving the clients
-            // we have, and come back to the queue when one of them leaves.
+            // Out of descriptors (EMFILE) or memory, or one connection's
+            // failure (EPROTO, ...): keep serving the clients we have, and
+            // come back to the queue when one of them leaves.
             Err(err) => {
-                eprintln!("cannot accept: {}", io::Error::from(err));
-                return Ok(false);
+                eprintln!("cannot accept: {err:?}");
+                return false;
             }
         };
         // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
         let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if !quiet {
+            log_accepted(fd);
+        }
         // EPOLLRDHUP reports the client's end-of-file even while we still owe it echo.
         let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
-        epoll_fd
-            .add(&client_fd, EpollEvent::new(flags, fd as u64))
-            .map_err(io::Error::from)
-            .context("epoll_ctl ADD client failed")?;
-        if !quiet {
-            let peer: SockaddrStorage = getpeername(fd)?;
-            eprintln!("accepted fd {fd} from {peer}");
-        }
+        let added = epoll.add(&client_fd, EpollEvent::new(flags, fd as u64));
         let conn = Connection {
             fd: client_fd,
             pending: Vec::new(),
@@ -227,9 +249,24 @@ fn accept_clients(
             want_write: false,
         };
         clients.insert(fd, conn);
+        if let Err(err) = added {
+            close_client(epoll, clients, fd, Closed::Failed(err), quiet);
+        }
     }
 }
 // ANCHOR_END: accept
+
+// ANCHOR: log_accepted
+/// The `accepted` line names the peer when it can: a client that reset
+/// while it waited in the accept queue has none (`getpeername` fails with
+/// `ENOTCONN`), and the first read on its socket reports the reset.
+fn log_accepted(fd: RawFd) {
+    match getpeername::<SockaddrStorage>(fd) {
+        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
+        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+    }
+}
+// ANCHOR_END: log_accepted
 
 // ANCHOR: serve
 /// Read until `EAGAIN` (or end-of-file, or a full `pending`), echoing as we
@@ -254,7 +291,8 @@ fn serve(conn: &mut Connection, scratch: &mut [u8]) -> nix::Result<()> {
 /// Send as much of `pending` as the socket takes; stop at `EAGAIN`.
 fn flush(conn: &mut Connection) -> nix::Result<()> {
     while !conn.pending.is_empty() {
-        // MSG_NOSIGNAL: a write to a reset peer is EPIPE, not a fatal SIGPIPE.
+        // MSG_NOSIGNAL: a write to a reset peer fails (ECONNRESET, then
+        // EPIPE) instead of raising SIGPIPE, which would kill the server.
         match send(conn.fd.as_raw_fd(), &conn.pending, MsgFlags::MSG_NOSIGNAL) {
             Ok(sent) => {
                 conn.pending.drain(..sent);
@@ -271,7 +309,7 @@ fn flush(conn: &mut Connection) -> nix::Result<()> {
 // ANCHOR: interest
 /// Ask for `EPOLLOUT` only while echo is pending: a socket with room to
 /// write is almost always writable, and would wake us for nothing.
-fn update_interest(epoll_fd: &Epoll, conn: &mut Connection) -> Result<()> {
+fn update_interest(epoll: &Epoll, conn: &mut Connection) -> nix::Result<()> {
     let want_write = !conn.pending.is_empty();
     if want_write == conn.want_write {
         return Ok(());
@@ -281,29 +319,27 @@ fn update_interest(epoll_fd: &Epoll, conn: &mut Connection) -> Result<()> {
         flags |= EpollFlags::EPOLLOUT;
     }
     let fd = conn.fd.as_raw_fd();
-    epoll_fd
-        .modify(&conn.fd, &mut EpollEvent::new(flags, fd as u64))
-        .map_err(io::Error::from)
-        .context("epoll_ctl MOD failed")?;
+    epoll.modify(&conn.fd, &mut EpollEvent::new(flags, fd as u64))?;
     conn.want_write = want_write;
     Ok(())
 }
 // ANCHOR_END: interest
 
 // ANCHOR: close
-/// `EPOLL_CTL_DEL` before `close(2)`: the interest list forgets the socket
-/// while its descriptor number is still ours.
+/// The one way a connection ends. `EPOLL_CTL_DEL` before `close(2)`: the
+/// interest list forgets the socket while its descriptor number is still ours.
 fn close_client(
-    epoll_fd: &Epoll,
+    epoll: &Epoll,
     clients: &mut HashMap<RawFd, Connection>,
     fd: RawFd,
+    why: Closed,
     quiet: bool,
 ) {
     if let Some(conn) = clients.remove(&fd) {
-        let _ = epoll_fd.delete(&conn.fd);
+        let _ = epoll.delete(&conn.fd);
         drop(conn); // close(2)
         if !quiet {
-            eprintln!("closed fd {fd}");
+            eprintln!("closed fd {fd} ({why})");
         }
     }
 }

@@ -8,7 +8,6 @@
 //! several nodes on one machine share one listening port.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::ControlFlow;
@@ -48,7 +47,7 @@ An edge-triggered epoll chat server: every line a client sends goes to
 every other client, on this server and, with --redis, on every server
 joined through the same Redis.
 
-  ADDR                  IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR                  HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   --max-clients N       clients in the chat at once; the next is told the server is full (default 100000)
   --max-queue BYTES     output owed to one client before it is dropped as too slow (default 1048576)
   --max-line BYTES      longest line a client may send (default 4096)
@@ -145,9 +144,13 @@ fn parse_args() -> Args {
                 Some(Ok(Some(addr))) => args.redis = Some(addr),
                 _ => usage_error("--redis needs HOST:PORT"),
             },
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -231,6 +234,18 @@ fn watch_signals() -> Result<SignalFd> {
         .context("signalfd failed")
 }
 // ANCHOR_END: limits
+
+// ANCHOR: log_accepted
+/// The `accepted` line names the peer when it can: a client that reset
+/// while it waited in the accept queue has none (`getpeername` fails with
+/// `ENOTCONN`), and the first read on its socket reports the reset.
+fn log_accepted(fd: RawFd) {
+    match getpeername::<SockaddrStorage>(fd) {
+        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
+        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+    }
+}
+// ANCHOR_END: log_accepted
 
 // ANCHOR: server
 /// Whether, and how, the listener is being served.
@@ -459,10 +474,7 @@ impl Server {
                 continue; // dropping client_fd closes it
             }
             if !self.args.quiet {
-                match getpeername::<SockaddrStorage>(fd) {
-                    Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
-                    Err(_) => eprintln!("accepted fd {fd}"), // already reset
-                }
+                log_accepted(fd);
             }
             self.admit(client_fd);
         }
@@ -722,25 +734,28 @@ impl Server {
     fn end(&mut self, fd: RawFd, why: Why) {
         let online = self.clients.online_count();
         let deadline = Instant::now() + LINGER;
-        if let Some(name) = self.clients.leave(fd, why, deadline) {
-            self.deadlines.push_back((deadline, fd));
-            let notice = why
-                .notice(&name)
-                .filter(|_| online <= self.args.announce_limit);
-            if let Some(notice) = &notice {
-                self.clients.broadcast(notice, None);
-            }
-            if let Some(cluster) = &mut self.cluster {
-                // A server shutting down leaves the others' clients in
-                // the chat: they are told its clients left.
-                let notice = notice.or_else(|| Why::EndOfFile.notice(&name));
-                cluster.left(fd, &name, notice);
-            }
+        let left = self.clients.leave(fd, why, deadline);
+        let notice = left
+            .as_ref()
+            .and_then(|name| why.notice(name))
+            .filter(|_| online <= self.args.announce_limit);
+        if let Some(notice) = &notice {
+            self.clients.broadcast(notice, None);
         }
-        if why.owes_output() {
-            self.finish(fd);
-        } else {
-            self.close(fd);
+        if let Some(cluster) = &mut self.cluster
+            && let Some(name) = &left
+        {
+            // A server shutting down leaves the others' clients in the
+            // chat: they are told its clients left.
+            let notice = notice.or_else(|| Why::EndOfFile.notice(name));
+            cluster.left(fd, name, notice);
+        }
+        if !why.owes_output() {
+            return self.close(fd);
+        }
+        self.finish(fd);
+        if left.is_some() && self.clients.get(fd).is_some() {
+            self.deadlines.push_back((deadline, fd)); // not closed yet: by then
         }
     }
 
@@ -939,7 +954,7 @@ impl Server {
     // ANCHOR_END: shutdown
 
     /// One line of the connection log on stderr, unless `-q`.
-    fn log(&self, line: fmt::Arguments<'_>) {
+    fn log(&self, line: std::fmt::Arguments<'_>) {
         if !self.args.quiet {
             eprintln!("{line}");
         }

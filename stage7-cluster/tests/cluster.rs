@@ -1,9 +1,8 @@
 //! Exercise checks for the cluster: several nodes and a real Redis, started
 //! by each test on free loopback ports and killed when it ends. Without
 //! `redis-server` on the machine they are skipped (`REQUIRE_REDIS=1` makes
-//! that a failure). Without `--redis` the server is stage 5's, and stage
-//! 5's checks run against it unchanged:
-//! `STAGE5_SERVER_BIN=target/debug/stage7-cluster cargo test -p stage5-chat --test server`.
+//! that a failure). Without `--redis` the server is stage 5's: stage 5's
+//! checks run against it in `server.rs` and `faults.rs`.
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,10 @@
 //! `testkit::server_conventions!(bin(), probe);` or
 //! `testkit::client_conventions!(bin());`.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::Path;
+use std::thread;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -30,6 +33,29 @@ pub fn serves_ipv6_loopback(bin: &Path, probe: Probe) {
     let server = Server::start(bin, &["[::1]:0"]);
     assert!(server.addr.is_ipv6(), "listening on {}", server.addr);
     probe(&mut server.connect());
+}
+
+/// ADDR may name a host: `localhost:0` is resolved once, at start, and
+/// the `listening on` line names the address it resolved to.
+pub fn listens_on_a_host_name(bin: &Path, probe: Probe) {
+    let server = Server::start(bin, &["localhost:0"]);
+    assert_eq!(
+        server.addr.ip(),
+        localhost().ip(),
+        "listening on {}",
+        server.addr
+    );
+    assert_ne!(server.addr.port(), 0, "the line must name the real port");
+    probe(&mut server.connect());
+}
+
+/// The first address `localhost` resolves to, as a server or client would pick it.
+fn localhost() -> SocketAddr {
+    ("localhost", 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("localhost resolves")
 }
 
 /// `--help` prints the usage (with the default address) and exits 0.
@@ -117,6 +143,31 @@ pub fn client_refused_is_a_clear_error(bin: &Path) {
         );
 }
 
+/// A client given `localhost:PORT` connects to the address the name
+/// resolves to, sends its input and prints what comes back.
+pub fn client_connects_to_a_host_name(bin: &Path) {
+    let listener = TcpListener::bind(localhost()).expect("bind a listener on localhost");
+    let port = listener.local_addr().unwrap().port();
+    // A one-connection echo server: it sends back what it reads until
+    // end-of-file, then closes.
+    let echo = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            stream.write_all(&buf[..n]).unwrap();
+        }
+    });
+    Command::new(bin)
+        .arg(format!("localhost:{port}"))
+        .write_stdin("hello\n")
+        .timeout(TIMEOUT)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("hello"));
+    echo.join().unwrap();
+}
+
 /// One test per server convention, for the binary `$bin` and probe `$probe`.
 #[macro_export]
 macro_rules! server_conventions {
@@ -131,6 +182,10 @@ macro_rules! server_conventions {
             #[test]
             fn serves_ipv6_loopback() {
                 c::serves_ipv6_loopback(&$bin, $probe)
+            }
+            #[test]
+            fn listens_on_a_host_name() {
+                c::listens_on_a_host_name(&$bin, $probe)
             }
             #[test]
             fn help_exits_zero() {
@@ -175,6 +230,10 @@ macro_rules! client_conventions {
             fn refused_connection_is_a_clear_error() {
                 c::client_refused_is_a_clear_error(&$bin)
             }
+            #[test]
+            fn connects_to_a_host_name() {
+                c::client_connects_to_a_host_name(&$bin)
+            }
         }
     };
 }
@@ -183,4 +242,10 @@ macro_rules! client_conventions {
 pub fn echo_probe(client: &mut Client) {
     client.send(b"ping\n");
     assert_eq!(client.recv_exact(5), b"ping\n");
+}
+
+/// The probe for chat servers: a fresh client is welcomed by name.
+pub fn welcome_probe(client: &mut Client) {
+    let line = client.recv_line();
+    assert!(line.starts_with("* welcome client"), "got {line:?}");
 }

@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod conventions;
+pub mod faults;
 pub mod redis;
 
 /// How long any single wait may take before the test fails.
@@ -142,6 +143,11 @@ impl Server {
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.whole_stderr()
+    }
+
+    /// All the server wrote to stderr, once it has exited.
+    fn whole_stderr(&self) -> String {
         let (log, changed) = &*self.stderr;
         let log = log.lock().unwrap();
         let (log, _) = changed
@@ -152,16 +158,31 @@ impl Server {
 
     /// Wait until stderr contains `needle`; panics after [`TIMEOUT`].
     pub fn wait_stderr(&self, needle: &str) {
+        self.wait_log(&format!("{needle:?}"), |log| log.contains(needle));
+    }
+
+    /// Wait until what the server wrote to stderr satisfies `done` (`what`
+    /// describes it for the failure message); panics after [`TIMEOUT`].
+    pub fn wait_log(&self, what: &str, done: impl Fn(&str) -> bool) {
         let (text, changed) = &*self.stderr;
         let log = text.lock().unwrap();
         let (log, timeout) = changed
-            .wait_timeout_while(log, TIMEOUT, |l| !l.text.contains(needle))
+            .wait_timeout_while(log, TIMEOUT, |l| !done(&l.text))
             .unwrap();
-        assert!(
-            !timeout.timed_out(),
-            "server never logged {needle:?}; stderr:\n{}",
-            log.text
-        );
+        // Released before a failure, so the panic does not poison the log.
+        let (timed_out, text) = (timeout.timed_out(), log.text.clone());
+        drop(log);
+        assert!(!timed_out, "server never logged {what}; stderr:\n{text}");
+    }
+
+    /// Panic (with its stderr) if the server has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!(
+                "the server exited ({status}); stderr:\n{}",
+                self.whole_stderr()
+            );
+        }
     }
 
     /// Send a signal (for example `libc::SIGTERM`) to the server.
@@ -233,6 +254,23 @@ impl Server {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
         Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// The `write` and `writev` calls the server has made (`syscw` in
+    /// `/proc/PID/io`; `send`, `sendto` and `sendmsg` are not counted).
+    pub fn write_calls(&self) -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid())).unwrap();
+        let line = io.lines().find(|l| l.starts_with("syscw:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Whether the server's side of `client`'s connection has left
+    /// `ESTABLISHED`: it has sent its end-of-file (`shutdown` or `close`)
+    /// or reset the connection (from `/proc/net/tcp` and `tcp6`).
+    pub fn has_ended_its_side(&self, client: &Client) -> bool {
+        let server_side = client.stream.peer_addr().unwrap();
+        let client_side = client.stream.local_addr().unwrap();
+        tcp_state(server_side, client_side) != Some(TCP_ESTABLISHED)
     }
 
     /// The server's resident set size in bytes (`VmRSS` in `/proc/PID/status`).
@@ -396,6 +434,29 @@ impl Client {
         }
     }
 
+    /// TCP segments with data that this connection has received
+    /// (`tcpi_data_segs_in` of `TCP_INFO`): one per `write` of the peer's,
+    /// at least, when the peer sends with `TCP_NODELAY`.
+    pub fn segments_received(&self) -> u32 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an all-zero tcp_info is valid (integers only).
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which
+        // is that large; a kernel older than the struct writes fewer.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        info.tcpi_data_segs_in
+    }
+
     /// Close our sending side (`shutdown(SHUT_WR)`): the server reads EOF.
     pub fn shutdown_write(&self) {
         self.stream.shutdown(Shutdown::Write).unwrap();
@@ -405,6 +466,36 @@ impl Client {
     pub fn reset(self) {
         set_linger_zero(&self.stream);
     }
+}
+
+/// `TCP_ESTABLISHED` in the `st` column of `/proc/net/tcp`.
+const TCP_ESTABLISHED: u8 = 1;
+
+/// The state of the TCP socket bound to `local` and connected to `remote`
+/// (`/proc/net/tcp` or `tcp6`), or `None` when there is none.
+fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    // Addresses as the kernel prints them: each 32-bit word in host order.
+    fn hex(addr: SocketAddr) -> String {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) => u32::from_ne_bytes(ip.octets()).to_be_bytes().to_vec(),
+            std::net::IpAddr::V6(ip) => ip
+                .octets()
+                .chunks(4)
+                .flat_map(|w| u32::from_ne_bytes(w.try_into().unwrap()).to_be_bytes())
+                .collect(),
+        };
+        let ip: String = ip.iter().map(|b| format!("{b:02X}")).collect();
+        format!("{ip}:{:04X}", addr.port())
+    }
+    let (local, remote) = (hex(local), hex(remote));
+    let table = if local.len() > 13 { "tcp6" } else { "tcp" };
+    let text = std::fs::read_to_string(format!("/proc/net/{table}")).ok()?;
+    text.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| u8::from_str_radix(fields[3], 16).ok())
+            .flatten()
+    })
 }
 
 /// Make `close` send a reset (RST) instead of a FIN.

@@ -22,6 +22,7 @@ fn greeting_probe(client: &mut Client) {
 }
 
 testkit::server_conventions!(bin(), greeting_probe);
+testkit::fault_checks!(bin(), greeting_probe);
 
 #[test]
 fn the_greeting_comes_before_any_echo() {

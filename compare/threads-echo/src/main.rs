@@ -11,8 +11,9 @@
 //! set up, so the server counts its threads and closes a client it has no
 //! room for (`--max-clients`) instead of dying with every other client.
 
+use std::fmt;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ usage: threads-echo [-q] [--max-clients N] [ADDR]
 
 A thread-per-connection TCP echo server (a baseline for the benchmark).
 
-  ADDR             IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR             HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   --max-clients N  client threads at once; a client past them is closed at once
                    (default: a quarter of vm.max_map_count, less 512)
   -q               do not log connections to stderr
@@ -61,6 +62,46 @@ struct Args {
     addr: SocketAddr,
     quiet: bool,
     max_clients: usize,
+}
+
+/// Why a connection ended: what its `closed fd N (...)` line says.
+enum Closed {
+    /// The client closed its sending side and has all its echo.
+    EndOfFile,
+    /// A read or write failed (`ECONNRESET`, `EPIPE`, ...).
+    Failed(io::Error),
+    /// `--max-clients` threads are running already.
+    NoRoom,
+    /// No thread could be started for it (out of threads or memory).
+    NoThread(io::Error),
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Closed::EndOfFile => f.write_str("end of file"),
+            Closed::Failed(err) => write!(f, "{}", errno_name(err)),
+            Closed::NoRoom => f.write_str("no room: --max-clients threads running"),
+            Closed::NoThread(err) => write!(f, "cannot start a thread: {}", errno_name(err)),
+        }
+    }
+}
+
+/// An error's errno as the man pages name it (`ECONNRESET`), when it has one.
+fn errno_name(err: &io::Error) -> String {
+    match err.raw_os_error() {
+        Some(code) => format!("{:?}", Errno::from_raw(code)),
+        None => err.to_string(),
+    }
+}
+
+/// The one line that says a connection ended, and why. Where the socket is
+/// still open, it is logged before the close, so a new connection that
+/// reuses the fd number is always logged after this one's end.
+fn log_closed(fd: i32, why: Closed, quiet: bool) {
+    if !quiet {
+        eprintln!("closed fd {fd} ({why})");
+    }
 }
 
 fn main() -> ExitCode {
@@ -96,9 +137,13 @@ fn parse_args() -> Args {
                     _ => usage_error("--max-clients needs a number above 0"),
                 }
             }
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -186,13 +231,7 @@ fn run(args: &Args) -> Result<()> {
         let quiet = args.quiet;
         // Only this loop counts up, so the check and the increment cannot race.
         if clients.load(Ordering::SeqCst) >= args.max_clients {
-            if !quiet {
-                eprintln!(
-                    "fd {fd}: {} clients already (--max-clients), no thread for this one",
-                    args.max_clients
-                );
-                eprintln!("closed fd {fd}");
-            }
+            log_closed(fd, Closed::NoRoom, quiet);
             drop(stream); // close(2)
             continue;
         }
@@ -205,10 +244,7 @@ fn run(args: &Args) -> Result<()> {
         // has been dropped, so this client is closed and the server goes on.
         if let Err(err) = spawned {
             clients.fetch_sub(1, Ordering::SeqCst);
-            if !quiet {
-                eprintln!("cannot start a thread for fd {fd}: {err}");
-                eprintln!("closed fd {fd}");
-            }
+            log_closed(fd, Closed::NoThread(err), quiet);
         }
     }
 }
@@ -222,14 +258,11 @@ fn serve(stream: TcpStream, fd: i32, quiet: bool, clients: &AtomicUsize) {
     // The place is free before `closed fd` is logged, so a client that
     // connects after that line is never turned away for this one.
     clients.fetch_sub(1, Ordering::SeqCst);
-    // Logged before the close, so a new connection that reuses the fd
-    // number is always logged after this one's end.
-    if !quiet {
-        if let Err(err) = result {
-            eprintln!("fd {fd}: {err}");
-        }
-        eprintln!("closed fd {fd}");
-    }
+    let why = match result {
+        Ok(_) => Closed::EndOfFile,
+        Err(err) => Closed::Failed(err),
+    };
+    log_closed(fd, why, quiet);
     drop(stream); // close(2)
 }
 

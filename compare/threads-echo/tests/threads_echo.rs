@@ -14,6 +14,7 @@ fn bin() -> PathBuf {
 }
 
 testkit::server_conventions!(bin(), echo_probe);
+testkit::fault_checks!(bin(), echo_probe);
 
 #[test]
 fn echoes_exactly_the_bytes_it_receives() {
@@ -88,7 +89,7 @@ fn a_client_past_max_clients_is_closed_while_the_others_are_served() {
     let mut fourth = server.connect();
     let refused_fd = server.fd_of(&fourth);
     assert_eq!(fourth.recv_to_eof(), b"", "the 4th client got bytes");
-    server.wait_stderr(&format!("closed fd {refused_fd}\n"));
+    server.wait_stderr(&format!("closed fd {refused_fd} (no room"));
     assert!(
         server.stderr().contains("--max-clients"),
         "the refusal names the cap:\n{}",
@@ -106,7 +107,7 @@ fn a_client_past_max_clients_is_closed_while_the_others_are_served() {
     let leaving = clients.pop().unwrap();
     let leaving_fd = server.fd_of(&leaving);
     drop(leaving);
-    server.wait_stderr(&format!("closed fd {leaving_fd}\n"));
+    server.wait_stderr(&format!("closed fd {leaving_fd} (end of file)\n"));
     let mut fifth = server.connect();
     fifth.send(b"my turn\n");
     assert_eq!(fifth.recv_exact(8), b"my turn\n");

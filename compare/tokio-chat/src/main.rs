@@ -12,8 +12,9 @@
 //! byte count in the registry expresses directly.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,7 +34,7 @@ usage: tokio-chat [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
 
 The stage 5 chat protocol written with tokio (a baseline for the benchmark).
 
-  ADDR                  IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR                  HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   --max-clients N       clients online at once; the next one is told the server is full (default 100000)
   --max-queue BYTES     output queued for one client before it is dropped as too slow (default 1048576)
   --max-line BYTES      longest line a client may send (default 4096)
@@ -111,9 +112,13 @@ fn parse_args() -> Args {
             "--max-queue" => args.max_queue = number(&arg),
             "--max-line" => args.max_line = number(&arg),
             "--announce-limit" => args.announce_limit = number(&arg),
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -374,6 +379,42 @@ fn line(text: impl AsRef<[u8]>) -> Line {
     bytes.into()
 }
 
+/// Why a connection ended: what its `closed fd N (...)` line says.
+enum Closed {
+    /// The client closed its sending side.
+    EndOfFile,
+    /// The client sent `/quit`.
+    Quit,
+    /// The client sent a line over `--max-line`.
+    LineTooLong,
+    /// Its queue passed `--max-queue`: dropped as too slow.
+    TooSlow,
+    /// `--max-clients` were online already.
+    ServerFull,
+    /// SIGINT or SIGTERM.
+    ShuttingDown,
+    /// A read or write failed (`ECONNRESET`, `EPIPE`, ...).
+    Failed(io::Error),
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Closed::EndOfFile => "end of file",
+            Closed::Quit => "quit",
+            Closed::LineTooLong => "line too long",
+            Closed::TooSlow => "too slow",
+            Closed::ServerFull => "server full",
+            Closed::ShuttingDown => "shutting down",
+            // The errno as the man pages name it (`ECONNRESET`), when it has one.
+            Closed::Failed(err) => match err.raw_os_error() {
+                Some(code) => return write!(f, "{:?}", nix::errno::Errno::from_raw(code)),
+                None => return write!(f, "{err}"),
+            },
+        })
+    }
+}
+
 /// One client from accept to close.
 async fn connection(
     mut stream: TcpStream,
@@ -388,20 +429,23 @@ async fn connection(
     // Chat lines are small: send each batch at once instead of waiting to
     // coalesce it with the next one (Nagle's algorithm).
     let _ = stream.set_nodelay(true);
-    let result = session(&mut stream, &chat, args).await;
+    let why = session(&mut stream, &chat, args)
+        .await
+        .unwrap_or_else(Closed::Failed);
     // Logged before the close, so a new connection that reuses the fd
     // number is always logged after this one's end.
     if !args.quiet {
-        if let Err(err) = result {
-            eprintln!("fd {fd}: {err}");
-        }
-        eprintln!("closed fd {fd}");
+        eprintln!("closed fd {fd} ({why})");
     }
     drop(stream); // close(2)
 }
 
 /// Register the client, serve it, and unregister it.
-async fn session(stream: &mut TcpStream, chat: &Mutex<Registry>, args: &Args) -> io::Result<()> {
+async fn session(
+    stream: &mut TcpStream,
+    chat: &Mutex<Registry>,
+    args: &Args,
+) -> io::Result<Closed> {
     // Borrowed halves: both stay in this one task.
     let (reader, mut writer) = stream.split();
     let joined = {
@@ -409,13 +453,14 @@ async fn session(stream: &mut TcpStream, chat: &Mutex<Registry>, args: &Args) ->
         (chat.peers.len() < args.max_clients).then(|| chat.join())
     };
     let Some((mut me, welcome)) = joined else {
-        return writer.write_all(b"* error: server full\n").await;
+        writer.write_all(b"* error: server full\n").await?;
+        return Ok(Closed::ServerFull);
     };
     let kicked = Arc::clone(&me.kicked);
     let result = tokio::select! {
         // Dropped as too slow: the registry has already announced it, and
         // the pending write (if any) is abandoned with the connection.
-        _ = kicked.notified() => Ok(()),
+        _ = kicked.notified() => Ok(Closed::TooSlow),
         result = serve(reader, &mut writer, &mut me, welcome, chat, args) => result,
     };
     // A no-op if the client was dropped or the server is shutting down.
@@ -426,7 +471,7 @@ async fn session(stream: &mut TcpStream, chat: &Mutex<Registry>, args: &Args) ->
 /// What to do after a line from the client.
 enum Next {
     Continue,
-    Close,
+    Close(Closed),
 }
 
 /// The client's loop: lines from the socket and lines from the others,
@@ -438,7 +483,7 @@ async fn serve(
     welcome: Line,
     chat: &Mutex<Registry>,
     args: &Args,
-) -> io::Result<()> {
+) -> io::Result<Closed> {
     writer.write_all(&welcome).await?;
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
@@ -448,23 +493,24 @@ async fn serve(
             read = read_line(&mut reader, &mut buf, args.max_line) => {
                 match read? {
                     Framed::Line => {}
-                    Framed::Eof => return Ok(()),
+                    Framed::Eof => return Ok(Closed::EndOfFile),
                     Framed::TooLong => {
                         let msg = format!("* error: line too long (max {} bytes)\n", args.max_line);
                         writer.write_all(msg.as_bytes()).await?;
-                        return linger(reader, writer).await;
+                        linger(reader, writer).await?;
+                        return Ok(Closed::LineTooLong);
                     }
                 }
                 let next = handle_line(&buf, me.id, chat, writer).await?;
                 buf.clear();
-                if let Next::Close = next {
-                    return Ok(());
+                if let Next::Close(why) = next {
+                    return Ok(why);
                 }
             }
             queued = me.queue.recv() => {
                 // `None`: the server is shutting down and everything queued
                 // has been written.
-                let Some(first) = queued else { return Ok(()) };
+                let Some(first) = queued else { return Ok(Closed::ShuttingDown) };
                 // Whatever else is already queued goes out in the same write;
                 // the batch is freed after it, so an idle client holds no
                 // output buffer.
@@ -572,14 +618,15 @@ async fn handle_line(
             "quit" => {
                 drop(chat);
                 writer.write_all(b"* bye\n").await?;
-                return Ok(Next::Close);
+                return Ok(Next::Close(Closed::Quit));
             }
             _ => Some(line(format!("* error: unknown command /{word}"))),
         }
     } else {
         let mut chat = chat.lock().unwrap();
         let Some(name) = chat.name(id) else {
-            return Ok(Next::Close); // dropped meanwhile: say nothing more
+            // Dropped as too slow meanwhile: say nothing more.
+            return Ok(Next::Close(Closed::TooSlow));
         };
         let msg = line([name.as_bytes(), b": ", &text].concat());
         chat.broadcast_line(msg, Some(id));

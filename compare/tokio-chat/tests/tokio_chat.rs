@@ -5,19 +5,16 @@
 
 use std::path::PathBuf;
 
+use testkit::conventions::welcome_probe;
+use testkit::faults::Reply;
 use testkit::{Client, Server};
 
 fn bin() -> PathBuf {
     testkit::bin("TOKIO_CHAT_BIN", env!("CARGO_BIN_EXE_tokio-chat"))
 }
 
-/// The probe for a chat server: a fresh client is welcomed.
-fn welcome_probe(client: &mut Client) {
-    let line = client.recv_line();
-    assert!(line.starts_with("* welcome client"), "got {line:?}");
-}
-
 testkit::server_conventions!(bin(), welcome_probe);
+testkit::fault_checks!(bin(), welcome_probe, Reply::Nothing);
 
 /// Connect and read the welcome; returns the client and its name.
 fn join(server: &Server) -> (Client, String) {

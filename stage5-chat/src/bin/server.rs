@@ -9,9 +9,8 @@
 //! arrive through a `signalfd` in the same epoll set.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
@@ -47,7 +46,7 @@ usage: server [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
 An edge-triggered epoll chat server: every line a client sends goes to
 every other client.
 
-  ADDR                  IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR                  HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   --max-clients N       clients in the chat at once; the next is told the server is full (default 100000)
   --max-queue BYTES     output owed to one client before it is dropped as too slow (default 1048576)
   --max-line BYTES      longest line a client may send (default 4096)
@@ -128,9 +127,13 @@ fn parse_args() -> Args {
             "--max-queue" => args.max_queue = number(&arg),
             "--max-line" => args.max_line = number(&arg),
             "--announce-limit" => args.announce_limit = number(&arg),
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -207,6 +210,18 @@ fn watch_signals() -> Result<SignalFd> {
         .context("signalfd failed")
 }
 // ANCHOR_END: limits
+
+// ANCHOR: log_accepted
+/// The `accepted` line names the peer when it can: a client that reset
+/// while it waited in the accept queue has none (`getpeername` fails with
+/// `ENOTCONN`), and the first read on its socket reports the reset.
+fn log_accepted(fd: RawFd) {
+    match getpeername::<SockaddrStorage>(fd) {
+        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
+        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+    }
+}
+// ANCHOR_END: log_accepted
 
 // ANCHOR: server
 /// Whether, and how, the listener is being served.
@@ -419,10 +434,7 @@ impl Server {
                 continue; // dropping client_fd closes it
             }
             if !self.args.quiet {
-                match getpeername::<SockaddrStorage>(fd) {
-                    Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
-                    Err(_) => eprintln!("accepted fd {fd}"), // already reset
-                }
+                log_accepted(fd);
             }
             self.admit(client_fd);
         }
@@ -637,18 +649,19 @@ impl Server {
     fn end(&mut self, fd: RawFd, why: Why) {
         let online = self.clients.online_count();
         let deadline = Instant::now() + LINGER;
-        if let Some(name) = self.clients.leave(fd, why, deadline) {
-            self.deadlines.push_back((deadline, fd));
-            if online <= self.args.announce_limit
-                && let Some(notice) = why.notice(&name)
-            {
-                self.clients.broadcast(notice, None);
-            }
+        let left = self.clients.leave(fd, why, deadline);
+        if let Some(name) = &left
+            && online <= self.args.announce_limit
+            && let Some(notice) = why.notice(name)
+        {
+            self.clients.broadcast(notice, None);
         }
-        if why.owes_output() {
-            self.finish(fd);
-        } else {
-            self.close(fd);
+        if !why.owes_output() {
+            return self.close(fd);
+        }
+        self.finish(fd);
+        if left.is_some() && self.clients.get(fd).is_some() {
+            self.deadlines.push_back((deadline, fd)); // not closed yet: by then
         }
     }
 
@@ -786,7 +799,7 @@ impl Server {
     // ANCHOR_END: shutdown
 
     /// One line of the connection log on stderr, unless `-q`.
-    fn log(&self, line: fmt::Arguments<'_>) {
+    fn log(&self, line: std::fmt::Arguments<'_>) {
         if !self.args.quiet {
             eprintln!("{line}");
         }

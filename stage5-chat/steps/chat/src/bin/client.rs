@@ -1,0 +1,688 @@
+//! Stage 5's chat client: sends each line of stdin and prints every line
+//! the server sends, both at once.
+//!
+//! Stage 2's client waited for a reply after each line; a chat sends lines
+//! at any time, so this one watches stdin and the socket in one epoll set
+//! and handles whichever is ready. On a terminal it draws its own input
+//! line, so a line that arrives never lands in the middle of what you type.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::panic;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, Shutdown, SockFlag, SockType, SockaddrStorage, connect, send,
+    shutdown, socket,
+};
+use nix::sys::termios::{
+    InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios, tcgetattr, tcsetattr,
+};
+use nix::unistd::{isatty, read};
+
+const USAGE: &str = "\
+usage: client [ADDR]
+
+Connects to the chat server, sends each line of stdin and prints every line
+the server sends. At the end of stdin it waits briefly for the last lines
+and exits.
+
+On a terminal it keeps its own input line under the lines it prints:
+Enter sends, Backspace and Ctrl-U edit, Ctrl-D on an empty line ends the
+input, Ctrl-C quits.
+
+  ADDR        HOST:PORT of the server (default 127.0.0.1:8080)
+  -h, --help  print this help";
+
+/// After the end of stdin: how long to wait for more lines from a server
+/// that does not close the connection.
+const LAST_LINES: u16 = 500; // milliseconds
+/// Stdin waits while this much is not yet sent (a slow or stuck server).
+const MAX_UNSENT: usize = 64 * 1024;
+
+const STDIN: u64 = 0;
+const SOCKET: u64 = 1;
+const SIGNALS: u64 = 2;
+
+struct Args {
+    /// Every address ADDR resolved to, tried in turn.
+    addrs: Vec<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let args = parse_args();
+    match run(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `BIN [ADDR]`; exits 0 after `--help` and 2 after a bad argument.
+fn parse_args() -> Args {
+    let mut args = Args {
+        addrs: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+    };
+    let mut addr_given = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ if !addr_given && !arg.starts_with('-') => match parse_addr(&arg) {
+                Ok(addrs) => (args.addrs, addr_given) = (addrs, true),
+                Err(msg) => usage_error(&msg),
+            },
+            _ => usage_error(&format!("unexpected argument {arg:?}")),
+        }
+    }
+    args
+}
+
+/// `HOST:PORT`, where HOST is a name (`localhost`) or an IP address
+/// (`[::1]` for IPv6), resolved once, here.
+fn parse_addr(arg: &str) -> Result<Vec<SocketAddr>, String> {
+    let invalid = |why: String| format!("invalid address {arg:?} (expected HOST:PORT): {why}");
+    let addrs: Vec<SocketAddr> = arg
+        .to_socket_addrs()
+        .map_err(|err| invalid(err.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(invalid("the name has no address".into()));
+    }
+    Ok(addrs)
+}
+
+fn usage_error(msg: &str) -> ! {
+    eprintln!("error: {msg}\n\n{USAGE}");
+    std::process::exit(2);
+}
+
+/// Connect to the first of `addrs` that answers (a name may have an IPv6 and
+/// an IPv4 address, and the server listen on only one of them).
+fn connect_any(addrs: &[SocketAddr]) -> Result<OwnedFd> {
+    let mut result = Err(anyhow::anyhow!("no address to connect to"));
+    for &addr in addrs {
+        result = connect_to(addr);
+        if result.is_ok() {
+            break;
+        }
+    }
+    result
+}
+
+/// `socket(2)` and a blocking `connect(2)`, then non-blocking from here on:
+/// the event loop must never wait on one side while the other is ready.
+fn connect_to(addr: SocketAddr) -> Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let socket_fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(io::Error::from)
+        .context("cannot create a socket")?;
+    connect(socket_fd.as_raw_fd(), &SockaddrStorage::from(addr))
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    set_nonblocking(socket_fd.as_fd())?;
+    Ok(socket_fd)
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// What the loop knows about each side.
+struct Client {
+    socket_fd: OwnedFd,
+    epoll_fd: Epoll,
+    /// Stdin is a regular file (or `/dev/null`), which epoll refuses with
+    /// `EPERM`: it is always readable, so it is read whenever there is room.
+    stdin_is_file: bool,
+    stdin_open: bool,
+    /// Stdin is in the interest list.
+    stdin_watched: bool,
+    /// Stdin's last byte, to end a last line that has no `\n`.
+    last_byte: u8,
+    /// Bytes read from stdin that the socket has not taken yet.
+    unsent: Vec<u8>,
+    /// `EPOLLOUT` is in the interest list for the socket.
+    want_write: bool,
+    /// We sent end-of-file (`shutdown(SHUT_WR)`) after the last line.
+    sent_eof: bool,
+    /// Stdin and stdout are a terminal: we draw the input line.
+    terminal: Option<Terminal>,
+}
+
+// ANCHOR: client_loop
+fn run(args: &Args) -> Result<ExitCode> {
+    let socket_fd = connect_any(&args.addrs)?;
+    // epoll_create1(2): one set for both sides, so neither blocks the other.
+    let epoll_fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        .map_err(io::Error::from)
+        .context("epoll_create1 failed")?;
+    epoll_fd
+        .add(&socket_fd, EpollEvent::new(EpollFlags::EPOLLIN, SOCKET))
+        .map_err(io::Error::from)
+        .context("epoll_ctl ADD socket failed")?;
+    let stdin = io::stdin();
+    let stdin_is_file = match epoll_fd.add(&stdin, EpollEvent::new(EpollFlags::EPOLLIN, STDIN)) {
+        Ok(()) => false,
+        Err(Errno::EPERM) => true,
+        Err(err) => return Err(io::Error::from(err)).context("epoll_ctl ADD stdin failed"),
+    };
+    // Typing on a terminal: raw mode and our own input line. (With stdout
+    // sent to a file, the prompt and escape codes would land in the file.)
+    let on_terminal = isatty(io::stdin()).unwrap_or(false) && isatty(io::stdout()).unwrap_or(false);
+    let terminal = if on_terminal {
+        Some(Terminal::start(&epoll_fd)?)
+    } else {
+        None
+    };
+    let mut client = Client {
+        socket_fd,
+        epoll_fd,
+        stdin_is_file,
+        stdin_open: true,
+        stdin_watched: !stdin_is_file,
+        last_byte: b'\n',
+        unsent: Vec::new(),
+        want_write: false,
+        sent_eof: false,
+        terminal,
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ready = [EpollEvent::empty(); 3];
+    loop {
+        let timeout = if client.stdin_is_file && client.stdin_open && client.room() {
+            EpollTimeout::ZERO // a file is always readable: don't sleep
+        } else if client.sent_eof {
+            EpollTimeout::from(LAST_LINES)
+        } else {
+            EpollTimeout::NONE
+        };
+        // Level-triggered: a side stays ready until it is read or written,
+        // so one read per event is enough and nothing is missed.
+        let n = match client.epoll_fd.wait(&mut ready, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
+        };
+        if n == 0 && client.sent_eof {
+            return Ok(ExitCode::SUCCESS); // no more lines came: we are done
+        }
+        let mut stdin_ready = client.stdin_is_file && client.stdin_open && client.room();
+        for event in &ready[..n] {
+            match event.data() {
+                STDIN => stdin_ready = true,
+                SIGNALS => {
+                    if let Some(terminal) = &client.terminal
+                        && let Some(code) = terminal.signalled()?
+                    {
+                        return Ok(code); // SIGINT, SIGTERM or SIGHUP
+                    }
+                }
+                _ => {
+                    if event.events().contains(EpollFlags::EPOLLOUT) {
+                        client.send_unsent()?;
+                    }
+                    if event.events().intersects(
+                        EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR,
+                    ) && !client.receive(&mut buf)?
+                    {
+                        return Ok(ExitCode::SUCCESS); // the server closed the connection
+                    }
+                }
+            }
+        }
+        if stdin_ready && let Some(code) = client.read_stdin(&mut buf)? {
+            return Ok(code); // Ctrl-C
+        }
+        client.update_interest()?;
+    }
+}
+// ANCHOR_END: client_loop
+
+impl Client {
+    /// Whether stdin may be read: not while much is still unsent.
+    fn room(&self) -> bool {
+        self.unsent.len() < MAX_UNSENT
+    }
+
+    /// Print what the server sent. Returns false once it has closed.
+    fn receive(&mut self, buf: &mut [u8]) -> Result<bool> {
+        let n = match read(&self.socket_fd, buf) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(true),
+            Err(Errno::ECONNRESET) => 0, // a reset is a close too
+            Err(err) => return Err(io::Error::from(err)).context("cannot read from the server"),
+        };
+        // After our own end-of-file the server closing is the expected end.
+        let received: &[u8] = match n {
+            0 if self.sent_eof => b"",
+            0 => b"* disconnected\n",
+            _ => &buf[..n],
+        };
+        if let Some(terminal) = &mut self.terminal {
+            terminal.print_received(received, n == 0)?;
+        } else {
+            let mut stdout = io::stdout().lock();
+            stdout.write_all(received)?;
+            stdout.flush()?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Read what stdin has and send it on. Returns an exit code when the
+    /// user pressed Ctrl-C.
+    fn read_stdin(&mut self, buf: &mut [u8]) -> Result<Option<ExitCode>> {
+        match read(io::stdin(), buf) {
+            Ok(0) => {
+                self.stdin_open = false;
+                if self.last_byte != b'\n' {
+                    self.unsent.push(b'\n'); // the last line of a file may lack its newline
+                }
+            }
+            Ok(n) => match &mut self.terminal {
+                Some(terminal) => match terminal.keys(&buf[..n], &mut self.unsent)? {
+                    Keys::Typed => {}
+                    Keys::EndOfInput => self.stdin_open = false,
+                    Keys::Interrupt => return Ok(Some(exit_code(Signal::SIGINT))),
+                },
+                None => {
+                    self.unsent.extend_from_slice(&buf[..n]);
+                    self.last_byte = buf[n - 1];
+                }
+            },
+            Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(err) => return Err(io::Error::from(err)).context("cannot read stdin"),
+        }
+        self.send_unsent()?;
+        Ok(None)
+    }
+
+    /// Send as much as the socket takes; once stdin has ended and all is
+    /// sent, send end-of-file so the server knows we are done.
+    fn send_unsent(&mut self) -> Result<()> {
+        while !self.unsent.is_empty() {
+            match send(
+                self.socket_fd.as_raw_fd(),
+                &self.unsent,
+                MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) => {
+                    self.unsent.drain(..n);
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                // The server is gone; the read side will say so.
+                Err(Errno::EPIPE | Errno::ECONNRESET) => {
+                    self.unsent.clear();
+                    break;
+                }
+                Err(err) => return Err(io::Error::from(err)).context("cannot send to the server"),
+            }
+        }
+        if self.unsent.is_empty() {
+            self.unsent = Vec::new();
+            if !self.stdin_open && !self.sent_eof {
+                // The server answers end-of-file by sending what it still
+                // owes us and closing: then every last line has arrived.
+                let _ = shutdown(self.socket_fd.as_raw_fd(), Shutdown::Write);
+                self.sent_eof = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Watch the socket for `EPOLLOUT` only while something is unsent, and
+    /// stdin only while there is room for more.
+    fn update_interest(&mut self) -> Result<()> {
+        let want_write = !self.unsent.is_empty();
+        if want_write != self.want_write {
+            let mut flags = EpollFlags::EPOLLIN;
+            if want_write {
+                flags |= EpollFlags::EPOLLOUT;
+            }
+            self.epoll_fd
+                .modify(&self.socket_fd, &mut EpollEvent::new(flags, SOCKET))
+                .map_err(io::Error::from)
+                .context("epoll_ctl MOD socket failed")?;
+            self.want_write = want_write;
+        }
+        let watch_stdin = !self.stdin_is_file && self.stdin_open && self.room();
+        if watch_stdin != self.stdin_watched {
+            let stdin = io::stdin();
+            let result = if watch_stdin {
+                self.epoll_fd
+                    .add(&stdin, EpollEvent::new(EpollFlags::EPOLLIN, STDIN))
+            } else {
+                self.epoll_fd.delete(&stdin)
+            };
+            result
+                .map_err(io::Error::from)
+                .context("epoll_ctl stdin failed")?;
+            self.stdin_watched = watch_stdin;
+        }
+        Ok(())
+    }
+}
+
+/// The exit code a shell shows for a process ended by `signal`.
+fn exit_code(signal: Signal) -> ExitCode {
+    ExitCode::from(128 + signal as u8)
+}
+
+// ANCHOR: raw_mode
+/// Raw mode for as long as this lives: dropping it restores the terminal,
+/// on a normal return, an error return, and while a panic unwinds.
+struct RawMode {
+    saved: Termios,
+}
+
+impl RawMode {
+    fn enter() -> Result<RawMode> {
+        let saved = tcgetattr(io::stdin())
+            .map_err(io::Error::from)
+            .context("tcgetattr failed")?;
+        let mut raw = saved.clone();
+        // Every key as it is typed, not a line at a time (ICANON), and not
+        // echoed by the terminal (ECHO): the client draws the line itself.
+        // Ctrl-C, Ctrl-Z, Ctrl-\ (ISIG), Ctrl-V, Ctrl-O (IEXTEN), Ctrl-S and
+        // Ctrl-Q (IXON) arrive as bytes instead of acting on the terminal.
+        raw.local_flags &=
+            !(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG | LocalFlags::IEXTEN);
+        // Enter arrives as `\r`, not turned into `\n` (ICRNL).
+        raw.input_flags &= !(InputFlags::ICRNL | InputFlags::IXON);
+        // A read returns as soon as one byte is there, with no timer.
+        raw.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
+        raw.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+        // Output processing (OPOST) stays on: `\n` still goes out as `\r\n`.
+        tcsetattr(io::stdin(), SetArg::TCSANOW, &raw)
+            .map_err(io::Error::from)
+            .context("tcsetattr failed")?;
+        // The default panic hook prints the message before unwinding starts:
+        // restore first, so the message reads as usual. (A `Termios` may not
+        // cross threads; the `libc::termios` inside it may.)
+        let copy = libc::termios::from(saved.clone());
+        let default_hook = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            restore(&Termios::from(copy));
+            default_hook(info);
+        }));
+        Ok(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        restore(&self.saved);
+    }
+}
+
+/// Erase the input line and put the terminal back as it was. Errors are
+/// ignored: this runs on the way out, when nothing better can be done.
+fn restore(saved: &Termios) {
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(b"\r\x1b[2K");
+    let _ = stdout.flush();
+    let _ = tcsetattr(io::stdin(), SetArg::TCSANOW, saved);
+}
+// ANCHOR_END: raw_mode
+
+// ANCHOR: signals
+/// Block SIGINT, SIGTERM and SIGHUP and receive them from a `signalfd(2)`
+/// in the epoll set: a `kill` ends the loop like any other event, and the
+/// terminal is restored on the way out. (Raw mode makes Ctrl-C a byte, but
+/// not a signal sent by another process.)
+fn watch_signals() -> Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGHUP);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(io::Error::from)
+        .context("sigprocmask failed")?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(io::Error::from)
+        .context("signalfd failed")
+}
+// ANCHOR_END: signals
+
+/// What the keys read from the terminal ask of the loop.
+enum Keys {
+    Typed,
+    /// Ctrl-D on an empty line: the end of input, as at the end of a file.
+    EndOfInput,
+    /// Ctrl-C: quit now, sending nothing more.
+    Interrupt,
+}
+
+/// Where the keys are in an escape sequence (an arrow key sends `ESC [ A`):
+/// its bytes are skipped, not typed.
+enum Escape {
+    None,
+    /// After `ESC`.
+    Started,
+    /// After `ESC [` or `ESC O`, until the final byte (`@` to `~`).
+    Sequence,
+}
+
+// ANCHOR: terminal
+/// The terminal when stdin and stdout are one: raw mode, the signals that
+/// must not leave it raw, and the input line drawn under what arrives.
+struct Terminal {
+    /// Kept for its `Drop`, which restores the terminal.
+    _raw: RawMode,
+    signal_fd: SignalFd,
+    /// Our name, from `* welcome NAME ...` and `* OLD is now NEW`.
+    name: String,
+    /// What has been typed and not yet sent.
+    typed: Vec<u8>,
+    escape: Escape,
+    /// Received bytes after the last `\n`: printed once their line is whole.
+    partial: Vec<u8>,
+    /// The prompt and input line are drawn (until the input or the
+    /// connection ends).
+    prompt: bool,
+}
+// ANCHOR_END: terminal
+
+impl Terminal {
+    /// Signals first, then raw mode: a signal from here on ends the loop
+    /// with the terminal restored.
+    fn start(epoll_fd: &Epoll) -> Result<Terminal> {
+        let signal_fd = watch_signals()?;
+        epoll_fd
+            .add(&signal_fd, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))
+            .map_err(io::Error::from)
+            .context("epoll_ctl ADD signalfd failed")?;
+        let terminal = Terminal {
+            _raw: RawMode::enter()?,
+            signal_fd,
+            name: "you".to_string(), // until the welcome names us
+            typed: Vec::new(),
+            escape: Escape::None,
+            partial: Vec::new(),
+            prompt: true,
+        };
+        terminal.draw(b"")?;
+        Ok(terminal)
+    }
+
+    /// Take the signal waiting in the signalfd: the exit code it asks for,
+    /// the one a shell shows for a process it ended (`None` if there was
+    /// none after all).
+    fn signalled(&self) -> Result<Option<ExitCode>> {
+        let info = self
+            .signal_fd
+            .read_signal()
+            .map_err(io::Error::from)
+            .context("cannot read the signalfd")?;
+        Ok(info.map(|info| ExitCode::from(128 + info.ssi_signo as u8)))
+    }
+
+    // ANCHOR: keys
+    /// Edit the input line with the keys just read; Enter moves the line
+    /// to `unsent`.
+    fn keys(&mut self, keys: &[u8], unsent: &mut Vec<u8>) -> io::Result<Keys> {
+        let mut above = Vec::new(); // our own lines, printed above the prompt
+        for &key in keys {
+            match self.escape {
+                Escape::Started if key == b'[' || key == b'O' => self.escape = Escape::Sequence,
+                Escape::Sequence if !(0x40..=0x7e).contains(&key) => {}
+                Escape::Started | Escape::Sequence => self.escape = Escape::None,
+                Escape::None => match key {
+                    b'\r' | b'\n' => self.enter(&mut above, unsent),
+                    0x7f | 0x08 => {
+                        // Backspace: one character, which in UTF-8 is one
+                        // leading byte and the continuation bytes after it.
+                        while self.typed.pop().is_some_and(is_continuation) {}
+                    }
+                    0x15 => self.typed.clear(),         // Ctrl-U
+                    0x03 => return Ok(Keys::Interrupt), // Ctrl-C
+                    0x04 if self.typed.is_empty() => {
+                        self.prompt = false; // Ctrl-D
+                        self.draw(&above)?;
+                        return Ok(Keys::EndOfInput);
+                    }
+                    0x1b => self.escape = Escape::Started,
+                    b'\t' | b' '.. => self.typed.push(key),
+                    _ => {} // other control keys do nothing
+                },
+            }
+        }
+        self.draw(&above)?;
+        Ok(Keys::Typed)
+    }
+
+    /// Enter: send the line and show it as the others will see it, or a
+    /// command as it was typed. An empty line is not sent.
+    fn enter(&mut self, above: &mut Vec<u8>, unsent: &mut Vec<u8>) {
+        if self.typed.is_empty() {
+            return;
+        }
+        if self.typed.starts_with(b"/") {
+            above.extend_from_slice(self.prompt_text().as_bytes());
+        } else {
+            above.extend_from_slice(format!("{}: ", self.name).as_bytes());
+        }
+        above.extend_from_slice(&self.typed);
+        above.push(b'\n');
+        unsent.append(&mut self.typed);
+        unsent.push(b'\n');
+    }
+    // ANCHOR_END: keys
+
+    // ANCHOR: print_received
+    /// Print the whole lines received so far above the input line. Once the
+    /// connection has `closed`, print the rest too, and no prompt after it.
+    fn print_received(&mut self, received: &[u8], closed: bool) -> io::Result<()> {
+        self.partial.extend_from_slice(received);
+        let end = match self.partial.iter().rposition(|&b| b == b'\n') {
+            _ if closed => self.partial.len(),
+            // A line longer than any chat line is printed in pieces.
+            None if self.partial.len() >= MAX_UNSENT => self.partial.len(),
+            None => return Ok(()),
+            Some(newline) => newline + 1,
+        };
+        let mut lines: Vec<u8> = self.partial.drain(..end).collect();
+        if lines.last().is_some_and(|&b| b != b'\n') {
+            lines.push(b'\n');
+        }
+        for line in lines.split(|&b| b == b'\n') {
+            self.learn_name(line);
+        }
+        if closed {
+            self.prompt = false;
+        }
+        self.draw(&lines)
+    }
+
+    /// Follow our name: the server gives it in the welcome and announces
+    /// every change.
+    fn learn_name(&mut self, line: &[u8]) {
+        let Ok(line) = std::str::from_utf8(line) else {
+            return;
+        };
+        if let Some(rest) = line.strip_prefix("* welcome ") {
+            self.name = rest.split(' ').next().unwrap_or_default().to_string();
+        } else if let Some((old, new)) = line
+            .strip_prefix("* ")
+            .and_then(|notice| notice.split_once(" is now "))
+            && old == self.name
+        {
+            self.name = new.to_string();
+        }
+    }
+
+    /// Erase the input line, print `above` (whole lines), then draw the
+    /// prompt and what has been typed under them again.
+    fn draw(&self, above: &[u8]) -> io::Result<()> {
+        // `\r` goes to the start of the line, `ESC [ 2K` erases all of it.
+        let mut screen = b"\r\x1b[2K".to_vec();
+        screen.extend_from_slice(above);
+        if self.prompt {
+            let prompt = self.prompt_text();
+            screen.extend_from_slice(prompt.as_bytes());
+            screen.extend_from_slice(self.visible(prompt.chars().count()));
+        }
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(&screen)?;
+        stdout.flush()
+    }
+    // ANCHOR_END: print_received
+
+    fn prompt_text(&self) -> String {
+        format!("{}> ", self.name)
+    }
+
+    /// The end of the typed line that fits on the row after the prompt: a
+    /// line that wrapped onto a second row could not be erased with one
+    /// `ESC [ 2K`.
+    fn visible(&self, prompt_width: usize) -> &[u8] {
+        let room = terminal_width().saturating_sub(prompt_width + 1).max(1);
+        let starts: Vec<usize> = (0..self.typed.len())
+            .filter(|&i| !is_continuation(self.typed[i]))
+            .collect();
+        let first = starts.len().saturating_sub(room);
+        &self.typed[starts.get(first).copied().unwrap_or(0)..]
+    }
+}
+
+/// A UTF-8 continuation byte (`10xxxxxx`): part of the character before it.
+fn is_continuation(byte: u8) -> bool {
+    byte & 0xc0 == 0x80
+}
+
+/// The terminal's width in columns (`TIOCGWINSZ`), asked at every redraw
+/// so that resizing the window needs no signal; 80 if it cannot say.
+fn terminal_width() -> usize {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` to the pointer, which points
+    // to a `winsize` that lives through the call.
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    if rc == 0 && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        80
+    }
+}
