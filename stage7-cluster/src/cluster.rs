@@ -109,6 +109,7 @@ enum Claim {
     Nick {
         ticket: u64,
         fd: RawFd,
+        number: u64,
         name: String,
     },
 }
@@ -428,8 +429,10 @@ impl Cluster {
                             (joining.asked, joining.claimed) = (false, false);
                         }
                     }
-                    For::Owner(Claim::Nick { fd, .. }) => {
-                        if let Some(hold) = self.holds.get_mut(&fd) {
+                    For::Owner(Claim::Nick { fd, ticket, .. }) => {
+                        if let Some(hold) = self.holds.get_mut(&fd)
+                            && hold.ticket == ticket
+                        {
                             hold.asked = false;
                         }
                     }
@@ -715,6 +718,7 @@ impl Cluster {
             let claim = Claim::Nick {
                 ticket: hold.ticket,
                 fd,
+                number,
                 name: hold.name.clone(),
             };
             claims.push((claim, number));
@@ -769,16 +773,22 @@ impl Cluster {
                 }
                 joining.claimed = true;
             }
-            Claim::Nick { ticket, fd, name } => {
-                let number = self.numbers.get(&fd).copied().unwrap_or(0);
+            Claim::Nick {
+                ticket,
+                fd,
+                number,
+                name,
+            } => {
                 let taken = !ours(number);
-                let Some(hold) = self.holds.remove(&fd).filter(|h| h.ticket == ticket) else {
+                // The fd may be a newer client's by now: only its own hold.
+                if self.holds.get(&fd).is_none_or(|h| h.ticket != ticket) {
                     // The client left meanwhile: give the name back.
                     if !taken {
                         self.free_name(&self.node.clone(), number, &name);
                     }
                     return;
-                };
+                }
+                let hold = self.holds.remove(&fd).expect("checked above");
                 if taken {
                     clients.queue_line(fd, format!("* error: the name {name} is taken"));
                 } else if let Ok(old) = clients.rename(fd, name.as_bytes()) {

@@ -887,6 +887,12 @@ impl Server {
                     if let Some(cluster) = &mut self.cluster {
                         cluster.joined(fd, &name, number, announce);
                     }
+                    if self.shutdown.is_some() {
+                        // Its name came after SIGTERM: it leaves with the rest.
+                        self.clients.queue_line(fd, "* server shutting down");
+                        self.end(fd, Why::Shutdown);
+                        continue;
+                    }
                     // Its input may have come while it waited: no new edge
                     // would report it.
                     self.unread.push(fd);

@@ -88,6 +88,28 @@ fn names_and_counts_are_cluster_wide() {
 }
 
 #[test]
+fn a_nick_waiting_for_redis_holds_up_its_sender_alone() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, &[]);
+    let (mut waiting, _) = join(&a);
+    let (mut talker, _) = join(&a);
+    let (mut listener, _) = join(&a);
+    assert_eq!(waiting.recv_line(), "* client2 joined");
+    assert_eq!(waiting.recv_line(), "* client3 joined");
+    assert_eq!(talker.recv_line(), "* client3 joined");
+    // Redis holds its connections and answers nothing.
+    redis.signal(libc::SIGSTOP);
+    waiting.send(b"/nick alice\nsent after the nick\n");
+    talker.send(b"the loop goes on\n");
+    assert_eq!(listener.recv_line(), "client2: the loop goes on");
+    assert_eq!(waiting.recv_line(), "client2: the loop goes on");
+    redis.signal(libc::SIGCONT);
+    // Its line waited for the answer, so it comes after, under the new name.
+    assert_eq!(listener.recv_line(), "* client1 is now alice");
+    assert_eq!(listener.recv_line(), "alice: sent after the nick");
+}
+
+#[test]
 fn who_lists_every_node_in_the_order_names_were_given() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = (node(&redis, &[]), node(&redis, &[]));

@@ -78,6 +78,14 @@ impl Redis {
         }
     }
 
+    /// Send it a signal: `SIGSTOP` makes a Redis that holds its
+    /// connections and answers nothing, until `SIGCONT`.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
     /// `HOST:PORT`, as a server's `--redis` takes it.
     pub fn arg(&self) -> String {
         self.addr.to_string()
