@@ -273,6 +273,20 @@ impl Server {
         tcp_state(server_side, client_side) != Some(TCP_ESTABLISHED)
     }
 
+    /// How long the server has wanted a CPU: time running plus time
+    /// waiting in the run queue (`/proc/PID/schedstat`). Unlike CPU time
+    /// it does not shrink when other work shares the cores: a loop that
+    /// never sleeps is busy for all of the wall-clock time.
+    pub fn busy_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid())).unwrap();
+        let ns: Vec<u64> = stat
+            .split_whitespace()
+            .take(2)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        Duration::from_nanos(ns[0] + ns[1])
+    }
+
     /// The server's resident set size in bytes (`VmRSS` in `/proc/PID/status`).
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();

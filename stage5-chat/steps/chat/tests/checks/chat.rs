@@ -449,22 +449,27 @@ fn a_client_that_never_reads_is_dropped_and_stalls_no_one() {
     );
 }
 
-/// A client with a small receive window that has read its welcome, while
-/// `talker` is the only other client.
-fn slow_reader(server: &Server, talker: &mut Client) -> Client {
+/// A server (logging on, so its log names each client's fd) with room to
+/// queue a lot, a talker, and a client with a small receive window that has
+/// read its welcome and now reads nothing.
+fn with_a_slow_reader() -> (Server, Client, Client, i32) {
+    let server = Server::start(server_bin(), &["--max-queue", "268435456", "127.0.0.1:0"]);
+    let mut talker = server.connect();
+    welcome_probe(&mut talker);
     let mut slow = Client::connect_small_window(server.addr);
     let name = welcome_name(&slow.recv_line());
     assert_eq!(talker.recv_line(), format!("* {name} joined"));
-    slow
+    let fd = server.fd_of(&slow);
+    (server, talker, slow, fd)
 }
 
-/// Line `n` of a numbered burst: 100 bytes, newline included.
+/// Line `n` of the talker's bursts: 100 bytes, newline included.
 fn numbered(n: usize) -> String {
     format!("line {n:06} {}\n", "x".repeat(88))
 }
 
-/// Send lines `range` in one write, then wait for the answer to `/who`:
-/// by then the server has read the lines and tried to write them.
+/// Lines `range` in one write, then the answer to `/who`: by then the
+/// server has read the lines and tried to write them.
 fn burst(talker: &mut Client, range: std::ops::Range<usize>) {
     let lines: String = range.map(numbered).collect();
     talker.send(lines.as_bytes());
@@ -473,23 +478,41 @@ fn burst(talker: &mut Client, range: std::ops::Range<usize>) {
     assert!(reply.starts_with("* online: "), "got {reply:?}");
 }
 
-/// More than the kernel's buffers hold for a small-window client, far less
-/// than the queue limit the checks below set.
-const BURST: usize = 4000;
+/// Bursts until the slow reader's socket is full, which the server shows
+/// by asking for `EPOLLOUT` on it; returns how many lines were sent. The
+/// kernel buffers a few megabytes at most, so 64 MiB owed with no
+/// `EPOLLOUT` means the server drops lines or forgets to ask.
+fn fill(server: &Server, talker: &mut Client, fd: i32) -> usize {
+    const BURST: usize = 2000;
+    let epollout = libc::EPOLLOUT as u32;
+    let asked = || {
+        let interest = server.epoll_interest();
+        interest
+            .iter()
+            .any(|&(f, events)| f == fd && events & epollout != 0)
+    };
+    let mut sent = 0;
+    while !asked() {
+        assert!(
+            sent < 640_000,
+            "{sent} lines owed to a client that reads nothing, and no EPOLLOUT: {:?}",
+            server.epoll_interest()
+        );
+        burst(talker, sent..sent + BURST);
+        sent += BURST;
+    }
+    sent
+}
 
 #[test]
 fn lines_left_for_a_full_socket_arrive_in_order_without_more_traffic() {
-    let server = start(&["--max-queue", "16777216"]);
-    let mut talker = join(&server, 1).remove(0);
-    let mut slow = slow_reader(&server, &mut talker);
-    // The first burst fills the slow client's socket and leaves the rest in
-    // the server; the second is queued while the socket is full.
-    burst(&mut talker, 0..BURST);
-    burst(&mut talker, BURST..2 * BURST);
+    let (server, mut talker, mut slow, fd) = with_a_slow_reader();
+    let full = fill(&server, &mut talker, fd);
+    // More lines while the socket is full: queued behind the others.
+    burst(&mut talker, full..full + 2000);
     // Nothing else happens now: only EPOLLOUT can tell the server that the
-    // socket has room again, and a line queued later must not overtake one
-    // queued earlier.
-    for n in 0..2 * BURST {
+    // socket has room again, and no line may overtake one queued before it.
+    for n in 0..full + 2000 {
         let expected = format!("client1: {}", numbered(n));
         assert_eq!(slow.recv_line(), expected.trim_end(), "line {n}");
     }
@@ -497,17 +520,16 @@ fn lines_left_for_a_full_socket_arrive_in_order_without_more_traffic() {
 
 #[test]
 fn end_of_file_still_gets_every_line_it_is_owed_then_the_close() {
-    let server = start(&["--max-queue", "16777216"]);
-    let mut talker = join(&server, 1).remove(0);
-    let mut slow = slow_reader(&server, &mut talker);
-    burst(&mut talker, 0..BURST);
+    let (server, mut talker, mut slow, fd) = with_a_slow_reader();
+    let full = fill(&server, &mut talker, fd);
     // End-of-file means "no more input", not "throw away what I am owed".
     slow.shutdown_write();
-    assert!(
-        talker.recv_line().ends_with(" left"),
+    assert_eq!(
+        talker.recv_line(),
+        "* client2 left",
         "the server saw the end-of-file"
     );
-    for n in 0..BURST {
+    for n in 0..full {
         let expected = format!("client1: {}", numbered(n));
         assert_eq!(slow.recv_line(), expected.trim_end(), "line {n}");
     }
