@@ -18,12 +18,7 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::sys::uio::writev;
 
-use crate::queue::{Chunks, Line, OutQueue};
-
-/// The most slices one `writev(2)` is given. Lines that follow each other
-/// in a chunk share a slice, so a queue holds a few per round; whatever is
-/// left over goes in the next round's write.
-const SLICES_PER_WRITE: usize = 64;
+use crate::queue::{Chunks, Line, MAX_SLICES, OutQueue};
 
 // ANCHOR: phase
 /// Where a client is in its life.
@@ -145,11 +140,6 @@ impl Client {
         self.queue.is_empty()
     }
 
-    /// Whether one `writev` left bytes that the socket has room for.
-    pub fn has_more_to_write(&self) -> bool {
-        self.send_buffer != SendBuffer::Full && !self.queue.is_empty()
-    }
-
     /// `EPOLLOUT` fired: there is room in the socket again.
     pub fn freed(&mut self) {
         if self.send_buffer == SendBuffer::Full {
@@ -184,7 +174,7 @@ impl Client {
             self.send_buffer = SendBuffer::Room; // EPOLLOUT is no longer needed
             return Ok(());
         }
-        let mut slices = [IoSlice::new(&[]); SLICES_PER_WRITE];
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let filled = self.queue.slices(&mut slices);
         let slices = &slices[..filled];
         let offered: usize = slices.iter().map(|s| s.len()).sum();

@@ -274,8 +274,6 @@ struct Server {
     clients: Clients,
     /// Clients whose reads stopped before `EAGAIN`: read again next round.
     unread: Vec<RawFd>,
-    /// Clients with more queued than one `writev` took: write next round.
-    unwritten: Vec<RawFd>,
     /// When clients that are leaving are closed whatever happens, oldest
     /// first.
     deadlines: VecDeque<(Instant, RawFd)>,
@@ -375,7 +373,6 @@ impl Server {
             accepting: Accepting::Open,
             accept_error: None,
             unread: Vec::new(),
-            unwritten: Vec::new(),
             deadlines: VecDeque::new(),
             shutdown: None,
             cluster: None,
@@ -385,8 +382,7 @@ impl Server {
     /// How long `epoll_wait` may sleep: not at all while work is carried
     /// over, otherwise until the next deadline (or for ever).
     fn timeout(&self) -> EpollTimeout {
-        let carried = !self.unread.is_empty() || !self.unwritten.is_empty();
-        if carried || self.accepting == Accepting::Backlogged {
+        if !self.unread.is_empty() || self.accepting == Accepting::Backlogged {
             return EpollTimeout::ZERO;
         }
         let retry = match self.accepting {
@@ -822,9 +818,6 @@ impl Server {
     /// Write every dirty client's queue. Closing a client can queue `left`
     /// notices for others, so this goes on until no client is dirty.
     fn flush_all(&mut self) {
-        for fd in std::mem::take(&mut self.unwritten) {
-            self.clients.mark_dirty(fd);
-        }
         while let Some(fd) = self.clients.pop_dirty() {
             self.flush(fd);
         }
@@ -840,9 +833,6 @@ impl Server {
         let registered = client.wants_epollout();
         if let Err(err) = client.write() {
             return self.end(fd, Why::Error(err));
-        }
-        if client.has_more_to_write() {
-            self.unwritten.push(fd); // more than one writev takes
         }
         // Ask for EPOLLOUT only while the socket is full: a socket with room
         // to write is almost always writable, and would wake us for nothing.

@@ -109,6 +109,11 @@ impl Chunks {
 /// many shared chunks alive, not every chunk since it stopped reading.
 const MAX_RANGES: usize = 8;
 
+/// The most slices a queue's bytes take: its ranges, and its own copy (a
+/// ring buffer, so two). One `writev(2)` is offered them all, far fewer
+/// than the `IOV_MAX` (1024) it accepts.
+pub const MAX_SLICES: usize = MAX_RANGES + 2;
+
 /// The lines owed to one client, oldest first.
 #[derive(Default)]
 pub struct OutQueue {
