@@ -335,7 +335,6 @@ impl Cluster {
         for (what, reply) in progress.replies {
             self.reply(what, reply, clients, done);
         }
-        self.let_in(done);
         if let Some(err) = progress.lost {
             self.lost(token, &err.to_string(), epoll, clients);
         }
@@ -805,18 +804,15 @@ impl Cluster {
         }
     }
 
-    /// Let in the clients whose place in the stream this node has read.
-    /// Replies come in the order of the requests, so their places grow:
-    /// only the front can be next.
-    fn let_in(&mut self, done: &mut Vec<Done>) {
-        let read = self
-            .last_id
-            .as_deref()
-            .map_or(StreamId(0, 0), StreamId::parse);
-        while let Some(&(at, ticket)) = self.catching_up.front()
-            && at <= read
-        {
-            self.catching_up.pop_front();
+    /// Let in at most `max` of the clients whose place in the stream this
+    /// node has read. Replies come in the order of the requests, so their
+    /// places grow: only the front can be next.
+    pub fn let_in(&mut self, max: usize, done: &mut Vec<Done>) {
+        for _ in 0..max {
+            if !self.can_let_in() {
+                return;
+            }
+            let (_, ticket) = self.catching_up.pop_front().expect("can_let_in");
             let Some(joining) = self.joining.remove(&ticket) else {
                 continue;
             };
@@ -827,6 +823,15 @@ impl Cluster {
                 number,
             });
         }
+    }
+
+    /// Whether a client with a name can be let in now.
+    pub fn can_let_in(&self) -> bool {
+        let read = self
+            .last_id
+            .as_deref()
+            .map_or(StreamId(0, 0), StreamId::parse);
+        self.catching_up.front().is_some_and(|&(at, _)| at <= read)
     }
 
     /// Free `name` in Redis if `node`'s client `number` still holds it.

@@ -349,6 +349,7 @@ fn run(args: &Args) -> Result<()> {
         if backlogged {
             server.accept_clients();
         }
+        server.let_in();
         server.expire_deadlines();
         // The one write per client per round, and Redis's.
         server.flush_all();
@@ -382,7 +383,8 @@ impl Server {
     /// How long `epoll_wait` may sleep: not at all while work is carried
     /// over, otherwise until the next deadline (or for ever).
     fn timeout(&self) -> EpollTimeout {
-        if !self.unread.is_empty() || self.accepting == Accepting::Backlogged {
+        let named = self.cluster.as_ref().is_some_and(Cluster::can_let_in);
+        if !self.unread.is_empty() || self.accepting == Accepting::Backlogged || named {
             return EpollTimeout::ZERO;
         }
         let retry = match self.accepting {
@@ -869,6 +871,26 @@ impl Server {
             scratch,
             &mut done,
         );
+        self.carry_out(done);
+    }
+
+    /// Let in the clients whose names are ready, a round's share at a
+    /// time, as `accept_clients` does: between batches the round's output
+    /// is written, so join notices never pile up in every queue at once.
+    fn let_in(&mut self) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let mut done = Vec::new();
+        cluster.let_in(ACCEPTS_PER_ROUND, &mut done);
+        self.carry_out(done);
+    }
+
+    /// What Redis's answers let the server do.
+    fn carry_out(&mut self, done: Vec<Done>) {
+        if done.is_empty() {
+            return;
+        }
         for done in done {
             match done {
                 Done::Join { fd, name, number } => {
