@@ -130,6 +130,11 @@ impl Client {
         &self.name
     }
 
+    /// The order it joined in: in a cluster, its `client<N>` number.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Whether `EPOLLOUT` belongs in its interest list.
     pub fn wants_epollout(&self) -> bool {
         self.send_buffer != SendBuffer::Room
@@ -246,13 +251,17 @@ impl Clients {
                 break name.into();
             }
         };
-        self.join_as(fd, name)
+        self.join_as(fd, name, None)
     }
 
-    /// Add a connection to the chat under a name given elsewhere (by the
-    /// cluster, which makes names unique across nodes).
-    pub fn join_as(&mut self, fd: OwnedFd, name: Rc<str>) -> (RawFd, Rc<str>) {
+    /// Add a connection to the chat under a name given elsewhere, and
+    /// with the number that orders it among every node's clients (by the
+    /// cluster, which makes both unique across nodes).
+    pub fn join_as(&mut self, fd: OwnedFd, name: Rc<str>, id: Option<u64>) -> (RawFd, Rc<str>) {
         let raw = self.insert(fd, Rc::clone(&name), Phase::Online);
+        if let (Some(id), Some(client)) = (id, self.get_mut(raw)) {
+            client.id = id;
+        }
         self.names.insert(Rc::clone(&name), raw);
         self.online_count += 1;
         (raw, name)

@@ -152,6 +152,8 @@ struct Joining {
 /// A client whose `/nick` waits for Redis: its input waits with it.
 struct Hold {
     ticket: u64,
+    /// The client's `client<N>` number, and the name it asked for.
+    number: u64,
     name: String,
     asked: bool,
     /// Input read after the `/nick`, handled once the answer is in.
@@ -202,8 +204,6 @@ pub struct Cluster {
     roster: HashMap<String, BTreeMap<u64, String>>,
     /// When a node's lease was first seen missing.
     missing: HashMap<String, Instant>,
-    /// The `client<N>` number of each local client.
-    numbers: HashMap<RawFd, u64>,
     joining: BTreeMap<u64, Joining>,
     holds: HashMap<RawFd, Hold>,
     next_ticket: u64,
@@ -260,7 +260,6 @@ impl Cluster {
             seen: HashMap::new(),
             roster: HashMap::new(),
             missing: HashMap::new(),
-            numbers: HashMap::new(),
             joining: BTreeMap::new(),
             holds: HashMap::new(),
             next_ticket: 0,
@@ -576,14 +575,12 @@ impl Cluster {
     /// names again, raise the counter past our numbers, append again the
     /// last entries it may have lost, and say again who is here.
     fn restore(&mut self, clients: &Clients) {
-        let mut highest = 0;
-        let mut locals: Vec<(u64, String)> = Vec::new();
-        for (&fd, &number) in &self.numbers {
-            if let Some(client) = clients.get(fd) {
-                locals.push((number, client.name().to_string()));
-            }
-            highest = highest.max(number);
-        }
+        let mut locals: Vec<(u64, String)> = clients
+            .online_fds()
+            .into_iter()
+            .filter_map(|fd| clients.get(fd))
+            .map(|client| (client.id(), client.name().to_string()))
+            .collect();
         locals.sort();
         for (number, name) in &locals {
             let owner = format!("{} {number}", self.node);
@@ -591,14 +588,11 @@ impl Cluster {
                 &[b"HSETNX", NAMES, name.as_bytes(), owner.as_bytes()],
                 For::Nothing,
             );
+        }
+        if let Some((highest, _)) = locals.last() {
+            let highest = highest.to_string();
             self.commands.request(
-                &[
-                    b"EVAL",
-                    RAISE_NEXT,
-                    b"1",
-                    NEXT,
-                    number.to_string().as_bytes(),
-                ],
+                &[b"EVAL", RAISE_NEXT, b"1", NEXT, highest.as_bytes()],
                 For::Nothing,
             );
         }
@@ -713,7 +707,7 @@ impl Cluster {
         }
         for (&fd, hold) in self.holds.iter_mut().filter(|(_, h)| !h.asked) {
             hold.asked = true;
-            let number = self.numbers.get(&fd).copied().unwrap_or(0);
+            let number = hold.number;
             let claim = Claim::Nick {
                 ticket: hold.ticket,
                 fd,
@@ -852,7 +846,7 @@ impl Cluster {
 
     /// `/nick NEW` for a client: refused at once while out of contact,
     /// otherwise the client waits, alone, for Redis's answer.
-    pub fn nick(&mut self, fd: RawFd, name: &str) -> Result<(), &'static str> {
+    pub fn nick(&mut self, fd: RawFd, number: u64, name: &str) -> Result<(), &'static str> {
         if !self.is_ready() {
             return Err("* error: out of contact with the other servers; try again soon");
         }
@@ -861,6 +855,7 @@ impl Cluster {
             fd,
             Hold {
                 ticket: self.next_ticket,
+                number,
                 name: name.to_string(),
                 asked: false,
                 input: Vec::new(),
@@ -883,18 +878,14 @@ impl Cluster {
     }
 
     /// A local client joined as `client<number>`: the others are told.
-    pub fn joined(&mut self, fd: RawFd, name: &str, number: u64, announce: bool) {
-        self.numbers.insert(fd, number);
+    pub fn joined(&mut self, name: &str, number: u64, announce: bool) {
         let notice = announce.then(|| format!("* {name} joined").into_bytes());
         self.append(notice, Some(format!("+{number} {name}")));
     }
 
     /// A local client left: its name is freed and the others are told.
-    pub fn left(&mut self, fd: RawFd, name: &str, notice: Option<String>) {
+    pub fn left(&mut self, fd: RawFd, number: u64, name: &str, notice: Option<String>) {
         self.holds.remove(&fd);
-        let Some(number) = self.numbers.remove(&fd) else {
-            return;
-        };
         self.free_name(&self.node.clone(), number, name);
         self.append(notice.map(String::into_bytes), Some(format!("-{number}")));
     }
@@ -906,10 +897,11 @@ impl Cluster {
 
     /// Every name in the cluster, in the order their numbers were given.
     pub fn names(&self, clients: &Clients) -> Vec<String> {
-        let mut all: Vec<(u64, String)> = self
-            .numbers
-            .iter()
-            .filter_map(|(&fd, &n)| Some((n, clients.get(fd)?.name().to_string())))
+        let mut all: Vec<(u64, String)> = clients
+            .online_fds()
+            .into_iter()
+            .filter_map(|fd| clients.get(fd))
+            .map(|client| (client.id(), client.name().to_string()))
             .collect();
         for node in self.roster.values() {
             all.extend(node.iter().map(|(&n, name)| (n, name.clone())));

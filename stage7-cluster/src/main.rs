@@ -742,11 +742,12 @@ impl Server {
         }
         if let Some(cluster) = &mut self.cluster
             && let Some(name) = &left
+            && let Some(client) = self.clients.get(fd)
         {
             // A server shutting down leaves the others' clients in the
             // chat: they are told its clients left.
             let notice = notice.or_else(|| Why::EndOfFile.notice(name));
-            cluster.left(fd, name, notice);
+            cluster.left(fd, client.id(), name, notice);
         }
         if !why.owes_output() {
             return self.close(fd);
@@ -894,10 +895,10 @@ impl Server {
         for done in done {
             match done {
                 Done::Join { fd, name, number } => {
-                    let (fd, name) = self.clients.join_as(fd, name.into());
+                    let (fd, name) = self.clients.join_as(fd, name.into(), Some(number));
                     let announce = self.welcome(fd, &name);
                     if let Some(cluster) = &mut self.cluster {
-                        cluster.joined(fd, &name, number, announce);
+                        cluster.joined(&name, number, announce);
                     }
                     if self.shutdown.is_some() {
                         // Its name came after SIGTERM: it leaves with the rest.
@@ -938,7 +939,10 @@ impl Server {
         if self.clients.is_taken(name) || cluster.is_taken(name) {
             return Err(taken(arg));
         }
-        cluster.nick(fd, name).map_err(|e| e.as_bytes().to_vec())
+        let number = self.clients.get(fd).map_or(0, Client::id);
+        cluster
+            .nick(fd, number, name)
+            .map_err(|e| e.as_bytes().to_vec())
     }
     // ANCHOR_END: cluster
 
