@@ -9,9 +9,9 @@
 //! (an append repeated after a lost reply) and keeps each sender's order.
 //!
 //! Names live in a Redis hash (`HSETNX` claims one for the whole
-//! cluster); `client<N>` numbers come from `INCR`. Each node also mirrors
-//! who is on the other nodes, from the join, leave and rename entries of
-//! the stream, so `/who` and the welcome's count need no round trip.
+//! cluster, `/who` reads them all); `client<N>` numbers come from `INCR`.
+//! Each node also counts the clients of the other nodes, from the join and
+//! leave entries of the stream, so the welcome's count needs no round trip.
 //! A node holds a lease (a key with a TTL, renewed every second from a
 //! `timerfd`); a node whose lease is gone is dead, and the others announce
 //! its clients as left and free their names.
@@ -96,6 +96,10 @@ enum For {
     Position(u64),
     /// `EXISTS` of another node's lease.
     Alive(String),
+    /// `HGETALL` of the names for a client's `/who`.
+    Who { fd: RawFd, ticket: u64 },
+    /// `HGETALL` of the names, to tell who left with a node that is gone.
+    Gone(String),
     /// `XREAD` of the stream.
     Read,
 }
@@ -122,7 +126,8 @@ struct Entry {
     seq: u64,
     /// A line for every client: `NAME: text` or a notice.
     text: Option<Vec<u8>>,
-    /// `+N NAME` joined, `-N` left, `=N NAME` renamed.
+    /// `+N NAME` joined, `-N` left, `=N NAME` renamed, `#COUNT` all
+    /// of its clients (when Redis forgot them).
     roster: Option<String>,
 }
 
@@ -149,14 +154,16 @@ struct Joining {
     claimed: bool,
 }
 
-/// A client whose `/nick` waits for Redis: its input waits with it.
+/// A client whose `/nick` or `/who` waits for Redis: its input waits
+/// with it.
 struct Hold {
     ticket: u64,
-    /// The client's `client<N>` number, and the name it asked for.
+    /// The client's `client<N>` number.
     number: u64,
-    name: String,
+    /// The name it asked for with `/nick`, or `None` for `/who`.
+    name: Option<String>,
     asked: bool,
-    /// Input read after the `/nick`, handled once the answer is in.
+    /// Input read after the command, handled once the answer is in.
     input: Vec<u8>,
 }
 
@@ -200,8 +207,10 @@ pub struct Cluster {
     not_forwarded: u64,
     /// The last sequence number seen from each other node.
     seen: HashMap<String, u64>,
-    /// Who is on the other nodes: node -> number -> name.
-    roster: HashMap<String, BTreeMap<u64, String>>,
+    /// How many clients each other node has, from the `+`, `-` and `#`
+    /// of its entries: the welcome's count needs no round trip, and a
+    /// node with clients is one whose lease is watched.
+    others: HashMap<String, usize>,
     /// When a node's lease was first seen missing.
     missing: HashMap<String, Instant>,
     joining: BTreeMap<u64, Joining>,
@@ -258,7 +267,7 @@ impl Cluster {
             retained: VecDeque::new(),
             not_forwarded: 0,
             seen: HashMap::new(),
-            roster: HashMap::new(),
+            others: HashMap::new(),
             missing: HashMap::new(),
             joining: BTreeMap::new(),
             holds: HashMap::new(),
@@ -349,14 +358,19 @@ impl Cluster {
         if !self.ticks.is_multiple_of(RENEW_TICKS) || !self.is_ready() {
             return;
         }
+        // The lease says how many clients this node has, as of its last
+        // entry: the others correct their count with it.
         let lease = Self::lease_key(&self.node);
         let ms = LEASE_MS.to_string();
-        self.commands
-            .request(&[b"SET", &lease, b"1", b"PX", ms.as_bytes()], For::Nothing);
-        let nodes: Vec<String> = self.roster.keys().cloned().collect();
+        let value = format!("{} {}", self.seq, clients.online_count());
+        self.commands.request(
+            &[b"SET", &lease, value.as_bytes(), b"PX", ms.as_bytes()],
+            For::Nothing,
+        );
+        let nodes: Vec<String> = self.others.keys().cloned().collect();
         for node in nodes {
             let key = Self::lease_key(&node);
-            self.commands.request(&[b"EXISTS", &key], For::Alive(node));
+            self.commands.request(&[b"GET", &key], For::Alive(node));
         }
         self.flush(epoll, clients);
     }
@@ -385,7 +399,7 @@ impl Cluster {
         let lease = Self::lease_key(&self.node);
         let ms = LEASE_MS.to_string();
         self.commands.request(
-            &[b"SET", &lease, b"1", b"PX", ms.as_bytes(), b"NX"],
+            &[b"SET", &lease, b"0 0", b"PX", ms.as_bytes(), b"NX"],
             For::Claim,
         );
         if first {
@@ -427,7 +441,7 @@ impl Cluster {
                             (joining.asked, joining.claimed) = (false, false);
                         }
                     }
-                    For::Owner(Claim::Nick { fd, ticket, .. }) => {
+                    For::Owner(Claim::Nick { fd, ticket, .. }) | For::Who { fd, ticket } => {
                         if let Some(hold) = self.holds.get_mut(&fd)
                             && hold.ticket == ticket
                         {
@@ -510,19 +524,42 @@ impl Cluster {
                 }
             }
             For::Alive(node) => {
-                if reply != Value::Integer(0) {
+                if let Some(lease) = reply.bytes() {
                     self.missing.remove(&node);
-                    return;
+                    return self.recount(&node, lease);
                 }
                 let Contact::Ready { since } = self.contact else {
                     return;
                 };
                 let first_missing = *self.missing.entry(node.clone()).or_insert(Instant::now());
                 if since.elapsed() >= GRACE && first_missing.elapsed() >= TICK {
-                    self.node_lost(&node, clients);
+                    self.node_lost(&node);
                 }
             }
             For::Read => self.entries(&reply, clients),
+            For::Who { fd, ticket } => {
+                if self.holds.get(&fd).is_none_or(|h| h.ticket != ticket) {
+                    return; // it left meanwhile
+                }
+                let hold = self.holds.remove(&fd).expect("checked above");
+                let names = names_by_number(&reply, None);
+                let names: Vec<&str> = names.iter().map(|(_, name)| name.as_str()).collect();
+                clients.queue_line(fd, format!("* online: {}", names.join(", ")));
+                done.push(Done::Resume {
+                    fd,
+                    input: hold.input,
+                });
+            }
+            For::Gone(node) => {
+                let members = names_by_number(&reply, Some(&node));
+                let announce = self.online(clients) + members.len() <= self.announce_limit;
+                for (number, name) in members {
+                    if announce {
+                        clients.broadcast(format!("* {name} left (server lost)"), None);
+                    }
+                    self.free_name(&node, number, &name);
+                }
+            }
         }
     }
 
@@ -554,19 +591,12 @@ impl Cluster {
             .unwrap_or(b"0-0");
         self.last_id = Some(id.to_vec());
         for pair in names.items().chunks(2) {
-            let [name, owner] = pair else { continue };
-            let (Some(name), Some(owner)) = (name.bytes(), owner.bytes()) else {
-                continue;
-            };
-            let owner = String::from_utf8_lossy(owner);
-            if let Some((node, number)) = owner.split_once(' ')
+            let [_, owner] = pair else { continue };
+            let owner = String::from_utf8_lossy(owner.bytes().unwrap_or_default());
+            if let Some((node, _)) = owner.split_once(' ')
                 && node != self.node
-                && let Ok(number) = number.parse()
             {
-                self.roster
-                    .entry(node.to_string())
-                    .or_default()
-                    .insert(number, String::from_utf8_lossy(name).into_owned());
+                *self.others.entry(node.to_string()).or_default() += 1;
             }
         }
     }
@@ -599,14 +629,13 @@ impl Cluster {
         for entry in &self.retained {
             encode_append(&mut self.commands, &self.node, entry, For::Nothing);
         }
-        for (number, name) in locals {
-            self.seq += 1;
-            self.backlog.push_back(Entry {
-                seq: self.seq,
-                text: None,
-                roster: Some(format!("+{number} {name}")),
-            });
-        }
+        // Nodes that took this one for dead have forgotten its clients.
+        self.seq += 1;
+        self.backlog.push_back(Entry {
+            seq: self.seq,
+            text: None,
+            roster: Some(format!("#{}", locals.len())),
+        });
     }
 
     /// Write the entries Redis has not confirmed, oldest first.
@@ -707,12 +736,18 @@ impl Cluster {
         }
         for (&fd, hold) in self.holds.iter_mut().filter(|(_, h)| !h.asked) {
             hold.asked = true;
+            let ticket = hold.ticket;
+            let Some(name) = hold.name.clone() else {
+                self.commands
+                    .request(&[b"HGETALL", NAMES], For::Who { fd, ticket });
+                continue;
+            };
             let number = hold.number;
             let claim = Claim::Nick {
-                ticket: hold.ticket,
+                ticket,
                 fd,
                 number,
-                name: hold.name.clone(),
+                name,
             };
             claims.push((claim, number));
         }
@@ -847,25 +882,33 @@ impl Cluster {
     /// `/nick NEW` for a client: refused at once while out of contact,
     /// otherwise the client waits, alone, for Redis's answer.
     pub fn nick(&mut self, fd: RawFd, number: u64, name: &str) -> Result<(), &'static str> {
+        self.wait(fd, number, Some(name.to_string()))
+    }
+
+    /// `/who` for a client: every name in Redis, in the order of their
+    /// numbers; the client waits for it as for `/nick`.
+    pub fn who(&mut self, fd: RawFd, number: u64) -> Result<(), &'static str> {
+        self.wait(fd, number, None)
+    }
+
+    fn wait(&mut self, fd: RawFd, number: u64, name: Option<String>) -> Result<(), &'static str> {
         if !self.is_ready() {
             return Err("* error: out of contact with the other servers; try again soon");
         }
         self.next_ticket += 1;
-        self.holds.insert(
-            fd,
-            Hold {
-                ticket: self.next_ticket,
-                number,
-                name: name.to_string(),
-                asked: false,
-                input: Vec::new(),
-            },
-        );
+        let hold = Hold {
+            ticket: self.next_ticket,
+            number,
+            name,
+            asked: false,
+            input: Vec::new(),
+        };
+        self.holds.insert(fd, hold);
         self.ask_names();
         Ok(())
     }
 
-    /// Whether the client's input waits for a `/nick` answer.
+    /// Whether the client's input waits for an answer from Redis.
     pub fn holds(&self, fd: RawFd) -> bool {
         self.holds.contains_key(&fd)
     }
@@ -892,27 +935,23 @@ impl Cluster {
 
     /// Clients on every node.
     pub fn online(&self, clients: &Clients) -> usize {
-        clients.online_count() + self.roster.values().map(BTreeMap::len).sum::<usize>()
+        clients.online_count() + self.others.values().sum::<usize>()
     }
 
-    /// Every name in the cluster, in the order their numbers were given.
-    pub fn names(&self, clients: &Clients) -> Vec<String> {
-        let mut all: Vec<(u64, String)> = clients
-            .online_fds()
-            .into_iter()
-            .filter_map(|fd| clients.get(fd))
-            .map(|client| (client.id(), client.name().to_string()))
-            .collect();
-        for node in self.roster.values() {
-            all.extend(node.iter().map(|(&n, name)| (n, name.clone())));
+    /// A lease says how many clients its node had as of its entry `seq`:
+    /// exact when this node has read just that far, and a count that
+    /// drifted (an entry read twice in a race with the snapshot) is set
+    /// right.
+    fn recount(&mut self, node: &str, lease: &[u8]) {
+        let lease = String::from_utf8_lossy(lease);
+        let Some((seq, count)) = lease.split_once(' ') else {
+            return;
+        };
+        if let (Ok(seq), Ok(count)) = (seq.parse::<u64>(), count.parse::<usize>())
+            && self.seen.get(node) == Some(&seq)
+        {
+            self.others.insert(node.to_string(), count);
         }
-        all.sort();
-        all.into_iter().map(|(_, name)| name).collect()
-    }
-
-    /// Whether a name is on another node (as far as this node has read).
-    pub fn is_taken(&self, name: &str) -> bool {
-        self.roster.values().any(|n| n.values().any(|v| v == name))
     }
     // ANCHOR_END: names
 
@@ -987,20 +1026,15 @@ impl Cluster {
             ));
         }
         if let Some(op) = roster {
-            let members = self.roster.entry(node.clone()).or_default();
-            let (number, name) = op[1..].split_once(' ').unwrap_or((&op[1..], ""));
-            if let Ok(number) = number.parse::<u64>() {
-                match op.as_bytes().first() {
-                    Some(b'+' | b'=') => {
-                        members.insert(number, name.to_string());
-                    }
-                    _ => {
-                        members.remove(&number);
-                    }
-                }
+            let count = self.others.entry(node.clone()).or_default();
+            match op.as_bytes().first() {
+                Some(b'+') => *count += 1,
+                Some(b'-') => *count = count.saturating_sub(1),
+                Some(b'#') => *count = op[1..].parse().unwrap_or(*count),
+                _ => {} // a rename
             }
-            if members.is_empty() {
-                self.roster.remove(&node);
+            if *count == 0 {
+                self.others.remove(&node);
             }
         }
         if let Some(text) = text {
@@ -1010,23 +1044,16 @@ impl Cluster {
     // ANCHOR_END: read
 
     // ANCHOR: lost
-    /// Another node's lease is gone: its clients left with it.
-    fn node_lost(&mut self, node: &str, clients: &mut Clients) {
+    /// Another node's lease is gone: its clients left with it. Who they
+    /// were, Redis's names say.
+    fn node_lost(&mut self, node: &str) {
         self.missing.remove(node);
-        let Some(members) = self.roster.remove(node) else {
+        let Some(count) = self.others.remove(node) else {
             return;
         };
-        self.log(format_args!(
-            "redis: node {node} is gone ({} clients)",
-            members.len()
-        ));
-        let announce = self.online(clients) + members.len() <= self.announce_limit;
-        for (number, name) in members {
-            if announce {
-                clients.broadcast(format!("* {name} left (server lost)"), None);
-            }
-            self.free_name(node, number, &name);
-        }
+        self.log(format_args!("redis: node {node} is gone ({count} clients)"));
+        self.commands
+            .request(&[b"HGETALL", NAMES], For::Gone(node.to_string()));
     }
     // ANCHOR_END: lost
 
@@ -1048,6 +1075,27 @@ impl Cluster {
     pub fn is_drained(&self) -> bool {
         self.backlog.is_empty() || !self.is_ready()
     }
+}
+
+/// `(number, name)` from an `HGETALL` of the names, in the order of the
+/// numbers: every name, or those of `node`'s clients.
+fn names_by_number(reply: &Value, node: Option<&str>) -> Vec<(u64, String)> {
+    let mut names: Vec<(u64, String)> = reply
+        .items()
+        .chunks(2)
+        .filter_map(|pair| {
+            let [name, owner] = pair else { return None };
+            let owner = std::str::from_utf8(owner.bytes()?).ok()?;
+            let (owner_node, number) = owner.split_once(' ')?;
+            if node.is_some_and(|node| node != owner_node) {
+                return None;
+            }
+            let name = String::from_utf8_lossy(name.bytes()?).into_owned();
+            Some((number.parse().ok()?, name))
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 /// A stream entry's id, `MILLISECONDS-SEQUENCE`, in the order Redis gives.

@@ -697,11 +697,14 @@ impl Server {
                 }
                 Err(NickError::Taken) => [b"* error: the name ", arg, b" is taken"].concat(),
             },
-            b"who" => match &self.cluster {
-                Some(cluster) => format!("* online: {}", cluster.names(&self.clients).join(", ")),
-                None => format!("* online: {}", self.clients.names().join(", ")),
+            b"who" if self.cluster.is_some() => {
+                let number = self.clients.get(fd).map_or(0, Client::id);
+                match self.cluster.as_mut().map(|c| c.who(fd, number)) {
+                    Some(Err(error)) => error.as_bytes().to_vec(),
+                    _ => return ControlFlow::Continue(()), // it waits for Redis
+                }
             }
-            .into_bytes(),
+            b"who" => format!("* online: {}", self.clients.names().join(", ")).into_bytes(),
             b"help" => {
                 for line in HELP {
                     self.clients.queue_line(fd, line);
@@ -936,7 +939,7 @@ impl Server {
                 return Err(b"* error: a name is 1-32 of the characters A-Z a-z 0-9 _ -".to_vec());
             }
         };
-        if self.clients.is_taken(name) || cluster.is_taken(name) {
+        if self.clients.is_taken(name) {
             return Err(taken(arg));
         }
         let number = self.clients.get(fd).map_or(0, Client::id);
