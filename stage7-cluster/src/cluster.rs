@@ -490,6 +490,10 @@ impl Cluster {
             }
             For::Snapshot => {
                 self.snapshot(&reply);
+                let others: usize = self.others.values().sum();
+                self.log(format_args!(
+                    "redis: in the cluster ({others} clients on other nodes)"
+                ));
                 self.in_contact(clients);
             }
             For::Append(seq) => {

@@ -10,7 +10,8 @@ use testkit::conventions::welcome_probe;
 use testkit::redis::Redis;
 use testkit::{Client, Server};
 
-/// A node of the cluster on a free port, logging (the default mode).
+/// A node of the cluster on a free port, logging (the default mode), once
+/// it is in the cluster.
 fn node(redis: &Redis, flags: &[&str]) -> Server {
     let mut args = vec!["--redis".to_string(), redis.arg()];
     args.extend(flags.iter().map(|f| f.to_string()));
@@ -18,7 +19,11 @@ fn node(redis: &Redis, flags: &[&str]) -> Server {
         args.push("127.0.0.1:0".to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(env!("CARGO_BIN_EXE_stage7-cluster"), &args)
+    let server = Server::start(env!("CARGO_BIN_EXE_stage7-cluster"), &args);
+    // Its view of the cluster is taken: clients that join from now on are
+    // counted once, wherever they join.
+    server.wait_stderr("redis: in the cluster");
+    server
 }
 
 /// Connect to `server` and read the welcome (each check has a Redis of
@@ -160,6 +165,25 @@ fn a_node_shutting_down_tells_the_others_its_clients_left() {
     assert_eq!(b.wait_exit().code(), Some(0));
     on_a.send(b"/who\n");
     assert_eq!(on_a.recv_line(), "* online: client1");
+}
+
+#[test]
+fn a_node_killed_after_a_redis_restart_is_still_announced() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let (_a, b, mut on_a, _on_b) = two_nodes(&redis);
+    redis.stop();
+    assert_eq!(on_a.recv_line(), "* lost contact with the other servers");
+    redis.start_again();
+    assert_eq!(on_a.recv_line(), "* back in contact");
+    // B has put back what it owns (a node that dies before that leaves
+    // no names for the others to announce).
+    testkit::wait_until("node B puts its client's name back", || {
+        redis.command(&["HEXISTS", "chat:names", "client2"]) == ":1"
+    });
+    b.signal(libc::SIGKILL);
+    assert_eq!(on_a.recv_line(), "* client2 left (server lost)");
 }
 
 /// `client1` on node A sends lines, Redis goes away (`stop`), it sends
