@@ -8,10 +8,12 @@
 //! A run has three phases: connect every client (and wait for each one's
 //! first line from the server), sync (client 1's sync line has reached
 //! everyone, so the server relays to all of them), then send and check until
-//! every line arrived or none has for `--drain-timeout`.
+//! every line arrived or none has for `--drain-timeout`. The first two, and
+//! the check, belong to `Group`, which `chaos` shares.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -21,8 +23,8 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use serde_json::json;
 
-use crate::cli::{ChatArgs, show_duration};
-use crate::net::{self, Deadlines, Failure, ReadEnd};
+use crate::cli::{ChatArgs, addr_list, show_addrs, show_duration};
+use crate::net::{self, Deadlines, Errors, Failure, ReadEnd};
 use crate::report::{Latency, Outcome, Progress, duration, per_second, plural, thousands};
 
 /// Handshakes in flight while connecting the clients.
@@ -45,6 +47,9 @@ enum State {
     /// Connected, waiting for the server's first line.
     Greeting,
     Ready,
+    /// Could not connect, or was never greeted: counted in `Group::errors`,
+    /// neither a sender nor a receiver of the check.
+    Failed,
 }
 
 struct Client {
@@ -52,7 +57,8 @@ struct Client {
     id: u32,
     fd: Option<OwnedFd>,
     state: State,
-    serial: u64,
+    /// The address it connects to: the run's addresses in turn.
+    target: SocketAddr,
     /// Bytes not yet taken by the socket.
     out: Vec<u8>,
     out_sent: usize,
@@ -65,13 +71,15 @@ struct Client {
     highest: Vec<u32>,
     /// Distinct lines of other clients received.
     got: u64,
-    /// Has received client 1's sync line (see phase 2 of `run`).
+    /// Has received the sync line (see `Group::connect`).
     synced: bool,
+    /// Server notices received (lines starting `* `), not checked.
+    notices: u64,
 }
 
-/// The line client 1 repeats until every other client has received it.
+/// The line the first client repeats until every other client has received it.
 const SYNC: &[u8] = b"~sync~";
-/// How often client 1 repeats it.
+/// How often it is repeated.
 const SYNC_EVERY: Duration = Duration::from_millis(100);
 
 /// One receiver's view of one sender's lines, kept only once a gap opened:
@@ -93,174 +101,509 @@ struct Check {
     foreign: u64,
 }
 
+/// How a group of checked clients connects.
+pub struct Setup<'a> {
+    pub targets: &'a [SocketAddr],
+    pub clients: u32,
+    /// The most lines any client will send: a token with a higher SEQ is
+    /// foreign.
+    pub max_seq: u32,
+    pub hello: Option<&'a str>,
+    pub greeting: bool,
+    pub timeout: Duration,
+}
+
+// ANCHOR: group
+/// Chat clients whose every received line is checked: each line they send
+/// carries a token, and each receiver checks that it got every other
+/// client's lines exactly once and in order. `chat` is one such group
+/// driven as fast as asked; `chaos` runs one among misbehaving clients.
+/// Their epoll tokens are their indexes, `0..clients`.
+pub struct Group {
+    clients: Vec<Client>,
+    gaps: Gaps,
+    check: Check,
+    pub latency: Latency,
+    /// Clients that could not connect (or were never greeted), by kind.
+    pub errors: Errors,
+    max_seq: u32,
+    buf: Vec<u8>,
+    tokens: Vec<(u32, u32, u64)>,
+    /// Lines sent, and first deliveries, over all clients.
+    pub sent: u64,
+    pub delivered: u64,
+    pub last_delivery: Instant,
+    /// From the first connect until every client was in the chat.
+    pub connected_in: Duration,
+}
+// ANCHOR_END: group
+
+impl Group {
+    /// Connect every client (and wait for each one's first line from the
+    /// server), then sync: every client is in the chat before any counted
+    /// line is sent. A client that cannot connect is counted in `errors`
+    /// and left out; fewer than two left is an error for the whole run.
+    pub fn connect(epoll: &Epoll, setup: &Setup) -> Result<Group> {
+        let count = setup.clients as usize;
+        let limit = net::raise_fd_limit();
+        if u64::from(setup.clients) + 16 > limit {
+            bail!(
+                "--clients {} needs more descriptors than this process may open ({limit})",
+                setup.clients
+            );
+        }
+        let clients = (1..=setup.clients)
+            .map(|id| Client {
+                id,
+                fd: None,
+                state: State::Connecting,
+                target: setup.targets[(id as usize - 1) % setup.targets.len()],
+                out: Vec::new(),
+                out_sent: 0,
+                partial: Vec::new(),
+                sent: 0,
+                highest: vec![0; count],
+                got: 0,
+                synced: false,
+                notices: 0,
+            })
+            .collect();
+        let mut group = Group {
+            clients,
+            gaps: Gaps::new(),
+            check: Check::default(),
+            latency: Latency::default(),
+            errors: Errors::default(),
+            max_seq: setup.max_seq,
+            buf: vec![0u8; 64 * 1024],
+            tokens: Vec::new(),
+            sent: 0,
+            delivered: 0,
+            last_delivery: Instant::now(),
+            connected_in: Duration::ZERO,
+        };
+        let start = Instant::now();
+        group.connect_all(epoll, setup)?;
+        group.sync(epoll, setup.timeout)?;
+        group.connected_in = start.elapsed();
+        group.last_delivery = Instant::now();
+        Ok(group)
+    }
+
+    /// Phase 1: connect every client and wait for its greeting before any
+    /// line is sent, so that no line goes out before its receivers exist.
+    fn connect_all(&mut self, epoll: &Epoll, setup: &Setup) -> Result<()> {
+        let count = self.clients.len();
+        let mut ready = vec![EpollEvent::empty(); 1024];
+        let mut progress = Progress::new();
+        let mut deadlines = Deadlines::default();
+        let (mut launched, mut connecting, mut settled) = (0usize, 0usize, 0usize);
+        let mut never_greeted = 0u64;
+        while settled < count {
+            let now = Instant::now();
+            while launched < count && connecting < CONNECT_CONCURRENCY {
+                let index = launched;
+                launched += 1;
+                let client = &mut self.clients[index];
+                // A socket that cannot be started or watched is this
+                // client's failure, counted like a refused connect.
+                let started = net::start_connect(client.target, None, true)
+                    .and_then(|(fd, _)| {
+                        net::watch(epoll, &fd, net::INTEREST, index as u64)?;
+                        Ok(fd)
+                    })
+                    .map_err(Failure::Os);
+                match started {
+                    Ok(fd) => {
+                        client.fd = Some(fd);
+                        deadlines.push(now + setup.timeout, index, 0);
+                        connecting += 1;
+                    }
+                    Err(failure) => {
+                        self.errors.count_for(client.target, failure);
+                        client.state = State::Failed;
+                        settled += 1;
+                    }
+                }
+            }
+            let timeout = deadlines.next_in(now).unwrap_or(Duration::from_millis(200));
+            let n = net::wait(epoll, &mut ready, timeout)?;
+            for event in &ready[..n] {
+                let index = event.data() as usize;
+                let client = &mut self.clients[index];
+                let mut failure = None;
+                if client.state == State::Connecting {
+                    if !event.events().intersects(
+                        EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP,
+                    ) {
+                        continue;
+                    }
+                    let fd = client.fd.as_ref().expect("connecting client has a socket");
+                    match net::connect_result(fd) {
+                        Err(errno) => failure = Some(Failure::Os(errno)),
+                        Ok(()) => {
+                            connecting -= 1;
+                            if let Some(hello) = setup.hello {
+                                client.out.extend_from_slice(hello.as_bytes());
+                                client.out.push(b'\n');
+                            }
+                            if setup.greeting {
+                                client.state = State::Greeting;
+                                // The greeting has its own deadline, from now.
+                                deadlines.push(Instant::now() + setup.timeout, index, 1);
+                            } else {
+                                client.state = State::Ready;
+                                settled += 1;
+                            }
+                        }
+                    }
+                }
+                if failure.is_none() && client.state != State::Failed {
+                    match service(client, &mut self.buf, &mut self.tokens) {
+                        Ok(lines) if client.state == State::Greeting && lines > 0 => {
+                            client.state = State::Ready;
+                            settled += 1;
+                        }
+                        Ok(_) => {}
+                        Err(why) => failure = Some(why),
+                    }
+                }
+                // Nobody has sent a token yet; whatever came was a notice.
+                self.tokens.clear();
+                if let Some(failure) = failure {
+                    if client.state == State::Connecting {
+                        connecting -= 1;
+                    }
+                    if client.state == State::Ready {
+                        settled -= 1;
+                    }
+                    self.errors.count_for(client.target, failure);
+                    fail(epoll, client);
+                    settled += 1;
+                }
+            }
+            for (index, phase) in deadlines.expired(Instant::now()) {
+                let client = &mut self.clients[index];
+                let expired = match (&client.state, phase) {
+                    (State::Connecting, 0) => {
+                        connecting -= 1;
+                        true
+                    }
+                    (State::Greeting, 1) => {
+                        never_greeted += 1;
+                        true
+                    }
+                    _ => false,
+                };
+                if expired {
+                    self.errors.count_for(client.target, Failure::Timeout);
+                    fail(epoll, client);
+                    settled += 1;
+                }
+            }
+            progress.tick(|| format!("{settled} of {count} clients settled"));
+        }
+        let in_chat = self
+            .clients
+            .iter()
+            .filter(|c| c.state == State::Ready)
+            .count();
+        if in_chat >= 2 {
+            return Ok(());
+        }
+        let fallback = setup.targets[0];
+        if never_greeted > 0 && self.errors.total() == never_greeted {
+            bail!(
+                "is {} a chat server? {} got no line from it within {} of connecting \
+                 (a chat server greets; use --no-greeting for one that sends nothing first)",
+                self.errors.first_target.unwrap_or(fallback),
+                plural(never_greeted, "client"),
+                show_duration(setup.timeout)
+            );
+        }
+        Err(self.errors.cannot_connect(fallback))
+    }
+
+    // ANCHOR: sync
+    /// Phase 2: a connected (even a greeted) client is not proof that the
+    /// server relays to it yet. The first client sends a sync line, again
+    /// every 100ms, until every other client has received one: then every
+    /// connection has been accepted and registered, and no counted line can
+    /// be lost to a late registration.
+    fn sync(&mut self, epoll: &Epoll, timeout: Duration) -> Result<()> {
+        let mut ready = vec![EpollEvent::empty(); 1024];
+        let sync_deadline = Instant::now() + timeout;
+        let mut next_sync = Instant::now();
+        let first = self.live().next().expect("two clients are in the chat");
+        self.clients[first].synced = true;
+        loop {
+            let Some(waiting) = self.live().find(|&i| !self.clients[i].synced) else {
+                break;
+            };
+            let now = Instant::now();
+            if now >= sync_deadline {
+                bail!(
+                    "is {} a chat server? it relayed no line from client {} to client {} within {}",
+                    self.clients[waiting].target,
+                    first + 1,
+                    waiting + 1,
+                    show_duration(timeout)
+                );
+            }
+            if now >= next_sync {
+                let syncer = &mut self.clients[first];
+                syncer.out.extend_from_slice(SYNC);
+                syncer.out.push(b'\n');
+                next_sync = now + SYNC_EVERY;
+            }
+            // Sending happens in service(); the first client may have no
+            // event coming, so it is served before the wait.
+            self.serve_sync(epoll, first)?;
+            let n = net::wait(epoll, &mut ready, next_sync.saturating_duration_since(now))?;
+            let woken: Vec<usize> = ready[..n].iter().map(|e| e.data() as usize).collect();
+            for index in woken {
+                self.serve_sync(epoll, index)?;
+            }
+            self.tokens.clear();
+        }
+        Ok(())
+    }
+    // ANCHOR_END: sync
+
+    /// One client during the sync: a client the server lets go of now is
+    /// disconnected (a fault), and fewer than two left ends the run.
+    fn serve_sync(&mut self, epoll: &Epoll, index: usize) -> Result<()> {
+        let client = &mut self.clients[index];
+        if client.fd.is_none() {
+            return Ok(());
+        }
+        if service(client, &mut self.buf, &mut self.tokens).is_err() {
+            self.check.dropped.push(client.id);
+            net::close(epoll, client.fd.take().expect("checked above"));
+            if self.live().count() < 2 {
+                bail!(
+                    "the server disconnected client {} before the test began",
+                    index + 1
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The indexes of the clients still connected.
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.clients.len()).filter(|&i| self.clients[i].fd.is_some())
+    }
+
+    /// How many clients the group has (its epoll tokens are `0..len`).
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// How many clients are still connected.
+    pub fn connected(&self) -> usize {
+        self.live().count()
+    }
+
+    /// The indexes of the clients that got into the chat: the senders.
+    pub fn members(&self) -> Vec<usize> {
+        (0..self.clients.len())
+            .filter(|&i| self.clients[i].state == State::Ready)
+            .collect()
+    }
+
+    /// Server notices the clients received and left unchecked.
+    pub fn notices(&self) -> u64 {
+        self.clients.iter().map(|c| c.notices).sum()
+    }
+
+    /// How many got into the chat (connected and greeted).
+    pub fn joined(&self) -> usize {
+        self.clients
+            .iter()
+            .filter(|c| c.state == State::Ready)
+            .count()
+    }
+
+    /// Has every connected client received every line sent to it?
+    pub fn all_delivered(&self) -> bool {
+        let expected: u64 = self
+            .live()
+            .map(|i| self.sent - u64::from(self.clients[i].sent))
+            .sum();
+        let got: u64 = self.live().map(|i| self.clients[i].got).sum();
+        got >= expected
+    }
+
+    /// Queue the next `lines` lines of client `index` and send them; a
+    /// client the send finds gone counts as disconnected. Returns the
+    /// lines queued.
+    pub fn send(&mut self, index: usize, lines: u32, epoll: &Epoll) -> u64 {
+        let queued = send_lines(&mut self.clients[index], lines, epoll, &mut self.check);
+        self.sent += queued;
+        queued
+    }
+
+    /// A readiness event for client `index`: send what is queued, read
+    /// until `EAGAIN`, check every token. A client the server closed
+    /// counts as disconnected.
+    pub fn receive(&mut self, index: usize, epoll: &Epoll) {
+        let Some(client) = self.clients.get_mut(index) else {
+            return;
+        };
+        if client.fd.is_none() {
+            return;
+        }
+        let result = service(client, &mut self.buf, &mut self.tokens);
+        let now_ns = net::monotonic_ns();
+        let before = self.delivered;
+        for &(sender, seq, sent_ns) in &self.tokens {
+            if record(
+                client,
+                sender,
+                seq,
+                self.max_seq,
+                &mut self.gaps,
+                &mut self.check,
+            ) {
+                self.latency.record_ns(now_ns.saturating_sub(sent_ns));
+                self.delivered += 1;
+            }
+        }
+        // One clock read per read burst, not per line: at millions of
+        // lines a second the clock would be the tester's hot spot.
+        if self.delivered > before {
+            self.last_delivery = Instant::now();
+        }
+        self.tokens.clear();
+        if result.is_err() {
+            self.check.dropped.push(client.id);
+            net::close(epoll, client.fd.take().expect("checked above"));
+        }
+    }
+
+    /// Close every client and count what never arrived.
+    pub fn finish(&mut self, epoll: &Epoll) {
+        for client in &mut self.clients {
+            if let Some(fd) = client.fd.take() {
+                net::close(epoll, fd);
+            }
+        }
+        count_losses(&self.clients, &self.gaps, &mut self.check);
+    }
+
+    /// The deliveries expected: every line sent, at every other client
+    /// that joined.
+    pub fn expected(&self) -> u64 {
+        self.clients
+            .iter()
+            .filter(|c| c.state == State::Ready)
+            .map(|c| self.sent - u64::from(c.sent))
+            .sum()
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.check.lost
+    }
+
+    pub fn duplicated(&self) -> u64 {
+        self.check.duplicated
+    }
+
+    pub fn reordered(&self) -> u64 {
+        self.check.reordered
+    }
+
+    /// The clients the server disconnected, by id.
+    pub fn disconnected(&self) -> &[u32] {
+        &self.check.dropped
+    }
+
+    /// Lines whose token named no line of this run (ignored).
+    pub fn foreign(&self) -> u64 {
+        self.check.foreign
+    }
+
+    /// Each fault the check found, with its first example: empty when
+    /// every line reached every other client once and in order.
+    pub fn faults(&self) -> Vec<String> {
+        let check = &self.check;
+        let mut faults = Vec::new();
+        if check.lost > 0 {
+            faults.push(format!(
+                "lost {} ({})",
+                plural(check.lost, "line"),
+                check.first_loss.as_deref().unwrap_or("")
+            ));
+        }
+        if check.duplicated > 0 {
+            faults.push(format!(
+                "duplicated {} ({})",
+                plural(check.duplicated, "line"),
+                check.first_duplicate.as_deref().unwrap_or("")
+            ));
+        }
+        if check.reordered > 0 {
+            faults.push(format!(
+                "reordered {} ({})",
+                plural(check.reordered, "line"),
+                check.first_reorder.as_deref().unwrap_or("")
+            ));
+        }
+        if !check.dropped.is_empty() {
+            let ids: Vec<String> = check
+                .dropped
+                .iter()
+                .map(|id| format!("client {id}"))
+                .collect();
+            faults.push(format!("the server disconnected {}", ids.join(", ")));
+        }
+        faults
+    }
+}
+
+/// A client that could not connect or was never greeted: out of the run.
+fn fail(epoll: &Epoll, client: &mut Client) {
+    client.state = State::Failed;
+    if let Some(fd) = client.fd.take() {
+        net::close(epoll, fd);
+    }
+}
+
 pub fn run(args: &ChatArgs) -> Result<Outcome> {
-    let target = args.common.addr;
-    if args.clients == 0 {
-        bail!("--clients must be at least 1");
-    }
-    let limit = net::raise_fd_limit();
-    if u64::from(args.clients) + 16 > limit {
-        bail!(
-            "--clients {} needs more descriptors than this process may open ({limit})",
-            args.clients
-        );
-    }
     if let Some(hello) = &args.hello
         && hello.contains('\n')
     {
         bail!("--hello must be a single line");
     }
-    let count = args.clients as usize;
     let epoll = net::epoll_create()?;
     let mut ready = vec![EpollEvent::empty(); 1024];
-    let mut clients: Vec<Client> = (1..=args.clients)
-        .map(|id| Client {
-            id,
-            fd: None,
-            state: State::Connecting,
-            serial: 0,
-            out: Vec::new(),
-            out_sent: 0,
-            partial: Vec::new(),
-            sent: 0,
-            highest: vec![0; count],
-            got: 0,
-            synced: false,
-        })
-        .collect();
-    let mut gaps = Gaps::new();
-    let mut check = Check::default();
-    let mut latency = Latency::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut tokens = Vec::new();
+    let mut group = Group::connect(
+        &epoll,
+        &Setup {
+            targets: &args.common.addrs,
+            clients: args.clients,
+            max_seq: args.messages,
+            hello: args.hello.as_deref(),
+            greeting: !args.no_greeting,
+            timeout: args.common.timeout,
+        },
+    )?;
+    let count = group.len();
     let mut progress = Progress::new();
-
-    // Phase 1: connect every client (and wait for its greeting) before any
-    // line is sent, so that no line goes out before its receivers exist.
-    let start = Instant::now();
-    let mut deadlines = Deadlines::default();
-    let (mut launched, mut connecting, mut ready_clients) = (0usize, 0usize, 0usize);
-    while ready_clients < count {
-        let now = Instant::now();
-        while launched < count && connecting < CONNECT_CONCURRENCY {
-            let client = &mut clients[launched];
-            let (fd, _) = net::start_connect(target, None, true).map_err(|e| {
-                anyhow::anyhow!("cannot connect to {target}: {}", Failure::Os(e).message())
-            })?;
-            net::watch(&epoll, &fd, launched as u64)?;
-            client.fd = Some(fd);
-            client.serial = launched as u64;
-            deadlines.push(now + args.common.timeout, launched, launched as u64);
-            launched += 1;
-            connecting += 1;
-        }
-        let timeout = deadlines.next_in(now).unwrap_or(Duration::from_millis(200));
-        let n = net::wait(&epoll, &mut ready, timeout)?;
-        for event in &ready[..n] {
-            let index = event.data() as usize;
-            let client = &mut clients[index];
-            if client.state == State::Connecting {
-                if !event
-                    .events()
-                    .intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP)
-                {
-                    continue;
-                }
-                let fd = client.fd.as_ref().expect("connecting client has a socket");
-                if let Err(errno) = net::connect_result(fd) {
-                    bail!(
-                        "cannot connect to {target}: {}",
-                        Failure::Os(errno).message()
-                    );
-                }
-                connecting -= 1;
-                if let Some(hello) = &args.hello {
-                    client.out.extend_from_slice(hello.as_bytes());
-                    client.out.push(b'\n');
-                }
-                if args.no_greeting {
-                    client.state = State::Ready;
-                    ready_clients += 1;
-                } else {
-                    client.state = State::Greeting;
-                    // The greeting has its own deadline, from now.
-                    deadlines.push(Instant::now() + args.common.timeout, index, client.serial);
-                }
-            }
-            let lines = service(client, &mut buf, &mut tokens).map_err(|why| {
-                anyhow::anyhow!("client {}: {why} before the test began", index + 1)
-            })?;
-            if client.state == State::Greeting && lines > 0 {
-                client.state = State::Ready;
-                ready_clients += 1;
-            }
-            // Nobody has sent a token yet; whatever came was a notice.
-            tokens.clear();
-        }
-        for (index, _) in deadlines.expired(Instant::now()) {
-            match clients[index].state {
-                State::Connecting => bail!("cannot connect to {target}: timed out"),
-                State::Greeting => bail!(
-                    "client {}: no line from the server within {} of connecting \
-                     (use --no-greeting for a server that sends nothing first)",
-                    index + 1,
-                    show_duration(args.common.timeout)
-                ),
-                State::Ready => {}
-            }
-        }
-        progress.tick(|| format!("{ready_clients} of {count} clients connected"));
-    }
-
-    // ANCHOR: sync
-    // Phase 2: a connected (even a greeted) client is not proof that the
-    // server relays to it yet. Client 1 sends a sync line, again every
-    // 100ms, until every other client has received one: then every
-    // connection has been accepted and registered, and no counted line can
-    // be lost to a late registration.
-    let sync_deadline = Instant::now() + args.common.timeout;
-    let mut next_sync = Instant::now();
-    clients[0].synced = true;
-    while let Some(waiting) = clients.iter().position(|c| !c.synced) {
-        let now = Instant::now();
-        if now >= sync_deadline {
-            bail!(
-                "the server relayed no line from client 1 to client {} within {} \
-                 (is it a chat server?)",
-                waiting + 1,
-                show_duration(args.common.timeout)
-            );
-        }
-        if now >= next_sync {
-            let first = &mut clients[0];
-            first.out.extend_from_slice(SYNC);
-            first.out.push(b'\n');
-            next_sync = now + SYNC_EVERY;
-        }
-        // Sending happens in service(); client 1 may have no event coming.
-        let first_ok = service(&mut clients[0], &mut buf, &mut tokens);
-        first_ok.map_err(|why| anyhow::anyhow!("client 1: {why} before the test began"))?;
-        let n = net::wait(&epoll, &mut ready, next_sync.saturating_duration_since(now))?;
-        for event in &ready[..n] {
-            let index = event.data() as usize;
-            service(&mut clients[index], &mut buf, &mut tokens).map_err(|why| {
-                anyhow::anyhow!("client {}: {why} before the test began", index + 1)
-            })?;
-        }
-        tokens.clear();
-    }
-    // ANCHOR_END: sync
-    let connected_in = start.elapsed();
 
     // Phase 3: send on schedule, receive and check, until every line has
     // arrived or none has arrived for --drain-timeout after the last send.
-    let total = u64::from(args.clients) * u64::from(args.messages);
+    let joined = group.joined() as u64;
+    let total = joined * u64::from(args.messages);
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     let send_start = Instant::now();
-    let mut next_line = 0u64; // the k-th line overall: client k % C, seq k / C + 1
-    let (mut sent_total, mut delivered) = (0u64, 0u64);
+    // The k-th line overall goes from the k-th joined client (in turn).
+    let senders: Vec<usize> = (0..count)
+        .filter(|&i| group.clients[i].state == State::Ready)
+        .collect();
+    let mut next_line = 0u64;
     let mut last_send = send_start;
-    let mut last_delivery = send_start;
     let window = in_flight_limit(args);
     let mut slowest = vec![0u32; count];
     let mut stalled = false;
@@ -273,31 +616,29 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
         match interval {
             Some(interval) => {
                 while next_line < total && send_start + interval.mul_f64(next_line as f64) <= now {
-                    let index = (next_line % count as u64) as usize;
+                    let index = senders[(next_line % joined) as usize];
                     next_line += 1;
-                    if send_lines(&mut clients[index], 1, &epoll, &mut check) > 0 {
-                        sent_total += 1;
+                    if group.send(index, 1, &epoll) > 0 {
                         last_send = now;
                     }
                 }
             }
             None => {
-                slowest_receivers(&clients, &mut slowest);
-                for (client, &seen) in clients.iter_mut().zip(&slowest) {
+                slowest_receivers(&group.clients, &mut slowest);
+                for (index, &seen) in slowest.iter().enumerate() {
+                    let client = &group.clients[index];
                     let in_flight = client.sent.saturating_sub(seen);
                     let room = window
                         .saturating_sub(in_flight)
                         .min(args.messages - client.sent);
-                    if room > 0 {
-                        let lines = send_lines(client, room, &epoll, &mut check);
-                        if lines > 0 {
-                            sent_total += lines;
-                            last_send = now;
-                        }
+                    if room > 0 && group.send(index, room, &epoll) > 0 {
+                        last_send = now;
                     }
                 }
-                next_line = clients
+                next_line = group
+                    .clients
                     .iter()
+                    .filter(|c| c.state == State::Ready)
                     .map(|c| {
                         if c.fd.is_some() {
                             u64::from(c.sent)
@@ -309,22 +650,12 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
             }
         }
         let all_sent = next_line >= total;
+        let quiet_since = last_send.max(group.last_delivery);
         if all_sent {
-            let expected: u64 = clients
-                .iter()
-                .filter(|c| c.fd.is_some())
-                .map(|c| sent_total - u64::from(c.sent))
-                .sum();
-            let got: u64 = clients
-                .iter()
-                .filter(|c| c.fd.is_some())
-                .map(|c| c.got)
-                .sum();
-            let quiet_since = last_send.max(last_delivery);
-            if got >= expected || now - quiet_since >= args.drain_timeout {
+            if group.all_delivered() || now - quiet_since >= args.drain_timeout {
                 break;
             }
-        } else if interval.is_none() && now - last_send.max(last_delivery) >= args.drain_timeout {
+        } else if interval.is_none() && now - quiet_since >= args.drain_timeout {
             // Every window is full and nothing arrives: the server stopped
             // relaying, and sending more would only queue it up.
             stalled = true;
@@ -340,62 +671,23 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
             _ => Duration::from_millis(100),
         };
         let n = net::wait(&epoll, &mut ready, timeout)?;
-        let now_ns = net::monotonic_ns();
         for event in &ready[..n] {
-            let index = event.data() as usize;
-            let client = &mut clients[index];
-            if client.fd.is_none() {
-                continue;
-            }
-            let result = service(client, &mut buf, &mut tokens);
-            let before = delivered;
-            for &(sender, seq, sent_ns) in &tokens {
-                if record(client, sender, seq, args, &mut gaps, &mut check) {
-                    latency.record_ns(now_ns.saturating_sub(sent_ns));
-                    delivered += 1;
-                }
-            }
-            // One clock read per read burst, not per line: at millions of
-            // lines a second the clock would be the tester's hot spot.
-            if delivered > before {
-                last_delivery = Instant::now();
-            }
-            tokens.clear();
-            if result.is_err() {
-                check.dropped.push(client.id);
-                net::close(&epoll, client.fd.take().expect("checked above"));
-            }
+            group.receive(event.data() as usize, &epoll);
         }
         progress.tick(|| {
-            let alive = clients.iter().filter(|c| c.fd.is_some()).count();
             format!(
-                "{} lines sent, {} delivered, {alive} clients",
-                thousands(sent_total as f64),
-                thousands(delivered as f64)
+                "{} lines sent, {} delivered, {} clients",
+                thousands(group.sent as f64),
+                thousands(group.delivered as f64),
+                group.connected()
             )
         });
     }
     progress.finish();
-    let finished = last_delivery;
-    for client in &mut clients {
-        if let Some(fd) = client.fd.take() {
-            net::close(&epoll, fd);
-        }
-    }
-
-    count_losses(&clients, &gaps, &mut check);
-    report(
-        args,
-        window,
-        stalled,
-        &check,
-        &latency,
-        connected_in,
-        sent_total,
-        last_send - send_start,
-        delivered,
-        finished.saturating_duration_since(send_start),
-    )
+    group.finish(&epoll);
+    let send_time = last_send - send_start;
+    let delivery_time = group.last_delivery.saturating_duration_since(send_start);
+    report(args, window, stalled, &group, send_time, delivery_time)
 }
 
 /// The lines in flight per client with --rate 0: `--batch`, or fewer if
@@ -463,7 +755,7 @@ fn service(
     client: &mut Client,
     buf: &mut [u8],
     tokens: &mut Vec<(u32, u32, u64)>,
-) -> Result<usize, String> {
+) -> Result<usize, Failure> {
     let fd = client.fd.take().expect("service needs a socket");
     let result = service_fd(&fd, client, buf, tokens);
     client.fd = Some(fd);
@@ -475,8 +767,8 @@ fn service_fd(
     client: &mut Client,
     buf: &mut [u8],
     tokens: &mut Vec<(u32, u32, u64)>,
-) -> Result<usize, String> {
-    flush(fd, client).map_err(|e| format!("send failed: {}", Failure::Os(e).message()))?;
+) -> Result<usize, Failure> {
+    flush(fd, client).map_err(Failure::Os)?;
     let mut lines = 0;
     let end = net::read_all(fd, buf, |mut chunk| {
         // memchr scans a word at a time (SIMD where the CPU has it): a
@@ -490,11 +782,17 @@ fn service_fd(
                 client.partial.extend_from_slice(piece);
                 &client.partial
             };
-            if let Some(token) = find_token(line) {
+            // ANCHOR: notices
+            // A server's notice (`* client7 left`) is never a chat line,
+            // however many the misbehaving clients of a chaos run cause.
+            if line.starts_with(b"* ") {
+                client.notices += 1;
+            } else if let Some(token) = find_token(line) {
                 tokens.push(token);
             } else if line.windows(SYNC.len()).any(|w| w == SYNC) {
                 client.synced = true;
             }
+            // ANCHOR_END: notices
             lines += 1;
             client.partial.clear();
         }
@@ -504,8 +802,8 @@ fn service_fd(
     });
     match end {
         ReadEnd::WouldBlock => Ok(lines),
-        ReadEnd::Eof => Err("the server closed the connection".to_string()),
-        ReadEnd::Failed(errno) => Err(Failure::Os(errno).message()),
+        ReadEnd::Eof => Err(Failure::Closed),
+        ReadEnd::Failed(errno) => Err(Failure::Os(errno)),
     }
 }
 
@@ -562,11 +860,12 @@ fn record(
     receiver: &mut Client,
     sender: u32,
     seq: u32,
-    args: &ChatArgs,
+    max_seq: u32,
     gaps: &mut Gaps,
     check: &mut Check,
 ) -> bool {
-    if sender == 0 || sender > args.clients || seq == 0 || seq > args.messages {
+    let clients = receiver.highest.len() as u32;
+    if sender == 0 || sender > clients || seq == 0 || seq > max_seq {
         check.foreign += 1;
         return false;
     }
@@ -614,7 +913,8 @@ fn record(
 /// Whatever never arrived: skipped lines that never came late, and every
 /// line after the highest one a receiver saw.
 fn count_losses(clients: &[Client], gaps: &Gaps, check: &mut Check) {
-    for receiver in clients {
+    // A client that never got into the chat neither sent nor was owed.
+    for receiver in clients.iter().filter(|c| c.state == State::Ready) {
         for sender in clients {
             if sender.id == receiver.id {
                 continue;
@@ -641,22 +941,18 @@ fn count_losses(clients: &[Client], gaps: &Gaps, check: &mut Check) {
 }
 // ANCHOR_END: losses
 
-#[allow(clippy::too_many_arguments)]
 fn report(
     args: &ChatArgs,
     window: u32,
     stalled: bool,
-    check: &Check,
-    latency: &Latency,
-    connected_in: Duration,
-    sent: u64,
+    group: &Group,
     send_time: Duration,
-    delivered: u64,
     delivery_time: Duration,
 ) -> Result<Outcome> {
-    let target = args.common.addr;
+    let (sent, delivered) = (group.sent, group.delivered);
     let mut settings = format!(
-        "tester chat {target} --clients {} --messages {} --rate {} --drain-timeout {} --timeout {}",
+        "tester chat {} --clients {} --messages {} --rate {} --drain-timeout {} --timeout {}",
+        show_addrs(&args.common.addrs),
         args.clients,
         args.messages,
         args.rate,
@@ -705,42 +1001,23 @@ fn report(
         }
         format!("{} requested", thousands(args.rate as f64))
     };
-    let mut faults = Vec::new();
-    if check.lost > 0 {
+    let mut faults = group.faults();
+    if group.errors.total() > 0 {
         faults.push(format!(
-            "lost {} ({})",
-            plural(check.lost, "line"),
-            check.first_loss.as_deref().unwrap_or("")
+            "{} of {} could not join ({}; first: {})",
+            group.errors.total(),
+            plural(u64::from(args.clients), "client"),
+            group.errors.describe(),
+            group.errors.first.as_deref().unwrap_or("")
         ));
-    }
-    if check.duplicated > 0 {
-        faults.push(format!(
-            "duplicated {} ({})",
-            plural(check.duplicated, "line"),
-            check.first_duplicate.as_deref().unwrap_or("")
-        ));
-    }
-    if check.reordered > 0 {
-        faults.push(format!(
-            "reordered {} ({})",
-            plural(check.reordered, "line"),
-            check.first_reorder.as_deref().unwrap_or("")
-        ));
-    }
-    if !check.dropped.is_empty() {
-        let ids: Vec<String> = check
-            .dropped
-            .iter()
-            .map(|id| format!("client {id}"))
-            .collect();
-        faults.push(format!("the server disconnected {}", ids.join(", ")));
     }
     let verdict = if faults.is_empty() {
         "every line reached every other client once and in order".to_string()
     } else {
         format!("FAILED: {}", faults.join("; "))
     };
-    let expected = sent * (u64::from(args.clients) - 1);
+    let expected = group.expected();
+    let (latency, connected_in) = (&group.latency, group.connected_in);
     let greeting = if args.no_greeting {
         ""
     } else {
@@ -753,7 +1030,7 @@ fn report(
          delivered    {} of {} in {}: {} lines/s\n\
          latency      {}\n\
          check        {verdict}",
-        plural(u64::from(args.clients), "client"),
+        plural(group.joined() as u64, "client"),
         duration(connected_in),
         thousands(sent as f64),
         duration(send_time),
@@ -764,10 +1041,10 @@ fn report(
         thousands(per_second(delivered, delivery_time)),
         latency.describe(&[50.0, 90.0, 99.0]),
     );
-    if check.foreign > 0 {
+    if group.foreign() > 0 {
         notes.push(format!(
             "{} carried a token of no line this run sent (ignored)",
-            plural(check.foreign, "line")
+            plural(group.foreign(), "line")
         ));
     }
     for note in &notes {
@@ -776,7 +1053,8 @@ fn report(
     let json = json!({
         "command": "chat",
         "settings": {
-            "addr": target.to_string(),
+            "addr": args.common.addrs[0].to_string(),
+            "addrs": addr_list(&args.common.addrs),
             "clients": args.clients,
             "messages": args.messages,
             "rate": args.rate,
@@ -798,10 +1076,11 @@ fn report(
         "delivery_s": delivery_time.as_secs_f64(),
         "deliveries_per_s": per_second(delivered, delivery_time),
         "latency": latency.json(&[50.0, 90.0, 99.0]),
-        "lost": check.lost,
-        "duplicated": check.duplicated,
-        "reordered": check.reordered,
-        "disconnected": check.dropped,
+        "lost": group.lost(),
+        "duplicated": group.duplicated(),
+        "reordered": group.reordered(),
+        "disconnected": group.disconnected(),
+        "errors": group.errors,
         "faults": faults,
         "notes": notes,
     });

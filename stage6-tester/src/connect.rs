@@ -2,6 +2,7 @@
 //! accepts them, with `--concurrency` handshakes in flight, and measure
 //! connections per second (seChat's figure) and connect latency.
 
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::unistd::read;
 use serde_json::json;
 
-use crate::cli::{ConnectArgs, show_duration};
+use crate::cli::{ConnectArgs, addr_list, show_addrs, show_duration};
 use crate::net::{self, Deadlines, Errors, Failure, Slots};
 use crate::report::{Latency, Outcome, Progress, duration, per_second, thousands};
 
@@ -21,6 +22,7 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(5);
 /// One connection on its way to being counted.
 struct Attempt {
     fd: OwnedFd,
+    target: SocketAddr,
     /// Tells a reused slot's new attempt from the one a deadline was set for.
     serial: u64,
     started: Instant,
@@ -34,7 +36,7 @@ enum Step {
 }
 
 pub fn run(args: &ConnectArgs) -> Result<Outcome> {
-    let target = args.common.addr;
+    let targets = &args.common.addrs;
     let run_for = match (args.duration, args.count) {
         (None, None) => Some(DEFAULT_DURATION),
         (duration, _) => duration,
@@ -57,8 +59,7 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
         // A server that refuses (or drops) the whole first wave is not there:
         // one clear error instead of a report of nothing but errors.
         if counted == 0 && errors.total() >= u64::from(args.concurrency) {
-            let why = errors.first.clone().unwrap_or_default();
-            bail!("cannot connect to {target}: {why}");
+            return Err(errors.cannot_connect(targets[0]));
         }
         let launching =
             stop_at.is_none_or(|t| now < t) && args.count.is_none_or(|count| started < count);
@@ -66,6 +67,8 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
             && attempts.len() < args.concurrency as usize
             && args.count.is_none_or(|count| started < count)
         {
+            // The run's addresses in turn.
+            let target = targets[(started % targets.len() as u64) as usize];
             started += 1;
             // Nothing is sent, so Nagle's algorithm cannot matter here.
             match net::start_connect(target, None, false) {
@@ -75,6 +78,7 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
                 Ok((fd, _)) => {
                     let slot = attempts.insert(Attempt {
                         fd,
+                        target,
                         serial: started,
                         started: now,
                     });
@@ -84,7 +88,11 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
                     } else {
                         net::INTEREST
                     };
-                    net::watch_for(&epoll, &attempt.fd, interest, slot as u64)?;
+                    if let Err(errno) = net::watch(&epoll, &attempt.fd, interest, slot as u64) {
+                        errors.count_for(target, Failure::Os(errno));
+                        drop(attempts.remove(slot));
+                        continue;
+                    }
                     deadlines.push(now + args.common.timeout, slot, started);
                 }
                 Err(errno @ (Errno::EMFILE | Errno::ENFILE)) => {
@@ -93,7 +101,7 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
                         std::io::Error::from(errno)
                     )
                 }
-                Err(errno) => errors.count(Failure::Os(errno)),
+                Err(errno) => errors.count_for(target, Failure::Os(errno)),
             }
         }
         if !launching && attempts.is_empty() {
@@ -120,14 +128,16 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
                     latency.record(now - attempt.started);
                     counted += 1;
                 }
-                Step::Failed(failure) => errors.count(failure),
+                Step::Failed(failure) => errors.count_for(attempt.target, failure),
             }
             net::close(&epoll, attempts.remove(slot).expect("slot is in use").fd);
             end = now;
         }
         for (slot, serial) in deadlines.expired(now) {
-            if attempts.get_mut(slot).is_some_and(|a| a.serial == serial) {
-                errors.count(Failure::Timeout);
+            if let Some(attempt) = attempts.get_mut(slot)
+                && attempt.serial == serial
+            {
+                errors.count_for(attempt.target, Failure::Timeout);
                 net::close(&epoll, attempts.remove(slot).expect("slot is in use").fd);
                 end = now;
             }
@@ -144,14 +154,14 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
     }
     progress.finish();
     if counted == 0 {
-        let why = errors.first.clone().unwrap_or_default();
-        bail!("cannot connect to {target}: {why}");
+        return Err(errors.cannot_connect(targets[0]));
     }
 
     let elapsed = end - start;
     let rate = per_second(counted, elapsed);
     let mut settings = format!(
-        "tester connect {target} --concurrency {} --timeout {}",
+        "tester connect {} --concurrency {} --timeout {}",
+        show_addrs(targets),
         args.concurrency,
         show_duration(args.common.timeout)
     );
@@ -184,7 +194,8 @@ pub fn run(args: &ConnectArgs) -> Result<Outcome> {
     let json = json!({
         "command": "connect",
         "settings": {
-            "addr": target.to_string(),
+            "addr": targets[0].to_string(),
+            "addrs": addr_list(targets),
             "concurrency": args.concurrency,
             "duration_s": run_for.map(|d| d.as_secs_f64()),
             "count": args.count,

@@ -2,6 +2,7 @@
 //! `--size` bytes with one message outstanding at a time, to an echo server.
 //! Every byte that comes back is compared with what was sent.
 
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -9,14 +10,16 @@ use anyhow::{Result, bail};
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use serde_json::json;
 
-use crate::cli::{EchoArgs, show_duration};
-use crate::net::{self, Failure, ReadEnd, Slots};
+use crate::cli::{EchoArgs, addr_list, show_addrs, show_duration};
+use crate::net::{self, Errors, Failure, ReadEnd, Slots};
 use crate::report::{Latency, Outcome, Progress, duration, per_second, plural, thousands};
 
 struct Client {
     /// 1-based, as the summary names it.
     id: u32,
     fd: OwnedFd,
+    /// The address it talks to: the run's addresses in turn.
+    target: SocketAddr,
     connected: bool,
     /// Messages whose echo came back whole.
     done: u64,
@@ -31,17 +34,21 @@ struct Client {
 
 /// What went wrong, for the first fault the summary names.
 enum Fault {
-    Corrupt { at: u64, got: u8, want: u8 },
+    Corrupt {
+        at: u64,
+        got: u8,
+        want: u8,
+    },
+    /// The very first bytes that came back were not ours: the server
+    /// says something of its own first (these bytes, up to a newline).
+    SpokeFirst(Vec<u8>),
     Extra,
     Closed,
     Failed(Failure),
 }
 
 pub fn run(args: &EchoArgs) -> Result<Outcome> {
-    let target = args.common.addr;
-    if args.clients == 0 {
-        bail!("--clients must be at least 1");
-    }
+    let targets = &args.common.addrs;
     let limit = net::raise_fd_limit();
     if u64::from(args.clients) + 16 > limit {
         bail!(
@@ -56,20 +63,24 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
     let mut latency = Latency::default();
     let mut faults: Vec<String> = Vec::new();
     let mut progress = Progress::new();
+    let mut errors = Errors::default();
+    let mut connected = 0u64;
     let size = args.size as usize;
 
     let start = Instant::now();
     for id in 1..=args.clients {
+        let target = targets[(id as usize - 1) % targets.len()];
         let fd = match net::start_connect(target, None, true) {
             Ok((fd, _)) => fd,
-            Err(errno) => bail!(
-                "cannot connect to {target}: {}",
-                Failure::Os(errno).message()
-            ),
+            Err(errno) => {
+                errors.count_for(target, Failure::Os(errno));
+                continue;
+            }
         };
         let slot = clients.insert(Client {
             id,
             fd,
+            target,
             connected: false,
             done: 0,
             message: Vec::with_capacity(size),
@@ -78,11 +89,11 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
             sent_at: start,
             last_progress: start,
         });
-        net::watch(
-            &epoll,
-            &clients.get_mut(slot).expect("inserted").fd,
-            slot as u64,
-        )?;
+        let client = clients.get_mut(slot).expect("inserted");
+        if let Err(errno) = net::watch(&epoll, &client.fd, net::INTEREST, slot as u64) {
+            errors.count_for(target, Failure::Os(errno));
+            drop(clients.remove(slot));
+        }
     }
 
     let mut round_trips = 0u64;
@@ -96,7 +107,9 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
             let Some(client) = clients.get_mut(slot) else {
                 continue;
             };
+            let was_connected = client.connected;
             let result = step(client, event.events(), &mut buf, &mut latency, args, now);
+            connected += u64::from(!was_connected && client.connected);
             match result {
                 Ok(finished_now) => {
                     round_trips += finished_now;
@@ -106,8 +119,17 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
                     }
                 }
                 Err(Fault::Failed(failure)) if !client.connected => {
-                    bail!("cannot connect to {target}: {}", failure.message())
+                    errors.count_for(client.target, failure);
+                    net::close(&epoll, clients.remove(slot).expect("in use").fd);
                 }
+                // Not one client's fault but the wrong kind of server:
+                // one clear error instead of a fault per client.
+                Err(Fault::SpokeFirst(bytes)) => bail!(
+                    "is {} a chat server? it spoke first ({:?}) instead of echoing: \
+                     an echo server sends back only what it is sent",
+                    client.target,
+                    String::from_utf8_lossy(&bytes)
+                ),
                 Err(fault) => {
                     faults.push(describe(client, &fault, size));
                     end = now;
@@ -130,7 +152,9 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
             for slot in stuck {
                 let client = clients.remove(slot).expect("in use");
                 if !client.connected {
-                    bail!("cannot connect to {target}: timed out");
+                    errors.count_for(client.target, Failure::Timeout);
+                    net::close(&epoll, client.fd);
+                    continue;
                 }
                 faults.push(format!(
                     "client {}: no echo within {} (message {}, {} of {size} bytes back)",
@@ -153,13 +177,25 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
         });
     }
     progress.finish();
+    if connected == 0 {
+        return Err(errors.cannot_connect(targets[0]));
+    }
+    if errors.total() > 0 {
+        faults.push(format!(
+            "{} could not connect ({}; first: {})",
+            plural(errors.total(), "client"),
+            errors.describe(),
+            errors.first.as_deref().unwrap_or("")
+        ));
+    }
 
     let elapsed = end - start;
     let rate = per_second(round_trips, elapsed);
     let expected = u64::from(args.clients) * args.messages;
     let checked = round_trips * args.size;
     let settings = format!(
-        "tester echo {target} --clients {} --messages {} --size {} --timeout {}",
+        "tester echo {} --clients {} --messages {} --size {} --timeout {}",
+        show_addrs(targets),
         args.clients,
         args.messages,
         args.size,
@@ -191,7 +227,8 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
     let json = json!({
         "command": "echo",
         "settings": {
-            "addr": target.to_string(),
+            "addr": targets[0].to_string(),
+            "addrs": addr_list(targets),
             "clients": args.clients,
             "messages": args.messages,
             "size": args.size,
@@ -204,6 +241,7 @@ pub fn run(args: &EchoArgs) -> Result<Outcome> {
         "bytes_checked": checked,
         "latency": latency.json(&[50.0, 90.0, 99.0]),
         "faults": faults,
+        "errors": errors,
     });
     Ok(Outcome {
         summary,
@@ -246,11 +284,17 @@ fn step(
                 return;
             }
             let want = &client.message[client.received..];
+            let mismatch = chunk.iter().zip(want).position(|(a, b)| a != b);
+            if client.done == 0 && client.received == 0 && mismatch.is_some() {
+                let line = chunk.split(|&b| b == b'\n').next().unwrap_or(chunk);
+                fault = Some(Fault::SpokeFirst(line[..line.len().min(80)].to_vec()));
+                return;
+            }
             if chunk.len() > want.len() {
                 fault = Some(Fault::Extra);
                 return;
             }
-            if let Some(i) = chunk.iter().zip(want).position(|(a, b)| a != b) {
+            if let Some(i) = mismatch {
                 fault = Some(Fault::Corrupt {
                     at: (client.received + i) as u64,
                     got: chunk[i],
@@ -313,6 +357,7 @@ fn describe(client: &Client, fault: &Fault, size: usize) -> String {
             "client {id} message {message}: byte {at} came back as {got:#04x}, sent {want:#04x}"
         ),
         Fault::Extra => format!("client {id} message {message}: more bytes came back than sent"),
+        Fault::SpokeFirst(_) => format!("client {id}: the server spoke first"),
         Fault::Closed => format!(
             "client {id}: server closed the connection during message {message} ({} of {size} bytes back)",
             client.received

@@ -20,7 +20,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cli::{HoldArgs, show_duration};
+use crate::cli::{HoldArgs, addr_list, show_addrs, show_duration};
 use crate::net::{self, Deadlines, Errors, Failure, ReadEnd, Slots};
 use crate::report::{Latency, LatencyCounts, Outcome, Progress, duration, per_second, thousands};
 use crate::worker;
@@ -34,7 +34,8 @@ const SPARE_PORTS: u64 = 1000;
 /// One process's share of a hold run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HoldJob {
-    pub target: SocketAddr,
+    /// The run's addresses; connection i goes to `targets[i % len]`.
+    pub targets: Vec<SocketAddr>,
     /// The run-wide number of this share's first connection: it decides
     /// the source address, so two processes never crowd one address.
     pub first: u64,
@@ -72,6 +73,7 @@ pub enum Stop {
 
 struct Conn {
     fd: OwnedFd,
+    target: SocketAddr,
     serial: u64,
     started: Instant,
     open: bool,
@@ -81,7 +83,7 @@ struct Conn {
 const STDIN_TOKEN: u64 = u64::MAX;
 
 pub fn run(args: &HoldArgs) -> Result<Outcome> {
-    let target = args.common.addr;
+    let targets = &args.common.addrs;
     // ANCHOR: split
     let fd_limit = net::raise_fd_limit();
     let per_process = fd_limit.saturating_sub(RESERVED_FDS).max(1);
@@ -93,22 +95,25 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
     let mut notes = Vec::new();
 
     // Only 127.0.0.0/8 offers more source addresses; elsewhere (::1) one
-    // address's port range is the ceiling.
-    let spreads = matches!(target.ip(), std::net::IpAddr::V4(ip) if ip.is_loopback());
+    // address's port range (to each target) is the ceiling.
+    let spreads = targets
+        .iter()
+        .all(|t| matches!(t.ip(), std::net::IpAddr::V4(ip) if ip.is_loopback()));
     let mut count = args.connections;
-    if !spreads && count > per_source {
+    let ceiling = per_source.saturating_mul(targets.len() as u64);
+    if !spreads && count > ceiling {
         notes.push(format!(
             "asked for {}, capped at {}: {} is the only source address for this target, \
              and one address has only the ephemeral port range",
             thousands(count as f64),
-            thousands(per_source as f64),
-            if target.is_ipv6() {
+            thousands(ceiling as f64),
+            if targets.iter().any(SocketAddr::is_ipv6) {
                 "::1"
             } else {
                 "the default"
             },
         ));
-        count = per_source;
+        count = ceiling;
     }
     let workers = u64::from(args.workers.unwrap_or(0))
         .max(count.div_ceil(per_process))
@@ -126,7 +131,7 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
         .map(|w| {
             let first = count * w / workers;
             HoldJob {
-                target,
+                targets: targets.clone(),
                 first,
                 count: count * (w + 1) / workers - first,
                 per_source,
@@ -179,12 +184,12 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
         held.bytes_discarded += part.bytes_discarded;
     }
     if open == 0 {
-        let why = errors.first.clone().unwrap_or_default();
-        bail!("cannot connect to {target}: {why}");
+        return Err(errors.cannot_connect(targets[0]));
     }
 
     let mut settings = format!(
-        "tester hold {target} --connections {} --duration {} --concurrency {} --timeout {}",
+        "tester hold {} --connections {} --duration {} --concurrency {} --timeout {}",
+        show_addrs(targets),
         args.connections,
         show_duration(args.duration),
         args.concurrency,
@@ -196,7 +201,7 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
     if let Some(w) = args.workers {
         settings += &format!(" --workers {w}");
     }
-    let sources = count.div_ceil(per_source);
+    let sources = count.div_ceil(ceiling);
     let mut spread = Vec::new();
     if workers > 1 {
         spread.push(format!("{workers} worker processes"));
@@ -247,7 +252,8 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
     let json = json!({
         "command": "hold",
         "settings": {
-            "addr": target.to_string(),
+            "addr": targets[0].to_string(),
+            "addrs": addr_list(targets),
             "connections": args.connections,
             "duration_s": args.duration.as_secs_f64(),
             "concurrency": args.concurrency,
@@ -314,25 +320,31 @@ pub fn run_part(
         let now = Instant::now();
         let first_wave = job.count.min(u64::from(job.concurrency));
         if ramp.open == 0 && ramp.errors.total() >= first_wave {
-            let why = ramp.errors.first.clone().unwrap_or_default();
-            bail!("cannot connect to {}: {why}", job.target);
+            return Err(ramp.errors.cannot_connect(job.targets[0]));
         }
         while next < job.count && connecting < u64::from(job.concurrency) {
-            let source = net::source_for(job.target, job.first + next, job.per_source);
+            // The run-wide number decides the target, and among that
+            // target's connections, the source address.
+            let number = job.first + next;
+            let spread = job.targets.len() as u64;
+            let target = job.targets[(number % spread) as usize];
+            let source = net::source_for(target, number / spread, job.per_source);
             next += 1;
-            match net::start_connect(job.target, source, false) {
+            match net::start_connect(target, source, false) {
                 Ok((fd, _)) => {
                     let slot = conns.insert(Conn {
                         fd,
+                        target,
                         serial: next,
                         started: now,
                         open: false,
                     });
-                    net::watch(
-                        &epoll,
-                        &conns.get_mut(slot).expect("inserted").fd,
-                        slot as u64,
-                    )?;
+                    let conn = conns.get_mut(slot).expect("inserted");
+                    if let Err(errno) = net::watch(&epoll, &conn.fd, net::INTEREST, slot as u64) {
+                        ramp.errors.count_for(target, Failure::Os(errno));
+                        drop(conns.remove(slot));
+                        continue;
+                    }
                     deadlines.push(now + job.timeout, slot, next);
                     connecting += 1;
                 }
@@ -341,7 +353,7 @@ pub fn run_part(
                     ramp.open,
                     std::io::Error::from(errno)
                 ),
-                Err(errno) => ramp.errors.count(Failure::Os(errno)),
+                Err(errno) => ramp.errors.count_for(target, Failure::Os(errno)),
             }
         }
         if hold_until.is_none() && next == job.count && connecting == 0 {
@@ -388,7 +400,7 @@ pub fn run_part(
                 }
                 connecting -= 1;
                 if let Err(errno) = net::connect_result(&conn.fd) {
-                    ramp.errors.count(Failure::Os(errno));
+                    ramp.errors.count_for(conn.target, Failure::Os(errno));
                     net::close(&epoll, conns.remove(slot).expect("in use").fd);
                     continue;
                 }
@@ -410,7 +422,7 @@ pub fn run_part(
                 && conn.serial == serial
                 && !conn.open
             {
-                ramp.errors.count(Failure::Timeout);
+                ramp.errors.count_for(conn.target, Failure::Timeout);
                 connecting -= 1;
                 net::close(&epoll, conns.remove(slot).expect("in use").fd);
             }
@@ -440,7 +452,7 @@ pub fn vm_rss(pid: u32) -> Result<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kib| kib * 1024)
-        .with_context(|| format!("no VmRSS line in {path}"))
+        .with_context(|| format!("no VmRSS line in {path} (has the process exited?)"))
 }
 
 fn mib(bytes: u64) -> String {

@@ -7,6 +7,7 @@
 //! - `hold`: many idle connections and the server's memory (`hold.rs`)
 //! - `echo`: round trips with every byte checked (`echo.rs`)
 //! - `chat`: lines relayed once, in order, to every other client (`chat.rs`)
+//! - `chaos`: checked chat clients among misbehaving ones (`chaos.rs`)
 //!
 //! `net.rs` is the shared epoll machinery, `report.rs` turns measurements into
 //! the summary or JSON, `worker.rs` spreads a run over processes.
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod chaos;
 mod chat;
 mod cli;
 mod connect;
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Command::Hold(args) => (args.common.json, hold::run(args)),
         Command::Echo(args) => (args.common.json, echo::run(args)),
         Command::Chat(args) => (args.common.json, chat::run(args)),
+        Command::Chaos(args) => (args.common.json, chaos::run(args)),
         Command::Worker { job } => return worker::serve(job),
     };
     match result {

@@ -48,18 +48,12 @@ pub fn epoll_create() -> Result<Epoll> {
         .context("cannot create an epoll instance")
 }
 
-/// `epoll_ctl(EPOLL_CTL_ADD)` with [`INTEREST`]; `token` comes back in every
-/// event for this descriptor.
-pub fn watch(epoll: &Epoll, fd: impl AsFd, token: u64) -> Result<()> {
-    watch_for(epoll, fd, INTEREST, token)
-}
-
-/// `epoll_ctl(EPOLL_CTL_ADD)` with another interest set.
-pub fn watch_for(epoll: &Epoll, fd: impl AsFd, interest: EpollFlags, token: u64) -> Result<()> {
-    epoll
-        .add(fd, EpollEvent::new(interest, token))
-        .map_err(io::Error::from)
-        .context("epoll_ctl(EPOLL_CTL_ADD) failed")
+/// `epoll_ctl(EPOLL_CTL_ADD)`; `token` comes back in every event for this
+/// descriptor. Its failure (`ENOMEM`, `ENOSPC` past `max_user_watches`)
+/// belongs to that one connection: the caller counts it like a failed
+/// connect, and the run goes on.
+pub fn watch(epoll: &Epoll, fd: impl AsFd, interest: EpollFlags, token: u64) -> Result<(), Errno> {
+    epoll.add(fd, EpollEvent::new(interest, token))
 }
 // ANCHOR_END: interest
 
@@ -165,7 +159,8 @@ pub fn read_all(fd: &OwnedFd, buf: &mut [u8], mut chunk: impl FnMut(&[u8])) -> R
 }
 
 /// `send(2)` as much of `bytes` as the socket takes; returns how many went.
-/// `MSG_NOSIGNAL`: a reset peer is an `EPIPE` error, not a fatal `SIGPIPE`.
+/// `MSG_NOSIGNAL`: a write to a reset peer fails (`ECONNRESET`, then
+/// `EPIPE`) instead of raising `SIGPIPE`.
 pub fn send_some(fd: &OwnedFd, bytes: &[u8]) -> Result<usize, Errno> {
     let mut sent = 0;
     while sent < bytes.len() {
@@ -179,6 +174,22 @@ pub fn send_some(fd: &OwnedFd, bytes: &[u8]) -> Result<usize, Errno> {
     Ok(sent)
 }
 // ANCHOR_END: drain
+
+/// `SO_LINGER` with a zero timeout: the `close(2)` that follows sends a
+/// reset (RST) instead of a FIN, and drops whatever was not yet sent.
+pub fn set_linger_zero(fd: &OwnedFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = setsockopt(fd, sockopt::Linger, &linger);
+}
+
+/// `SO_RCVBUF`: a small receive buffer, so that a client that never reads
+/// stops taking bytes soon and the server has to queue them itself.
+pub fn shrink_receive_buffer(fd: &OwnedFd, bytes: usize) {
+    let _ = setsockopt(fd, sockopt::RcvBuf, &bytes);
+}
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process on the
 /// machine, so a send time written by one worker process can be compared with
@@ -227,6 +238,9 @@ pub struct Errors {
     /// The first failure, as a message (for `error: cannot connect ...`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first: Option<String>,
+    /// The address the first failure was at, when the run has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_target: Option<SocketAddr>,
 }
 
 /// Why one connection failed.
@@ -260,6 +274,24 @@ impl Errors {
         self.first.get_or_insert_with(|| failure.message());
     }
 
+    /// Count a failure at `target`, remembered if it is the first.
+    pub fn count_for(&mut self, target: SocketAddr, failure: Failure) {
+        if self.first.is_none() {
+            self.first_target = Some(target);
+        }
+        self.count(failure);
+    }
+
+    /// `cannot connect to ADDR: WHY` for the first failure (at `fallback`
+    /// if none was counted with its address).
+    pub fn cannot_connect(&self, fallback: SocketAddr) -> anyhow::Error {
+        anyhow::anyhow!(
+            "cannot connect to {}: {}",
+            self.first_target.unwrap_or(fallback),
+            self.first.as_deref().unwrap_or("")
+        )
+    }
+
     pub fn total(&self) -> u64 {
         self.refused + self.reset + self.timeout + self.other.values().sum::<u64>()
     }
@@ -273,6 +305,7 @@ impl Errors {
         }
         if self.first.is_none() {
             self.first.clone_from(&other.first);
+            self.first_target = other.first_target;
         }
     }
 

@@ -665,12 +665,294 @@ fn an_unreachable_address_is_one_clear_error() {
 }
 
 #[test]
-fn zero_clients_is_a_clear_error() {
-    for sub in ["echo", "chat"] {
-        cmd(&[sub, "--clients", "0"])
-            .assert()
-            .code(1)
-            .stderr("error: --clients must be at least 1\n");
+fn range_errors_exit_two_in_one_style() {
+    // Every count and duration the subcommands take, at a value out of range.
+    let cases: &[(&str, &str, &str)] = &[
+        ("connect", "--concurrency", "0"),
+        ("connect", "--count", "0"),
+        ("connect", "--duration", "0"),
+        ("connect", "--timeout", "0s"),
+        ("hold", "--connections", "0"),
+        ("hold", "--concurrency", "0"),
+        ("hold", "--workers", "0"),
+        ("hold", "--duration", "0ms"),
+        ("echo", "--clients", "0"),
+        ("echo", "--messages", "0"),
+        ("echo", "--size", "0"),
+        ("chat", "--clients", "0"),
+        ("chat", "--messages", "0"),
+        ("chat", "--batch", "0"),
+        ("chat", "--drain-timeout", "0"),
+        ("chaos", "--clients", "0"),
+        ("chaos", "--rate", "0"),
+        ("chaos", "--fault-rate", "0"),
+        ("chaos", "--concurrency", "0"),
+        ("chaos", "--max-line", "0"),
+        ("chaos", "--duration", "0"),
+        ("hold", "--server-pid", "0"),
+        ("chaos", "--server-pid", "0"),
+    ];
+    for &(sub, flag, value) in cases {
+        cmd(&[sub, flag, value]).assert().code(2).stdout("").stderr(
+            predicate::str::starts_with(format!("error: invalid value '{value}' for '{flag} <"))
+                .and(predicate::str::contains("must be")),
+        );
+    }
+}
+
+#[test]
+fn a_zero_duration_is_refused_before_any_attempt() {
+    // A listener that would see any attempt: none may come.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    cmd(&["connect", &addr, "--duration", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("must be more than 0").and(
+            // Not the old answer: a failure with an empty reason.
+            predicate::str::contains("cannot connect").not(),
+        ));
+    listener.set_nonblocking(true).unwrap();
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the tester connected anyway"
+    );
+}
+
+#[test]
+fn checking_lines_needs_two_clients() {
+    // One client has nobody to check its lines: "0 of 0 delivered" would
+    // be a check that checks nothing, so it is refused, and says why.
+    for sub in ["chat", "chaos"] {
+        cmd(&[sub, "--clients", "1"]).assert().code(2).stderr(
+            predicate::str::contains("must be at least 2")
+                .and(predicate::str::contains("checked at the other clients")),
+        );
+    }
+}
+
+#[test]
+fn echo_against_a_chat_server_asks_if_it_is_one() {
+    let (_server, addr) = start_quiet(stage5());
+    cmd(&["echo", &addr, "--messages", "5"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(
+            predicate::str::starts_with(format!("error: is {addr} a chat server? it spoke first"))
+                .and(predicate::str::contains("* welcome client"))
+                .and(predicate::str::contains("came back as").not()),
+        );
+}
+
+#[test]
+fn chat_against_an_echo_server_asks_if_it_is_a_chat_server_first() {
+    // An echo server says nothing on connect: no greeting ever comes.
+    let (_server, addr) = start_quiet(stage4());
+    cmd(&["chat", &addr, "--clients", "3", "--timeout", "300ms"])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::starts_with(format!("error: is {addr} a chat server? "))
+                .and(predicate::str::contains("--no-greeting")),
+        );
+}
+
+// ---- one connection's failure is that connection's ----
+
+#[test]
+fn a_refused_address_among_good_ones_is_counted_not_fatal() {
+    // Half the clients go to a port where nothing listens: they are
+    // counted as refused, and the run goes on with the others.
+    let (_echo, good) = start_quiet(stage4());
+    let bad = format!("127.0.0.1:{}", closed_port());
+    let output = cmd(&["echo", &good, &bad, "--clients", "4", "--messages", "10"])
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a client that could not connect is a fault"
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["round_trips"], 20);
+    assert_eq!(report["errors"]["refused"], 2);
+
+    let report = run_json(&["connect", &good, &bad, "--count", "20"]);
+    assert_eq!(report["connections"], 10);
+    assert_eq!(report["errors"]["refused"], 10);
+
+    let (_chat, chat) = start_quiet(stage5());
+    let output = cmd(&["chat", &chat, &bad, "--clients", "6", "--messages", "10"])
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["errors"]["refused"], 3);
+    assert_eq!(
+        report["delivered"],
+        3 * 2 * 10,
+        "the three that joined are checked"
+    );
+    assert_eq!(report["lost"], 0);
+}
+
+// ---- several addresses ----
+
+#[test]
+fn chat_spreads_its_clients_over_two_addresses() {
+    // One relay listening on two addresses: one chat with two doors.
+    let ([first, second], accepted) = relay::start_pair(Fault::None);
+    let report = run_json(&[
+        "chat",
+        &first.to_string(),
+        &second.to_string(),
+        "--clients",
+        "6",
+        "--messages",
+        "20",
+    ]);
+    assert_eq!(report["delivered"], 6 * 5 * 20);
+    assert_eq!(report["lost"], 0);
+    let counts = accepted.map(|n| n.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(counts, [3, 3], "clients go to each address in turn");
+    assert_eq!(report["settings"]["addrs"][1], second.to_string());
+}
+
+#[test]
+fn addresses_may_name_a_host() {
+    let (_server, addr) = start_quiet(stage5());
+    let port = addr.rsplit_once(':').unwrap().1;
+    let host = format!("localhost:{port}");
+    let report = run_json(&["chat", &host, "--clients", "3", "--messages", "10"]);
+    assert_eq!(report["delivered"], 3 * 2 * 10);
+    // Resolved once, at start: the summary names the address it used.
+    let used = report["settings"]["addr"].as_str().unwrap();
+    assert!(used.ends_with(&format!(":{port}")), "{used}");
+    let report = run_json(&["connect", &host, "--count", "10", "--greeting"]);
+    assert_eq!(report["connections"], 10);
+    cmd(&["connect", "localhost"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("expected IP:PORT or HOST:PORT"));
+}
+
+// ---- chaos ----
+
+/// Every kind of misbehaving client chaos injects.
+const FAULT_KINDS: [&str; 10] = [
+    "reset-before-welcome",
+    "reset-mid-line",
+    "reset-mid-broadcast",
+    "half-close",
+    "long-line",
+    "no-newline",
+    "bad-bytes",
+    "never-reads",
+    "churn",
+    "nick-storm",
+];
+
+#[test]
+fn chaos_costs_stage5_checked_clients_nothing() {
+    // Logging on, as a reader runs it: logging must never be what fails.
+    let server = Server::start(stage5(), &["127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    let pid = server.pid().to_string();
+    let output = cmd(&["chaos", &addr, "--duration", "3s", "--clients", "8"])
+        .args(["--rate", "60", "--fault-rate", "40", "--concurrency", "8"])
+        .args(["--seed", "42", "--server-pid", &pid, "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "chaos failed: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["settings"]["seed"], 42);
+    for kind in FAULT_KINDS {
+        assert!(
+            report["injected"][kind].as_u64().unwrap() >= 1,
+            "no {kind} injected: {report}"
+        );
+    }
+    // The checked clients lost nothing while the faults went on, and
+    // their lines kept flowing all through the run.
+    assert!(report["sent"].as_u64().unwrap() >= 100, "{report}");
+    assert_eq!(report["delivered"], report["expected"]);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["reordered"], 0);
+    // The misbehaving clients' notices reached them, and were not counted.
+    assert!(report["notices"].as_u64().unwrap() > 0);
+    // The server stayed up, kept every checked client, and let go of
+    // every other connection.
+    assert_eq!(report["still_connected"], 8);
+    assert_eq!(report["fresh_client"], true);
+    let before = report["server_fds_before"].as_u64().unwrap();
+    let after = report["server_fds_after"].as_u64().unwrap();
+    assert!(
+        after <= before,
+        "descriptors {before} before, {after} after"
+    );
+    assert!(report["server_rss_after"].as_u64().unwrap() > 0);
+    assert_eq!(report["failures"].as_array().unwrap().len(), 0);
+    assert!(server.stderr().contains("accepted fd"), "logging was on");
+}
+
+#[test]
+fn chaos_survives_a_server_that_resets_misbehaving_clients() {
+    // The relay resets a client whose line is too long, where stage 5
+    // closes politely: a misbehaving client's reset must end that client
+    // only, never the run.
+    let addr = relay::start(Fault::None, true, false).to_string();
+    let report = run_json(&[
+        "chaos",
+        &addr,
+        "--duration",
+        "1s",
+        "--clients",
+        "3",
+        "--rate",
+        "30",
+        "--fault-rate",
+        "20",
+        "--concurrency",
+        "4",
+        "--timeout",
+        "2s",
+    ]);
+    assert!(report["reset_by_server"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["still_connected"], 3);
+    assert_eq!(report["fresh_client"], true);
+}
+
+#[test]
+fn chaos_reports_what_a_faulty_relay_did() {
+    for (fault, found) in [
+        (Fault::DropOne, "FAILED: lost 1 line (client "),
+        (Fault::DuplicateOne, "FAILED: duplicated 1 line (client "),
+    ] {
+        let addr = relay::start(fault, true, false).to_string();
+        let output = cmd(&["chaos", &addr, "--duration", "1s", "--clients", "3"])
+            .args(["--rate", "30", "--fault-rate", "20", "--concurrency", "4"])
+            .args(["--drain-timeout", "500ms", "--timeout", "2s"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.contains(found) && stdout.contains("client 2"),
+            "{stdout}"
+        );
+        // The summary names the seed, so the run can be repeated.
+        assert!(stdout.contains(" --seed "), "{stdout}");
     }
 }
 
@@ -689,6 +971,7 @@ fn help_lists_the_subcommands() {
             .and(predicate::str::contains("hold"))
             .and(predicate::str::contains("echo"))
             .and(predicate::str::contains("chat"))
+            .and(predicate::str::contains("chaos"))
             .and(predicate::str::contains("127.0.0.1:8080")),
     );
 }

@@ -503,16 +503,7 @@ pub fn sanitize(b: u8) -> u8 {
 mod tests {
     use super::*;
 
-    fn socket() -> OwnedFd {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-        socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap()
-    }
+    use testkit::tcp_socket as socket;
 
     #[test]
     fn a_round_of_lines_reaches_each_receiver_in_few_slices() {

@@ -54,6 +54,19 @@ pub fn workspace_bin(var: &str, name: &str) -> PathBuf {
     path
 }
 
+/// A fresh TCP socket, neither bound nor connected: a descriptor for
+/// tests of data structures that own one per client.
+pub fn tcp_socket() -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket(2)")
+}
+
 /// A port on loopback where nothing listens (bound once, then released).
 pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe listener");
@@ -183,6 +196,16 @@ impl Server {
                 self.whole_stderr()
             );
         }
+    }
+
+    /// Stop the server with `SIGSTOP` and wait until it is stopped (state
+    /// `T` in `/proc/PID/stat`): from then on it runs no code until `SIGCONT`.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        wait_until("the server is stopped", || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+            stat[stat.rfind(')').unwrap() + 2..].starts_with('T')
+        });
     }
 
     /// Send a signal (for example `libc::SIGTERM`) to the server.
@@ -452,6 +475,24 @@ impl Client {
     /// (`tcpi_data_segs_in` of `TCP_INFO`): one per `write` of the peer's,
     /// at least, when the peer sends with `TCP_NODELAY`.
     pub fn segments_received(&self) -> u32 {
+        self.tcp_info().tcpi_data_segs_in
+    }
+
+    /// The window the peer's kernel last offered: how much more it takes
+    /// before it waits for the peer to read (`tcpi_snd_wnd`).
+    pub fn send_window(&self) -> usize {
+        self.tcp_info().tcpi_snd_wnd as usize
+    }
+
+    /// Whether every byte written so far is in the peer's kernel: sent and
+    /// acknowledged, nothing left in our socket.
+    pub fn all_delivered(&self) -> bool {
+        let info = self.tcp_info();
+        info.tcpi_unacked == 0 && info.tcpi_notsent_bytes == 0
+    }
+
+    /// `getsockopt(TCP_INFO)` on this connection.
+    fn tcp_info(&self) -> libc::tcp_info {
         use std::os::fd::AsRawFd;
         // SAFETY: an all-zero tcp_info is valid (integers only).
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -468,7 +509,7 @@ impl Client {
             )
         };
         assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
-        info.tcpi_data_segs_in
+        info
     }
 
     /// Close our sending side (`shutdown(SHUT_WR)`): the server reads EOF.

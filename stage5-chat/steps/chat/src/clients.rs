@@ -447,16 +447,7 @@ pub fn sanitize(b: u8) -> u8 {
 mod tests {
     use super::*;
 
-    fn socket() -> OwnedFd {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-        socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap()
-    }
+    use testkit::tcp_socket as socket;
 
     #[test]
     fn one_line_is_shared_not_copied() {

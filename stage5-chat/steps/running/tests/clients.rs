@@ -1,21 +1,10 @@
 //! The client table's checks: names, queuing, leaving, the queue limit.
 
-use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use nix::errno::Errno;
 use stage5b_running::clients::{Clients, NickError, Phase, Why};
-
-fn socket() -> OwnedFd {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap()
-}
+use testkit::tcp_socket as socket;
 
 #[test]
 fn names_count_up_and_skip_taken_ones() {

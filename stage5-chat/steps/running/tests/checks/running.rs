@@ -31,14 +31,17 @@ fn the_error_line_survives_a_flood_the_server_never_reads_as_lines() {
 
 #[test]
 fn the_error_line_reaches_a_client_that_has_not_read_yet() {
+    /// 9 KiB: more than the small window, less than a socket's send buffer.
+    const LINES: usize = 100;
     let server = start(&["--max-line", "100"]);
     let mut talker = join(&server, 1).remove(0);
-    // A small window, and lines it does not read yet: they wait in the
-    // kernel's buffers (a few kilobytes), not in the server's queue.
+    // A small window, and lines it does not read yet: more than its
+    // window, so some wait in the server's socket buffer (and none in the
+    // server's queue, which it must empty before it can end its side).
     let mut slow = Client::connect_small_window(server.addr);
     expect_welcome(&mut slow, "client2", 2);
     assert_eq!(talker.recv_line(), "* client2 joined");
-    let chat = format!("{}\n", "c".repeat(90)).repeat(40);
+    let chat = format!("{}\n", "c".repeat(90)).repeat(LINES);
     talker.send(chat.as_bytes());
     talker.send(b"/who\n");
     assert_eq!(talker.recv_line(), "* online: client1, client2");
@@ -56,7 +59,7 @@ fn the_error_line_reaches_a_client_that_has_not_read_yet() {
     testkit::wait_until("the server ends its side of the connection", || {
         server.has_ended_its_side(&slow)
     });
-    for _ in 0..40 {
+    for _ in 0..LINES {
         assert_eq!(slow.recv_line(), format!("client1: {}", "c".repeat(90)));
     }
     let error = slow.recv_line();
@@ -70,25 +73,39 @@ fn the_error_line_reaches_a_client_that_has_not_read_yet() {
 // Fairness.
 
 #[test]
-fn a_client_that_sends_megabytes_at_once_is_read_to_the_end() {
-    // Far more than any sensible per-round read cap takes in one round: a
-    // server that stops reading must remember to read the rest, since no
-    // new edge will report what is already in the socket.
-    const LINES: usize = 40_000;
-    let server = start(&["--max-queue", "67108864"]);
+fn input_left_after_a_rounds_share_is_read_in_the_next_round() {
+    let server = start(&["--max-queue", "268435456"]);
     let mut c = join(&server, 2);
+    let line = |n: usize| format!("{n:07} {}\n", "y".repeat(91));
+    let receive = |reader: &mut Client, lines: std::ops::Range<usize>| {
+        for n in lines {
+            let expected = format!("client1: {}", line(n));
+            assert_eq!(reader.recv_line(), expected.trim_end(), "line {n}");
+        }
+    };
+    // A stream the server reads as fast as it comes: the kernel grows the
+    // window it offers the sender.
+    const WARM_UP: usize = 80_000;
     let mut writer = c[0].stream.try_clone().unwrap();
-    let sender = thread::spawn(move || {
-        let lines: String = (0..LINES)
-            .map(|n| format!("{n:06} {}\n", "y".repeat(93)))
-            .collect();
+    let warm_up = thread::spawn(move || {
+        let lines: String = (0..WARM_UP).map(line).collect();
         writer.write_all(lines.as_bytes()).unwrap();
     });
-    for n in 0..LINES {
-        let expected = format!("client1: {n:06} {}", "y".repeat(93));
-        assert_eq!(c[1].recv_line(), expected, "line {n}");
-    }
-    sender.join().unwrap();
+    receive(&mut c[1], 0..WARM_UP);
+    warm_up.join().unwrap();
+    // Stopped, the server reads nothing: a window's worth of lines waits
+    // in its socket, and nothing in the sender's, so when it resumes one
+    // edge announces them all and no later one will. A server that reads
+    // a share per round must remember to come back for the rest.
+    server.pause();
+    let more = c[0].send_window().saturating_sub(16 * 1024) / 100;
+    let lines: String = (WARM_UP..WARM_UP + more).map(line).collect();
+    c[0].send(lines.as_bytes());
+    testkit::wait_until("every byte is in the server's socket", || {
+        c[0].all_delivered()
+    });
+    server.signal(libc::SIGCONT);
+    receive(&mut c[1], WARM_UP..WARM_UP + more);
 }
 
 // ---------------------------------------------------------------------
