@@ -94,7 +94,7 @@ enum For {
     /// `XREVRANGE` after a client's name is claimed: the last entry
     /// before it joins, which this node reads before it lets it in.
     Position(u64),
-    /// `EXISTS` of another node's lease.
+    /// `GET` of another node's lease: alive, and its count.
     Alive(String),
     /// `HGETALL` of the names for a client's `/who`.
     Who { fd: RawFd, ticket: u64 },
@@ -120,7 +120,7 @@ enum Claim {
 // ANCHOR_END: for
 
 /// One entry for the stream: what the other nodes deliver, and how their
-/// mirror of who is online changes.
+/// count of who is online changes.
 #[derive(Debug, Clone)]
 struct Entry {
     seq: u64,
