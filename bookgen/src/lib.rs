@@ -18,6 +18,7 @@
 //! | 5b | stage 5a | same paths |
 //! | 5 (5c) | stage 5b | same paths |
 //! | 6 | none | the tester is a new program, so its chapter shows its code, not a diff |
+//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client left out (stage 7 uses it unchanged) |
 //!
 //! Within a pair of stages, a file is compared with the file of the same path
 //! unless the table renames it; a file with no counterpart is shown as added
@@ -37,7 +38,7 @@ pub const REFRESH: &str = "cargo run -p bookgen -- diffs";
 /// One stage crate of the workbook, or one step of stage 5.
 #[derive(Debug, Clone, Copy)]
 pub struct Stage {
-    /// `1`..`6`, or a step of stage 5 (`5a`, `5b`; `5` is its last step):
+    /// `1`..`7`, or a step of stage 5 (`5a`, `5b`; `5` is its last step):
     /// the chapter is `book/src/stage<name>.md`.
     pub name: &'static str,
     /// The crate's folder, from the top of the workspace.
@@ -60,7 +61,7 @@ pub struct DiffSpec {
 
 /// Every stage, in order. A new stage folder must be added here (a test
 /// fails until it is).
-pub const STAGES: [Stage; 8] = [
+pub const STAGES: [Stage; 9] = [
     Stage {
         name: "1",
         dir: "stage1-tcp-server",
@@ -124,6 +125,15 @@ pub const STAGES: [Stage; 8] = [
         name: "6",
         dir: "stage6-tester",
         diff: None,
+    },
+    Stage {
+        name: "7",
+        dir: "stage7-cluster",
+        diff: Some(DiffSpec {
+            base: "5",
+            renames: &[("src/bin/server.rs", "src/main.rs")],
+            omit: &["src/bin/client.rs"],
+        }),
     },
 ];
 

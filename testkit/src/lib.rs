@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub mod conventions;
 pub mod faults;
+pub mod redis;
 
 /// How long any single wait may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(10);

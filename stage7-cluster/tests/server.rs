@@ -1,0 +1,20 @@
+//! Without `--redis`, stage 7 is stage 5: the checks of stage 5's steps
+//! (5a, the chat; 5b, a server you can leave running) run against this
+//! binary unchanged. Run them against your own with
+//! `STAGE7_BIN=/path/to/your/server cargo test -p stage7-cluster`.
+
+use std::path::PathBuf;
+
+fn server_bin() -> PathBuf {
+    testkit::bin("STAGE7_BIN", env!("CARGO_BIN_EXE_stage7-cluster"))
+}
+
+testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
+
+/// Stage 5a's checks: the chat.
+#[path = "../../stage5-chat/steps/chat/tests/checks/chat.rs"]
+mod chat;
+
+/// Stage 5b's checks: a server you can leave running.
+#[path = "../../stage5-chat/steps/running/tests/checks/running.rs"]
+mod running;
