@@ -299,8 +299,13 @@ impl Server {
     /// `ESTABLISHED`: it has sent its end-of-file (`shutdown` or `close`)
     /// or reset the connection (from `/proc/net/tcp` and `tcp6`).
     pub fn has_ended_its_side(&self, client: &Client) -> bool {
-        let server_side = client.stream.peer_addr().unwrap();
-        let client_side = client.stream.local_addr().unwrap();
+        // A connection the server reset has no peer any more: its side has
+        // ended (`getpeername` fails with ENOTCONN).
+        let (Ok(server_side), Ok(client_side)) =
+            (client.stream.peer_addr(), client.stream.local_addr())
+        else {
+            return true;
+        };
         tcp_state(server_side, client_side) != Some(TCP_ESTABLISHED)
     }
 
