@@ -96,27 +96,23 @@ pub fn draw_all(r: &Results, dir: &Path) -> Result<Vec<&'static str>> {
             "ping-pong.svg",
             "One client's round trip among idle connections",
             "idle connections (log scale)",
-            "server CPU per round trip (µs)",
+            "server CPU per round trip (µs, log scale)",
             ping_pong(r),
             true,
         ),
     ];
     let mut written = Vec::new();
-    for (file, caption, x_desc, y_desc, lines, log_x) in charts {
-        let svg = if log_x {
-            let top = lines
-                .iter()
-                .flat_map(|l| l.points.iter().map(|p| p.0))
-                .fold(10.0f64, f64::max);
-            draw(
-                caption,
-                x_desc,
-                y_desc,
-                &lines,
-                (5.0..top * 2.0).log_scale(),
-            )?
+    for (file, caption, x_desc, y_desc, lines, log_axes) in charts {
+        let svg = if log_axes {
+            // Both axes logarithmic: a cost in proportion to N is a
+            // straight rising line, a constant cost a flat one.
+            let (x_low, x_high) = log_range(&lines, |p| p.0);
+            let (y_low, y_high) = log_range(&lines, |p| p.1);
+            let (x, y) = ((x_low..x_high).log_scale(), (y_low..y_high).log_scale());
+            draw(caption, x_desc, y_desc, &lines, x, y)?
         } else {
-            draw(caption, x_desc, y_desc, &lines, axis(&lines, |p| p.0))?
+            let (x, y) = (axis(&lines, |p| p.0), axis(&lines, |p| p.1));
+            draw(caption, x_desc, y_desc, &lines, x, y)?
         };
         let path = dir.join(file);
         fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
@@ -289,12 +285,37 @@ fn axis(lines: &[Line], pick: fn(&(f64, f64)) -> f64) -> Range<f64> {
     0.0..if top > 0.0 { top * 1.1 } else { 1.0 }
 }
 
+/// A log axis around every value: from half the smallest to twice the
+/// largest (1 to 10 when there is none).
+fn log_range(lines: &[Line], pick: fn(&(f64, f64)) -> f64) -> (f64, f64) {
+    let values = lines.iter().flat_map(|l| l.points.iter().map(pick));
+    let low = values
+        .clone()
+        .filter(|&v| v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let high = values.fold(0.0f64, f64::max);
+    if low.is_finite() && high > 0.0 {
+        (low / 2.0, high * 2.0)
+    } else {
+        (1.0, 10.0)
+    }
+}
+
 /// One chart as SVG text: the plot, and below it the legend, one entry per
 /// line with its colour, marker and label.
-fn draw<X>(caption: &str, x_desc: &str, y_desc: &str, lines: &[Line], x: X) -> Result<String>
+fn draw<X, Y>(
+    caption: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[Line],
+    x: X,
+    y: Y,
+) -> Result<String>
 where
     X: AsRangedCoord<Value = f64>,
     X::CoordDescType: ValueFormatter<f64>,
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
 {
     let legend_rows = lines.len().div_ceil(2) as u32;
     let height = PLOT_HEIGHT + legend_rows * LEGEND_ROW + 16;
@@ -308,13 +329,14 @@ where
             .margin(16)
             .x_label_area_size(44)
             .y_label_area_size(64)
-            .build_cartesian_2d(x, axis(lines, |p| p.1))
+            .build_cartesian_2d(x, y)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .x_desc(x_desc)
             .y_desc(y_desc)
             .x_label_formatter(&|v| crate::table::count(*v))
+            .y_label_formatter(&|v| tick(*v))
             .max_light_lines(0)
             .draw()
             .map_err(plot_error)?;
@@ -389,6 +411,18 @@ where
         }
     }
     .map_err(plot_error)
+}
+
+/// A tick label: whole numbers from 10 up, otherwise as few decimals as
+/// show the value (`2.5`, `0.04`).
+fn tick(v: f64) -> String {
+    if v.abs() >= 10.0 {
+        crate::table::count(v)
+    } else if v.abs() >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// plotters' errors carry the backend's error type; keep only the message.

@@ -28,11 +28,11 @@ const IO_LIMIT: Duration = Duration::from_secs(10);
 /// while a server that accepts one connection per wake-up catches up.
 const BATCH: usize = 256;
 
-/// What the server's CPU time was at a moment, from the benchmark's side.
-pub type CpuNow<'a> = &'a (dyn Fn() -> Option<f64> + Sync);
+/// The server's CPU time so far (user, system), from the benchmark's side.
+pub type CpuNow<'a> = &'a (dyn Fn() -> Option<(f64, f64)> + Sync);
 
 /// One run; returns the figures as the tester would print them (JSON) and
-/// the server's CPU seconds over the ping-pong stretch. Gives up with an
+/// the server's CPU seconds (user, system) over the ping-pong stretch. Gives up with an
 /// error past `limit`.
 pub fn ping_pong(
     addr: SocketAddr,
@@ -42,7 +42,7 @@ pub fn ping_pong(
     limit: Duration,
     cpu: Option<usize>,
     server_cpu: CpuNow,
-) -> Result<(Value, Option<f64>)> {
+) -> Result<(Value, Option<(f64, f64)>)> {
     // A thread of its own, pinned like the tester; the scope joins it.
     std::thread::scope(|scope| {
         scope
@@ -67,7 +67,7 @@ fn drive(
     ping_for: Duration,
     limit: Duration,
     server_cpu: CpuNow,
-) -> Result<(Value, Option<f64>)> {
+) -> Result<(Value, Option<(f64, f64)>)> {
     let start = Instant::now();
     let deadline = start + limit;
     let mut held: Vec<TcpStream> = Vec::with_capacity(idle as usize);
@@ -118,7 +118,9 @@ fn drive(
     }
     let elapsed = began.elapsed().as_secs_f64();
     let cpu_after = server_cpu();
-    let server_cpu_s = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    let server_cpu_s = cpu_before
+        .zip(cpu_after)
+        .map(|(b, a)| (a.0 - b.0, a.1 - b.1));
 
     // Resets rather than FINs: no TIME_WAIT left behind for the next run.
     for stream in held.iter().chain([&active]) {

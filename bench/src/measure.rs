@@ -253,14 +253,14 @@ fn ping_pong(
     size: u64,
 ) -> Result<()> {
     let server_ref: &Server = server;
-    let cpu_now = || server_ref.cpu_seconds();
+    let cpu_now = || server_ref.cpu_split();
     let before = Snapshot::take();
     let run = idle::ping_pong(
         server_ref.addr,
         idle,
         size,
         bench.numbers.ping_for,
-        bench.numbers.run_limit,
+        bench.numbers.idle_limit,
         bench.pinning.tester_cpu,
         &cpu_now,
     );
@@ -268,11 +268,12 @@ fn ping_pong(
     m.server_peak_rss = server.peak_rss();
     match run {
         Ok((figures, cpu)) => {
-            if let (Some(b), Some(a), Some(cpu)) = (before, after, cpu) {
-                m.noise = b.noise(&a, cpu);
+            if let (Some(b), Some(a), Some((user, system))) = (before, after, cpu) {
+                m.noise = b.noise(&a, user + system);
             }
             m.tester = Some(figures);
-            m.server_cpu_s = cpu;
+            m.server_cpu_s = cpu.map(|(user, system)| user + system);
+            m.server_user_cpu_s = cpu.map(|(user, _)| user);
             m.error = server.exited();
         }
         Err(err) => m.error = Some(server.exited().unwrap_or_else(|| format!("{err:#}"))),
@@ -358,10 +359,7 @@ fn duration(d: Duration) -> String {
 
 /// One progress line: the test and its headline figure.
 fn summary(m: &Measurement) -> String {
-    let what = match m.test {
-        Test::PingPong { idle, .. } => format!("ping-pong among {idle} idle connections"),
-        _ => m.command.trim_end_matches(" --json").to_string(),
-    };
+    let what = m.what();
     let figure = match m.test {
         Test::Connect { .. } => m
             .figure("/connections_per_s")

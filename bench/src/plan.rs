@@ -212,6 +212,12 @@ pub struct Numbers {
     pub idle_steps: &'static [u64],
     /// How long the one client plays ping-pong at each step.
     pub ping_for: Duration,
+    /// The limit of one ping-pong run, opening its idle connections
+    /// included. Longer than `run_limit`: a poll server accepts one
+    /// connection per `poll` call, each call a walk over all it holds, so
+    /// opening N costs it O(N²) (about a minute for 19,000 on a busy
+    /// two-CPU machine).
+    pub idle_limit: Duration,
     /// Any single tester run taking longer than this is stopped and recorded
     /// as failed.
     pub run_limit: Duration,
@@ -242,6 +248,7 @@ impl Profile {
                 join_clients: 50,
                 idle_steps: &[10, 100],
                 ping_for: Duration::from_millis(300),
+                idle_limit: Duration::from_secs(30),
                 run_limit: Duration::from_secs(30),
             },
             Profile::Quick => Numbers {
@@ -263,6 +270,7 @@ impl Profile {
                 join_clients: 10_000,
                 idle_steps: &[10, 1000, 10_000, 19_000],
                 ping_for: Duration::from_secs(1),
+                idle_limit: Duration::from_secs(300),
                 run_limit: Duration::from_secs(60),
             },
             Profile::Full => Numbers {
@@ -284,6 +292,7 @@ impl Profile {
                 join_clients: 10_000,
                 idle_steps: &[10, 100, 1000, 5000, 10_000, 19_000],
                 ping_for: Duration::from_secs(2),
+                idle_limit: Duration::from_secs(300),
                 run_limit: Duration::from_secs(120),
             },
         }

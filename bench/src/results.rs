@@ -140,6 +140,15 @@ impl Measurement {
         Some(cpu * 1e9 / n).filter(|&ns| ns > 0.0)
     }
 
+    /// The run in a few words: its command, or for the benchmark's own
+    /// ping-pong driver a description.
+    pub fn what(&self) -> String {
+        match self.test {
+            Test::PingPong { idle, .. } => format!("ping-pong among {idle} idle connections"),
+            _ => self.command.trim_end_matches(" --json").to_string(),
+        }
+    }
+
     /// A number from the tester's JSON by JSON pointer (`/latency/p99_us`).
     pub fn figure(&self, pointer: &str) -> Option<f64> {
         self.tester.as_ref()?.pointer(pointer)?.as_f64()

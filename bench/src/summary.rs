@@ -46,7 +46,8 @@ pub fn render(r: &Results, reports: &[PathBuf]) -> String {
         .collect();
     let _ = writeln!(out, "runs: {total}, failed: {}", failed.len());
     for m in failed.iter().take(FAILURES_SHOWN) {
-        let what = m.command.split(" --").next().unwrap_or(&m.command);
+        let what = m.what();
+        let what = what.split(" --").next().unwrap_or(&what);
         let why = m.error.as_deref().unwrap_or_default();
         let why: String = why.chars().take(70).collect();
         let _ = writeln!(out, "  {} `{what}`: {why}", r.label(&m.server));

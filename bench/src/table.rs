@@ -145,7 +145,7 @@ fn plan(out: &mut String, r: &Results) {
             "ping-pong" => {
                 if let Some(m) = runs.first() {
                     let secs = m.figure("/elapsed_s").unwrap_or(0.0);
-                    let _ = write!(sizes, "; about {secs:.0} s of round trips each");
+                    let _ = write!(sizes, "; {secs:.1} s of round trips at each");
                 }
             }
             "hold" => sizes += " (idle)",
