@@ -72,9 +72,12 @@ function measure() {
     }
   });
   const unlinked = new Set();
+  const broken = new Set();
   main.querySelectorAll("img").forEach((img, i) => {
     if (!img.complete || img.naturalWidth === 0) {
-      problems.push(`${describe(img, i, "img")} does not load`);
+      // Once per picture: mdBook renders each one twice (see below).
+      if (!broken.has(img.src)) problems.push(`${describe(img, i, "img")} does not load`);
+      broken.add(img.src);
       return;
     }
     // mdBook renders a second copy for its zoom overlay, hidden until tapped.

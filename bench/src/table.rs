@@ -129,8 +129,8 @@ fn plan(out: &mut String, r: &Results) {
                 let per_run = runs
                     .iter()
                     .find_map(|m| m.command.split("--count ").nth(1))
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .unwrap_or("?");
+                    .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+                    .map_or("?".into(), count);
                 let _ = write!(sizes, "; {} rounds of {per_run} connections", rounds.len());
             }
             "chat unpaced" => {
@@ -465,7 +465,7 @@ fn ping_pong(out: &mut String, r: &Results) {
         })
     };
     let header = |out: &mut String, what: &str| {
-        let _ = write!(out, "*{what}:*\n\n| idle connections |");
+        let _ = write!(out, "*{what}, by idle connections:*\n\n| idle |");
         for s in &servers {
             let _ = write!(out, " {} |", r.label(s));
         }
@@ -806,12 +806,14 @@ fn figure(m: Option<&Measurement>, pointer: &str, show: fn(f64) -> String) -> St
     }
 }
 
-/// Nanoseconds in the unit that reads best: `850 ns`, `4.2 µs`.
+/// Nanoseconds in the unit that reads best: `850 ns`, `4.2 µs`, `9.04 ms`.
 fn nanos(ns: f64) -> String {
     if ns < 1000.0 {
         format!("{ns:.0} ns")
-    } else {
+    } else if ns < 1e6 {
         format!("{:.1} µs", ns / 1000.0)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
     }
 }
 
