@@ -22,6 +22,14 @@ struct Line {
 
 type Lines = Vec<Line>;
 
+/// Which axes of a chart are logarithmic.
+#[derive(Clone, Copy)]
+enum Scale {
+    Linear,
+    LogY,
+    LogLog,
+}
+
 const WIDTH: u32 = 760;
 /// The plot's height; the legend goes below it, clear of the data.
 const PLOT_HEIGHT: u32 = 420;
@@ -66,15 +74,15 @@ const MARKERS: [Marker; 8] = [
 
 /// Write every chart into `dir`; returns the file names written.
 pub fn draw_all(r: &Results, dir: &Path) -> Result<Vec<&'static str>> {
-    // (file, caption, x axis, y axis, lines, log-scale x)
-    let charts: [(&str, &str, &str, &str, Lines, bool); 4] = [
+    // (file, caption, x axis, y axis, lines, scales)
+    let charts: [(&str, &str, &str, &str, Lines, Scale); 4] = [
         (
             "held.svg",
             "Idle connections held vs server memory",
             "connections held",
             "server RSS (MiB)",
             held(r),
-            false,
+            Scale::Linear,
         ),
         (
             "chat-deliveries.svg",
@@ -82,15 +90,15 @@ pub fn draw_all(r: &Results, dir: &Path) -> Result<Vec<&'static str>> {
             "clients",
             "deliveries/s (millions)",
             deliveries(r),
-            false,
+            Scale::Linear,
         ),
         (
             "chat-p99.svg",
             "Chat p99 delivery latency at paced loads",
             "clients",
-            "p99 latency (ms)",
+            "p99 latency (ms, log scale)",
             p99(r),
-            false,
+            Scale::LogY,
         ),
         (
             "ping-pong.svg",
@@ -98,21 +106,34 @@ pub fn draw_all(r: &Results, dir: &Path) -> Result<Vec<&'static str>> {
             "idle connections (log scale)",
             "server CPU per round trip (µs, log scale)",
             ping_pong(r),
-            true,
+            Scale::LogLog,
         ),
     ];
     let mut written = Vec::new();
-    for (file, caption, x_desc, y_desc, lines, log_axes) in charts {
-        let svg = if log_axes {
-            // Both axes logarithmic: a cost in proportion to N is a
-            // straight rising line, a constant cost a flat one.
-            let (x_low, x_high) = log_range(&lines, |p| p.0);
-            let (y_low, y_high) = log_range(&lines, |p| p.1);
-            let (x, y) = ((x_low..x_high).log_scale(), (y_low..y_high).log_scale());
-            draw(caption, x_desc, y_desc, &lines, x, y)?
-        } else {
-            let (x, y) = (axis(&lines, |p| p.0), axis(&lines, |p| p.1));
-            draw(caption, x_desc, y_desc, &lines, x, y)?
+    for (file, caption, x_desc, y_desc, lines, scale) in charts {
+        // Log scales where the values span orders of magnitude: a cost in
+        // proportion to N is then a straight rising line, a constant one flat.
+        let (x_low, x_high) = log_range(&lines, |p| p.0);
+        let (y_low, y_high) = log_range(&lines, |p| p.1);
+        let (x, y) = (axis(&lines, |p| p.0), axis(&lines, |p| p.1));
+        let svg = match scale {
+            Scale::Linear => draw(caption, x_desc, y_desc, &lines, x, y)?,
+            Scale::LogY => draw(
+                caption,
+                x_desc,
+                y_desc,
+                &lines,
+                x,
+                (y_low..y_high).log_scale(),
+            )?,
+            Scale::LogLog => draw(
+                caption,
+                x_desc,
+                y_desc,
+                &lines,
+                (x_low..x_high).log_scale(),
+                (y_low..y_high).log_scale(),
+            )?,
         };
         let path = dir.join(file);
         fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
