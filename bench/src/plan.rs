@@ -268,7 +268,8 @@ impl Profile {
                 chat_unpaced_deliveries: 20_000_000,
                 chat_paced_for: Duration::from_secs(2),
                 join_clients: 10_000,
-                idle_steps: &[10, 1000, 10_000, 19_000],
+                // Up to 10,000: a poll server takes minutes to open 19,000.
+                idle_steps: &[10, 100, 1000, 10_000],
                 ping_for: Duration::from_secs(1),
                 idle_limit: Duration::from_secs(300),
                 run_limit: Duration::from_secs(60),
