@@ -7,6 +7,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
+use plotters::coord::CoordTranslate;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 use crate::plan::{Kind, SERVERS};
@@ -15,37 +17,72 @@ use crate::results::{Measurement, Results, Test, median};
 /// One line of a chart: its legend and its points, sorted by x.
 struct Line {
     label: String,
-    color: RGBColor,
     points: Vec<(f64, f64)>,
 }
 
-const WIDTH: u32 = 760;
-const HEIGHT: u32 = 440;
+type Lines = Vec<Line>;
 
-/// A colour per server, the same in every chart.
-fn color(server: &str) -> RGBColor {
-    const COLORS: [RGBColor; 7] = [
-        RGBColor(120, 120, 120),
-        RGBColor(31, 119, 180),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(255, 127, 14),
-        RGBColor(140, 86, 75),
-        RGBColor(148, 103, 189),
-    ];
-    let i = SERVERS.iter().position(|s| s.name == server).unwrap_or(0);
-    COLORS[i % COLORS.len()]
+/// Which axes of a chart are logarithmic.
+#[derive(Clone, Copy)]
+enum Scale {
+    Linear,
+    LogY,
+    LogLog,
 }
+
+const WIDTH: u32 = 760;
+/// The plot's height; the legend goes below it, clear of the data.
+const PLOT_HEIGHT: u32 = 420;
+const LEGEND_ROW: u32 = 22;
+
+/// Colours for the lines of one chart, in order: distinct for most kinds of
+/// colour blindness (Okabe and Ito's palette, black first).
+const COLORS: [RGBColor; 8] = [
+    RGBColor(0, 0, 0),
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(230, 159, 0),
+    RGBColor(120, 120, 120),
+];
+
+/// A marker per line too, so that lines differ without colour.
+#[derive(Clone, Copy)]
+enum Marker {
+    Circle,
+    Square,
+    Triangle,
+    Cross,
+    OpenCircle,
+    OpenSquare,
+    OpenTriangle,
+    Diamond,
+}
+
+const MARKERS: [Marker; 8] = [
+    Marker::Circle,
+    Marker::Square,
+    Marker::Triangle,
+    Marker::Cross,
+    Marker::OpenCircle,
+    Marker::OpenSquare,
+    Marker::OpenTriangle,
+    Marker::Diamond,
+];
 
 /// Write every chart into `dir`; returns the file names written.
 pub fn draw_all(r: &Results, dir: &Path) -> Result<Vec<&'static str>> {
-    let charts: [(&str, &str, &str, &str, Vec<Line>); 3] = [
+    // (file, caption, x axis, y axis, lines, scales)
+    let charts: [(&str, &str, &str, &str, Lines, Scale); 4] = [
         (
             "held.svg",
             "Idle connections held vs server memory",
             "connections held",
             "server RSS (MiB)",
             held(r),
+            Scale::Linear,
         ),
         (
             "chat-deliveries.svg",
@@ -53,23 +90,77 @@ pub fn draw_all(r: &Results, dir: &Path) -> Result<Vec<&'static str>> {
             "clients",
             "deliveries/s (millions)",
             deliveries(r),
+            Scale::Linear,
         ),
         (
             "chat-p99.svg",
-            "Chat p99 delivery latency at paced rates",
+            "Chat p99 delivery latency at paced loads",
             "clients",
-            "p99 latency (ms)",
+            "p99 latency (ms, log scale)",
             p99(r),
+            Scale::LogY,
+        ),
+        (
+            "ping-pong.svg",
+            "One client's round trip among idle connections",
+            "idle connections (log scale)",
+            "server CPU per round trip (µs, log scale)",
+            ping_pong(r),
+            Scale::LogLog,
         ),
     ];
     let mut written = Vec::new();
-    for (file, caption, x_desc, y_desc, lines) in charts {
-        let svg = draw(caption, x_desc, y_desc, &lines)?;
+    for (file, caption, x_desc, y_desc, lines, scale) in charts {
+        // Log scales where the values span orders of magnitude: a cost in
+        // proportion to N is then a straight rising line, a constant one flat.
+        let (x_low, x_high) = log_range(&lines, |p| p.0);
+        let (y_low, y_high) = log_range(&lines, |p| p.1);
+        let (x, y) = (axis(&lines, |p| p.0), axis(&lines, |p| p.1));
+        let svg = match scale {
+            Scale::Linear => draw(caption, x_desc, y_desc, &lines, x, y)?,
+            Scale::LogY => draw(
+                caption,
+                x_desc,
+                y_desc,
+                &lines,
+                x,
+                (y_low..y_high).log_scale(),
+            )?,
+            Scale::LogLog => draw(
+                caption,
+                x_desc,
+                y_desc,
+                &lines,
+                (x_low..x_high).log_scale(),
+                (y_low..y_high).log_scale(),
+            )?,
+        };
         let path = dir.join(file);
         fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(file);
     }
     Ok(written)
+}
+
+/// For each server of the idle runs: server CPU per round trip (µs) by the
+/// number of idle connections.
+fn ping_pong(r: &Results) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for s in SERVERS.iter().filter(|s| s.idle_scaling) {
+        let points = r
+            .all(s.name, |t| matches!(t, Test::PingPong { .. }))
+            .iter()
+            .filter(|m| m.error.is_none())
+            .filter_map(|m| match m.test {
+                Test::PingPong { idle, .. } => {
+                    Some((idle as f64, m.cpu_ns_per("/round_trips")? / 1000.0))
+                }
+                _ => None,
+            })
+            .collect();
+        push_line(&mut lines, r.label(s.name).to_string(), points);
+    }
+    lines
 }
 
 /// For each server that held connections: RSS before (at 0) and with N open.
@@ -92,7 +183,7 @@ fn held(r: &Results) -> Vec<Line> {
         if let Some(before) = runs.iter().find_map(|m| m.figure("/server_rss_before")) {
             points.push((0.0, before / 1048576.0));
         }
-        push_line(&mut lines, s.name, r.label(s.name).to_string(), points);
+        push_line(&mut lines, r.label(s.name).to_string(), points);
     }
     lines
 }
@@ -127,7 +218,7 @@ fn deliveries(r: &Results) -> Vec<Line> {
                 Some((f64::from(n), rate / 1e6))
             })
             .collect();
-        push_line(&mut lines, s.name, r.label(s.name).to_string(), points);
+        push_line(&mut lines, r.label(s.name).to_string(), points);
     }
     lines
 }
@@ -153,6 +244,7 @@ fn p99(r: &Results) -> Vec<Line> {
             })
             .min();
         let Some(base) = base else { continue };
+        let base: u32 = base;
         // Runs of the same load have the same rate × clients.
         let mut loads: Vec<u64> = Vec::new();
         for m in &runs {
@@ -177,20 +269,16 @@ fn p99(r: &Results) -> Vec<Line> {
                     Some((f64::from(clients), m.figure("/latency/p99_us")? / 1000.0))
                 })
                 .collect();
+            // What is held constant across client counts: deliveries a
+            // second, each line going to every other client.
+            let per_base = load / u64::from(base);
+            let deliveries = per_base * u64::from(base.saturating_sub(1).max(1));
             let label = format!(
-                "{} at {} sends/s per {base} clients",
+                "{}, {} deliveries/s",
                 r.label(s.name),
-                crate::table::count((load / u64::from(base)) as f64)
+                crate::table::count(deliveries as f64)
             );
-            push_line(&mut lines, s.name, label, points);
-        }
-    }
-    // Several loads of one server would share its colour: shade them apart.
-    for (i, line) in lines.iter_mut().enumerate() {
-        if i >= 2 {
-            let RGBColor(r, g, b) = line.color;
-            let k = (i / 2) as u8;
-            line.color = RGBColor(r / (k + 1), g / (k + 1), b / (k + 1));
+            push_line(&mut lines, label, points);
         }
     }
     lines
@@ -201,16 +289,12 @@ fn close(a: u64, b: u64) -> bool {
     a.abs_diff(b) * 50 <= a.max(b)
 }
 
-fn push_line(lines: &mut Vec<Line>, server: &str, label: String, mut points: Vec<(f64, f64)>) {
+fn push_line(lines: &mut Vec<Line>, label: String, mut points: Vec<(f64, f64)>) {
     if points.is_empty() {
         return;
     }
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    lines.push(Line {
-        label,
-        color: color(server),
-        points,
-    });
+    lines.push(Line { label, points });
 }
 
 /// An axis from 0 to a little past the largest value.
@@ -222,62 +306,144 @@ fn axis(lines: &[Line], pick: fn(&(f64, f64)) -> f64) -> Range<f64> {
     0.0..if top > 0.0 { top * 1.1 } else { 1.0 }
 }
 
-/// One chart as SVG text.
-fn draw(caption: &str, x_desc: &str, y_desc: &str, lines: &[Line]) -> Result<String> {
+/// A log axis around every value: from half the smallest to twice the
+/// largest (1 to 10 when there is none).
+fn log_range(lines: &[Line], pick: fn(&(f64, f64)) -> f64) -> (f64, f64) {
+    let values = lines.iter().flat_map(|l| l.points.iter().map(pick));
+    let low = values
+        .clone()
+        .filter(|&v| v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let high = values.fold(0.0f64, f64::max);
+    if low.is_finite() && high > 0.0 {
+        (low / 2.0, high * 2.0)
+    } else {
+        (1.0, 10.0)
+    }
+}
+
+/// One chart as SVG text: the plot, and below it the legend, one entry per
+/// line with its colour, marker and label.
+fn draw<X, Y>(
+    caption: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[Line],
+    x: X,
+    y: Y,
+) -> Result<String>
+where
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let legend_rows = lines.len().div_ceil(2) as u32;
+    let height = PLOT_HEIGHT + legend_rows * LEGEND_ROW + 16;
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
-        let mut chart = ChartBuilder::on(&root)
+        let (plot, legend) = root.split_vertically(PLOT_HEIGHT);
+        let mut chart = ChartBuilder::on(&plot)
             .caption(caption, ("sans-serif", 20))
             .margin(16)
             .x_label_area_size(44)
             .y_label_area_size(64)
-            .build_cartesian_2d(axis(lines, |p| p.0), axis(lines, |p| p.1))
+            .build_cartesian_2d(x, y)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .x_desc(x_desc)
             .y_desc(y_desc)
             .x_label_formatter(&|v| crate::table::count(*v))
+            .y_label_formatter(&|v| tick(*v))
             .max_light_lines(0)
             .draw()
             .map_err(plot_error)?;
         if lines.is_empty() {
             root.draw(&Text::new(
                 "no figures (nothing measured)",
-                (WIDTH as i32 / 2 - 110, HEIGHT as i32 / 2),
+                (WIDTH as i32 / 2 - 110, PLOT_HEIGHT as i32 / 2),
                 ("sans-serif", 16),
             ))
             .map_err(plot_error)?;
         }
-        for line in lines {
-            let style = ShapeStyle::from(line.color).stroke_width(2);
+        for (i, line) in lines.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let marker = MARKERS[i % MARKERS.len()];
             chart
-                .draw_series(LineSeries::new(line.points.iter().copied(), style))
-                .map_err(plot_error)?
-                .label(&line.label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-            chart
-                .draw_series(
-                    line.points
-                        .iter()
-                        .map(|&p| Circle::new(p, 3, ShapeStyle::from(line.color).filled())),
-                )
+                .draw_series(LineSeries::new(
+                    line.points.iter().copied(),
+                    ShapeStyle::from(color).stroke_width(2),
+                ))
                 .map_err(plot_error)?;
-        }
-        if !lines.is_empty() {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .draw()
+            let area = chart.plotting_area();
+            for &p in &line.points {
+                mark(area, p, marker, color)?;
+            }
+            // The legend: two columns under the plot.
+            let x = 80 + (i as i32 % 2) * 340;
+            let y = 8 + (i as i32 / 2) * LEGEND_ROW as i32;
+            legend
+                .draw(&PathElement::new(
+                    vec![(x, y + 8), (x + 28, y + 8)],
+                    ShapeStyle::from(color).stroke_width(2),
+                ))
+                .map_err(plot_error)?;
+            mark(&legend, (x + 14, y + 8), marker, color)?;
+            legend
+                .draw(&Text::new(
+                    line.label.clone(),
+                    (x + 36, y),
+                    ("sans-serif", 15),
+                ))
                 .map_err(plot_error)?;
         }
         root.present().map_err(plot_error)?;
     }
     Ok(svg)
+}
+
+/// A marker at `at` on `area` (chart or pixel coordinates), drawn in
+/// pixels around the point whatever the axes.
+fn mark<DB: DrawingBackend, CT: CoordTranslate>(
+    area: &DrawingArea<DB, CT>,
+    at: CT::From,
+    marker: Marker,
+    color: RGBColor,
+) -> Result<()>
+where
+    CT::From: Clone + 'static,
+{
+    let filled = ShapeStyle::from(color).filled();
+    let open = ShapeStyle::from(color).stroke_width(2);
+    let base = EmptyElement::at(at);
+    match marker {
+        Marker::Circle => area.draw(&(base + Circle::new((0, 0), 4, filled))),
+        Marker::OpenCircle => area.draw(&(base + Circle::new((0, 0), 4, open))),
+        Marker::Square => area.draw(&(base + Rectangle::new([(-4, -4), (4, 4)], filled))),
+        Marker::OpenSquare => area.draw(&(base + Rectangle::new([(-4, -4), (4, 4)], open))),
+        Marker::Triangle => area.draw(&(base + TriangleMarker::new((0, 0), 5, filled))),
+        Marker::OpenTriangle => area.draw(&(base + TriangleMarker::new((0, 0), 5, open))),
+        Marker::Cross => area.draw(&(base + Cross::new((0, 0), 4, open))),
+        Marker::Diamond => {
+            area.draw(&(base + Polygon::new(vec![(0, -5), (5, 0), (0, 5), (-5, 0)], filled)))
+        }
+    }
+    .map_err(plot_error)
+}
+
+/// A tick label: whole numbers from 10 up, otherwise as few decimals as
+/// show the value (`2.5`, `0.04`).
+fn tick(v: f64) -> String {
+    if v.abs() >= 10.0 {
+        crate::table::count(v)
+    } else if v.abs() >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// plotters' errors carry the backend's error type; keep only the message.

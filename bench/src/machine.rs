@@ -65,8 +65,7 @@ impl Machine {
                 .unwrap_or_else(|| "unknown".into()),
             max_time_wait: read_trimmed("/proc/sys/net/ipv4/tcp_max_tw_buckets")
                 .and_then(|v| v.parse().ok()),
-            load_before: read_trimmed("/proc/loadavg")
-                .map(|v| v.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+            load_before: load_average(),
             pinning: Pinning::probe(),
         }
     }
@@ -134,6 +133,12 @@ pub fn time_wait_sockets() -> Option<u64> {
     let mut words = tcp.split_whitespace();
     words.find(|&w| w == "tw")?;
     words.next()?.parse().ok()
+}
+
+/// The 1, 5 and 15 minute load averages, `0.99 3.95 15.04`.
+pub fn load_average() -> Option<String> {
+    read_trimmed("/proc/loadavg")
+        .map(|v| v.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn read_trimmed(path: &str) -> Option<String> {

@@ -1,11 +1,13 @@
 //! The benchmark behind the book's Measuring chapter: start every server,
 //! drive it with `tester`, and write results.json (every raw figure),
-//! results.md (the tables the chapter includes) and the SVG charts.
+//! results.md (the tables the chapter includes) and the SVG charts into
+//! `target/bench/`, and into the book only with `--update-book`.
 //!
 //! `scripts/bench` builds the release binaries and runs this; run it by hand
-//! as `bench [--quick|--full|--smoke] [--bin-dir DIR] [--out DIR]`.
+//! as `bench [--quick|--full|--smoke] [--bin-dir DIR] [--out DIR] [--update-book]`.
 
 mod charts;
+mod idle;
 mod machine;
 mod measure;
 mod noise;
@@ -13,6 +15,7 @@ mod pin;
 mod plan;
 mod process;
 mod results;
+mod summary;
 mod table;
 mod targets;
 
@@ -35,10 +38,10 @@ use results::Results;
     group(ArgGroup::new("profile").args(["quick", "full", "smoke"]))
 )]
 struct Cli {
-    /// A short run, under 2 minutes (the default)
+    /// A short run (the default; see scripts/bench --help for how long)
     #[arg(long)]
     quick: bool,
-    /// The longer run with more points per chart, under 15 minutes
+    /// More rounds and more points per chart
     #[arg(long)]
     full: bool,
     /// Tiny numbers, only to prove the harness works (the test's profile)
@@ -48,8 +51,15 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
     /// Where to write results.json, results.md and the charts
-    #[arg(long, value_name = "DIR", default_value = "book/src/measuring")]
+    #[arg(long, value_name = "DIR", default_value = "target/bench")]
     out: PathBuf,
+    /// Also write them into the book (BOOK_DIR, by default
+    /// book/src/measuring), replacing the figures the chapter shows
+    #[arg(long)]
+    update_book: bool,
+    /// The book's folder of figures, for --update-book
+    #[arg(long, value_name = "DIR", default_value = "book/src/measuring")]
+    book_dir: PathBuf,
     /// Measure nothing: redraw results.md and the charts from OUT/results.json
     #[arg(long)]
     render_only: bool,
@@ -88,7 +98,9 @@ fn run(cli: &Cli) -> Result<bool> {
         measure(cli)?
     };
     write(&results, &cli.out)?;
-    print!("{}", table::render(&results));
+    if cli.update_book {
+        write(&results, &cli.book_dir)?;
+    }
     for m in results.measurements.iter().filter(|m| m.error.is_some()) {
         eprintln!(
             "warning: {} `{}` failed: {}",
@@ -97,6 +109,11 @@ fn run(cli: &Cli) -> Result<bool> {
             m.error.as_deref().unwrap_or_default()
         );
     }
+    let mut written = vec![cli.out.join("results.md")];
+    if cli.update_book {
+        written.push(cli.book_dir.join("results.md"));
+    }
+    print!("{}", summary::render(&results, &written));
     Ok(results.measurements.iter().any(|m| m.error.is_none()))
 }
 
@@ -123,6 +140,8 @@ fn measure(cli: &Cli) -> Result<Results> {
             tester.display()
         );
     }
+    raise_fd_limit();
+    let started = std::time::Instant::now();
     let mut machine = Machine::probe();
     if cli.no_pin {
         machine.pinning = Pinning::none(machine.pinning.allowed.clone());
@@ -160,7 +179,20 @@ fn measure(cli: &Cli) -> Result<Results> {
         servers,
         measurements,
         targets,
+        elapsed_s: Some(started.elapsed().as_secs_f64()),
+        load_after: machine::load_average(),
     })
+}
+
+/// The ping-pong driver holds thousands of connections itself: raise the
+/// soft descriptor limit to the hard one, as the servers and the tester do.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 fn write(results: &Results, out: &Path) -> Result<()> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::idle;
 use crate::machine::time_wait_sockets;
 use crate::noise::Snapshot;
 use crate::pin::Pinning;
@@ -107,6 +108,19 @@ pub fn run_all(
             measurements.push(measure(bench, spec, bin, test));
         }
     }
+    // Poll against epoll: at each step, every such server in turn, so a
+    // slow stretch of the machine does not fall on one server's line only.
+    // The driver holds the idle connections itself, so it needs their
+    // descriptors too: the same cap as the server's.
+    for idle in numbers.idle_sizes(max_connections) {
+        for (spec, bin) in built_specs.iter().filter(|(s, _)| s.idle_scaling) {
+            let test = Test::PingPong {
+                idle,
+                size: numbers.echo_size,
+            };
+            measurements.push(measure(bench, spec, bin, test));
+        }
+    }
     (servers, measurements)
 }
 
@@ -126,7 +140,7 @@ fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<
         Kind::GreetingEcho => {}
         Kind::Echo => tests.push(Test::Echo {
             clients: numbers.echo_clients,
-            messages: numbers.echo_messages,
+            messages: numbers.echo_messages(spec.one_at_a_time),
             size: numbers.echo_size,
         }),
         Kind::Chat => {
@@ -160,12 +174,20 @@ fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<
 
 /// One test against a fresh server, so no run inherits another's memory.
 fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurement {
-    let mut m = Measurement {
-        server: spec.name.into(),
-        command: format!(
+    let command = match test {
+        Test::PingPong { idle, size } => format!(
+            "(the benchmark's own driver) hold {idle} idle connections, then one more \
+             sends {size} bytes and reads them back, for {}",
+            duration(bench.numbers.ping_for)
+        ),
+        _ => format!(
             "tester {}",
             tester_args(&test, bench.numbers, "ADDR", "PID").join(" ")
         ),
+    };
+    let mut m = Measurement {
+        server: spec.name.into(),
+        command,
         test,
         tester: None,
         server_peak_rss: None,
@@ -184,6 +206,9 @@ fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurem
 
 fn run_one(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) -> Result<()> {
     let mut server = Server::start(bin, spec.args, bench.pinning.server_cpu)?;
+    if let Test::PingPong { idle, size } = m.test {
+        return ping_pong(m, bench, &mut server, idle, size);
+    }
     let args = tester_args(
         &m.test,
         bench.numbers,
@@ -215,6 +240,44 @@ fn run_one(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) ->
     // A server that died mid-run explains the tester's errors better than
     // they do themselves.
     m.error = server.exited().or(run.error);
+    Ok(())
+}
+
+/// The idle-connections run: the server's CPU is read around the
+/// ping-pong stretch only, not while the idle connections are opened.
+fn ping_pong(
+    m: &mut Measurement,
+    bench: &Bench,
+    server: &mut Server,
+    idle: u64,
+    size: u64,
+) -> Result<()> {
+    let server_ref: &Server = server;
+    let cpu_now = || server_ref.cpu_split();
+    let before = Snapshot::take();
+    let run = idle::ping_pong(
+        server_ref.addr,
+        idle,
+        size,
+        bench.numbers.ping_for,
+        bench.numbers.idle_limit,
+        bench.pinning.tester_cpu,
+        &cpu_now,
+    );
+    let after = Snapshot::take();
+    m.server_peak_rss = server.peak_rss();
+    match run {
+        Ok((figures, cpu)) => {
+            if let (Some(b), Some(a), Some((user, system))) = (before, after, cpu) {
+                m.noise = b.noise(&a, user + system);
+            }
+            m.tester = Some(figures);
+            m.server_cpu_s = cpu.map(|(user, system)| user + system);
+            m.server_user_cpu_s = cpu.map(|(user, _)| user);
+            m.error = server.exited();
+        }
+        Err(err) => m.error = Some(server.exited().unwrap_or_else(|| format!("{err:#}"))),
+    }
     Ok(())
 }
 
@@ -254,6 +317,8 @@ fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<Str
             "--size".into(),
             size.to_string(),
         ],
+        // Not a tester run (see `ping_pong`).
+        Test::PingPong { .. } => Vec::new(),
         Test::Chat {
             clients,
             messages,
@@ -294,7 +359,7 @@ fn duration(d: Duration) -> String {
 
 /// One progress line: the test and its headline figure.
 fn summary(m: &Measurement) -> String {
-    let what = m.command.trim_end_matches(" --json");
+    let what = m.what();
     let figure = match m.test {
         Test::Connect { .. } => m
             .figure("/connections_per_s")
@@ -306,6 +371,12 @@ fn summary(m: &Measurement) -> String {
         Test::Echo { .. } => m
             .figure("/round_trips_per_s")
             .map(|v| format!("{v:.0} round trips/s")),
+        Test::PingPong { .. } => m.figure("/round_trips_per_s").map(|v| {
+            let cpu = m
+                .cpu_ns_per("/round_trips")
+                .map_or("—".into(), |ns| format!("{:.1} µs", ns / 1e3));
+            format!("{v:.0} round trips/s, server CPU {cpu} per round trip")
+        }),
         Test::Chat { .. } => m.figure("/deliveries_per_s").map(|v| {
             let p99 = m.figure("/latency/p99_us").unwrap_or(0.0);
             format!("{v:.0} deliveries/s, p99 {p99:.0} µs")

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
-/// How much to measure: `quick` for a look (under 2 minutes), `full` for the
-/// figures the book shows, `smoke` for the test that keeps the harness alive.
+/// How much to measure: `quick` for a look, `full` for more rounds and more
+/// points, `smoke` for the test that keeps the harness alive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
@@ -41,6 +41,12 @@ pub struct ServerSpec {
     pub args: &'static [&'static str],
     /// Only the connect rounds: a variant of another server's settings.
     pub connect_only: bool,
+    /// Serves one client at a time (stage 1): its echo run sends as many
+    /// round trips in all as one client of the others does, so a slow
+    /// machine cannot stretch it past the run limit.
+    pub one_at_a_time: bool,
+    /// Gets the ping-pong runs among idle connections (poll against epoll).
+    pub idle_scaling: bool,
 }
 
 /// Every server, in the order the tables list them.
@@ -53,6 +59,8 @@ pub const SERVERS: &[ServerSpec] = &[
         hold: false,
         args: &[],
         connect_only: false,
+        one_at_a_time: true,
+        idle_scaling: false,
     },
     ServerSpec {
         name: "stage3-epoll",
@@ -62,6 +70,8 @@ pub const SERVERS: &[ServerSpec] = &[
         hold: true,
         args: &[],
         connect_only: false,
+        one_at_a_time: false,
+        idle_scaling: true,
     },
     ServerSpec {
         name: "stage4-edge-triggered",
@@ -71,6 +81,21 @@ pub const SERVERS: &[ServerSpec] = &[
         hold: false,
         args: &[],
         connect_only: false,
+        one_at_a_time: false,
+        idle_scaling: true,
+    },
+    // Stage 3 with poll(2) in place of epoll: the baseline of the ping-pong
+    // runs among idle connections.
+    ServerSpec {
+        name: "poll-echo",
+        bin: "poll-echo",
+        label: "poll-echo",
+        kind: Kind::Echo,
+        hold: false,
+        args: &[],
+        connect_only: false,
+        one_at_a_time: false,
+        idle_scaling: true,
     },
     ServerSpec {
         name: "threads-echo",
@@ -80,6 +105,8 @@ pub const SERVERS: &[ServerSpec] = &[
         hold: true,
         args: &[],
         connect_only: false,
+        one_at_a_time: false,
+        idle_scaling: false,
     },
     ServerSpec {
         name: "stage5-chat",
@@ -89,6 +116,8 @@ pub const SERVERS: &[ServerSpec] = &[
         hold: true,
         args: &[],
         connect_only: false,
+        one_at_a_time: false,
+        idle_scaling: false,
     },
     // Stage 5 with its join and leave notices off: the connect target is
     // judged on this one, since the notices are fan-out, which the chat runs
@@ -101,6 +130,8 @@ pub const SERVERS: &[ServerSpec] = &[
         hold: false,
         args: &["--announce-limit", "1"],
         connect_only: true,
+        one_at_a_time: false,
+        idle_scaling: false,
     },
     // Stage 4 plus a welcome line: how much of the chat's connection rate
     // the greeting alone accounts for.
@@ -112,6 +143,8 @@ pub const SERVERS: &[ServerSpec] = &[
         hold: false,
         args: &[],
         connect_only: true,
+        one_at_a_time: false,
+        idle_scaling: false,
     },
     ServerSpec {
         name: "tokio-chat",
@@ -121,6 +154,8 @@ pub const SERVERS: &[ServerSpec] = &[
         hold: true,
         args: &[],
         connect_only: false,
+        one_at_a_time: false,
+        idle_scaling: false,
     },
 ];
 
@@ -171,6 +206,18 @@ pub struct Numbers {
     pub chat_paced_for: Duration,
     /// `tester hold` against the chat servers: clients joining at once.
     pub join_clients: u64,
+    /// Idle connections held open while one client plays ping-pong: poll's
+    /// cost grows with them, epoll's should not. Capped below the machine's
+    /// limit at run time (the server needs a descriptor per connection).
+    pub idle_steps: &'static [u64],
+    /// How long the one client plays ping-pong at each step.
+    pub ping_for: Duration,
+    /// The limit of one ping-pong run, opening its idle connections
+    /// included. Longer than `run_limit`: a poll server accepts one
+    /// connection per `poll` call, each call a walk over all it holds, so
+    /// opening N costs it O(N²) (about a minute for 19,000 on a busy
+    /// two-CPU machine).
+    pub idle_limit: Duration,
     /// Any single tester run taking longer than this is stopped and recorded
     /// as failed.
     pub run_limit: Duration,
@@ -199,6 +246,9 @@ impl Profile {
                 chat_unpaced_deliveries: 100,
                 chat_paced_for: Duration::from_millis(100),
                 join_clients: 50,
+                idle_steps: &[10, 100],
+                ping_for: Duration::from_millis(300),
+                idle_limit: Duration::from_secs(30),
                 run_limit: Duration::from_secs(30),
             },
             Profile::Quick => Numbers {
@@ -218,6 +268,10 @@ impl Profile {
                 chat_unpaced_deliveries: 20_000_000,
                 chat_paced_for: Duration::from_secs(2),
                 join_clients: 10_000,
+                // Up to 10,000: a poll server takes minutes to open 19,000.
+                idle_steps: &[10, 100, 1000, 10_000],
+                ping_for: Duration::from_secs(1),
+                idle_limit: Duration::from_secs(300),
                 run_limit: Duration::from_secs(60),
             },
             Profile::Full => Numbers {
@@ -237,6 +291,9 @@ impl Profile {
                 chat_unpaced_deliveries: 40_000_000,
                 chat_paced_for: Duration::from_secs(5),
                 join_clients: 10_000,
+                idle_steps: &[10, 100, 1000, 5000, 10_000, 19_000],
+                ping_for: Duration::from_secs(2),
+                idle_limit: Duration::from_secs(300),
                 run_limit: Duration::from_secs(120),
             },
         }
@@ -263,6 +320,29 @@ impl Numbers {
             .collect();
         sizes.push(top);
         sizes
+    }
+
+    /// The idle steps this machine can hold (see `Machine::max_connections`).
+    pub fn idle_sizes(&self, machine_max: u64) -> Vec<u64> {
+        self.idle_steps
+            .iter()
+            .map(|&n| n.min(machine_max))
+            .fold(Vec::new(), |mut sizes, n| {
+                if sizes.last() != Some(&n) {
+                    sizes.push(n);
+                }
+                sizes
+            })
+    }
+
+    /// `--messages` per client of an echo run: a one-at-a-time server gets
+    /// the round trips of one client in all, spread over its clients.
+    pub fn echo_messages(&self, one_at_a_time: bool) -> u64 {
+        if one_at_a_time {
+            (self.echo_messages / u64::from(self.echo_clients.max(1))).max(1)
+        } else {
+            self.echo_messages
+        }
     }
 
     /// `--rate` for `clients` clients that gives the same deliveries per

@@ -20,6 +20,12 @@ pub struct Results {
     pub servers: Vec<ServerInfo>,
     pub measurements: Vec<Measurement>,
     pub targets: Vec<Target>,
+    /// How long measuring took, seconds (the build not included).
+    #[serde(default)]
+    pub elapsed_s: Option<f64>,
+    /// `/proc/loadavg` when the benchmark ended.
+    #[serde(default)]
+    pub load_after: Option<String>,
 }
 
 /// A server as the benchmark started it.
@@ -70,6 +76,13 @@ pub enum Test {
     /// `tester hold` against a chat server: many clients joining at once.
     Join {
         clients: u64,
+    },
+    /// The benchmark's own driver: `idle` connections held open and silent
+    /// while one more client sends `size` bytes and waits for their echo,
+    /// over and over.
+    PingPong {
+        idle: u64,
+        size: u64,
     },
 }
 
@@ -125,6 +138,15 @@ impl Measurement {
         let n = self.figure(pointer).filter(|&n| n > 0.0)?;
         let cpu = self.figure("/tester_cpu/user_s")? + self.figure("/tester_cpu/system_s")?;
         Some(cpu * 1e9 / n).filter(|&ns| ns > 0.0)
+    }
+
+    /// The run in a few words: its command, or for the benchmark's own
+    /// ping-pong driver a description.
+    pub fn what(&self) -> String {
+        match self.test {
+            Test::PingPong { idle, .. } => format!("ping-pong among {idle} idle connections"),
+            _ => self.command.trim_end_matches(" --json").to_string(),
+        }
     }
 
     /// A number from the tester's JSON by JSON pointer (`/latency/p99_us`).

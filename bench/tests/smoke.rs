@@ -18,6 +18,7 @@ const SERVERS: &[(&str, &str, &str)] = &[
     ("stage1-tcp-server", "stage1-tcp-server", "stage 1"),
     ("stage3-epoll", "stage3-epoll", "stage 3"),
     ("stage4-edge-triggered", "stage4-edge-triggered", "stage 4"),
+    ("poll-echo", "poll-echo", "poll-echo"),
     ("threads-echo", "threads-echo", "threads-echo"),
     ("stage5-chat", "server", "stage 5"),
     ("stage5-chat-notices-off", "server", "stage 5, notices off"),
@@ -102,11 +103,22 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         ) {
             expected.push("hold");
         }
+        if matches!(name, "poll-echo" | "stage3-epoll" | "stage4-edge-triggered") {
+            expected.push("ping_pong");
+        }
         for kind in expected {
             assert!(kinds.contains(&kind), "{name}: no {kind} run in {kinds:?}");
         }
         for m in runs {
             assert!(m["error"].is_null(), "{name}: {m}");
+            if m["test"] == "ping_pong" {
+                // The benchmark's own driver: every idle connection held,
+                // round trips counted, the server's CPU read around them.
+                assert_eq!(m["tester"]["held"], m["idle"], "{name}: {m}");
+                assert!(m["tester"]["round_trips"].as_u64().unwrap() > 0, "{m}");
+                assert!(m["server_cpu_s"].is_number(), "{name}: no CPU time in {m}");
+                continue;
+            }
             assert!(m["command"].as_str().unwrap().starts_with("tester "));
             if m["test"] == "connect" {
                 // Servers that greet: the tester waits for the welcome, so
@@ -151,22 +163,32 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         ["fanout", "latency", "idle_bytes", "join_rss", "connect"]
     );
 
+    // Every part the chapter includes is there, between its anchors.
     let table = fs::read_to_string(out.path().join("results.md")).expect("results.md");
-    for heading in [
-        "### Targets for stage 5",
-        "### Connections per second",
-        "### Where a connection's time goes",
-        "### Holding idle connections",
-        "### Echo round trips",
-        "### Chat fan-out",
-        "### Clients joining a chat at once",
-        "### The machine",
-        "### The exact commands",
+    for anchor in [
+        "setup",
+        "targets",
+        "connect",
+        "connection_costs",
+        "hold",
+        "echo",
+        "ping_pong",
+        "chat_unpaced",
+        "chat_paced",
+        "join",
+        "failures",
+        "noise",
+        "machine",
+        "commands",
     ] {
-        assert!(
-            table.contains(heading),
-            "results.md lacks {heading}:\n{table}"
-        );
+        let start = format!("// ANCHOR: {anchor}\n");
+        let end = format!("// ANCHOR_END: {anchor}\n");
+        let part = table
+            .split_once(&start)
+            .and_then(|(_, rest)| rest.split_once(&end))
+            .map(|(part, _)| part)
+            .unwrap_or_else(|| panic!("results.md has no part {anchor}:\n{table}"));
+        assert!(!part.trim().is_empty(), "results.md's {anchor} is empty");
     }
     for &(_, _, label) in SERVERS {
         assert!(
@@ -175,7 +197,12 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         );
     }
 
-    for chart in ["held.svg", "chat-deliveries.svg", "chat-p99.svg"] {
+    for chart in [
+        "held.svg",
+        "chat-deliveries.svg",
+        "chat-p99.svg",
+        "ping-pong.svg",
+    ] {
         let svg = fs::read_to_string(out.path().join(chart)).expect(chart);
         assert!(svg.starts_with("<svg"), "{chart} is not SVG");
     }
@@ -185,6 +212,23 @@ fn smoke_run_writes_every_figure_table_and_chart() {
     }
     let deliveries = fs::read_to_string(out.path().join("chat-deliveries.svg")).unwrap();
     assert!(deliveries.contains("stage 5") && deliveries.contains("tokio-chat"));
+    // A line for every server whose runs gave a CPU time (on tiny runs a
+    // fast server may use less than one clock tick: no figure, no point).
+    let ping = fs::read_to_string(out.path().join("ping-pong.svg")).unwrap();
+    for (name, label) in [
+        ("poll-echo", "poll-echo"),
+        ("stage3-epoll", "stage 3"),
+        ("stage4-edge-triggered", "stage 4"),
+    ] {
+        let measured = tests_of(&results, name)
+            .iter()
+            .any(|m| m["test"] == "ping_pong" && m["server_cpu_s"].as_f64() > Some(0.0));
+        assert_eq!(
+            ping.contains(label),
+            measured,
+            "ping-pong.svg and {name}'s CPU times disagree"
+        );
+    }
 }
 
 #[test]
@@ -251,8 +295,12 @@ fn a_failed_run_is_data_and_the_others_still_count() {
         assert!(m["error"].is_null(), "stage 3 was measured: {m}");
     }
     let table = fs::read_to_string(out.path().join("results.md")).unwrap();
-    assert!(table.contains("### Runs that failed"), "{table}");
-    assert!(table.contains("- stage 1, `tester"), "{table}");
+    let failures = table
+        .split_once("// ANCHOR: failures\n")
+        .and_then(|(_, rest)| rest.split_once("// ANCHOR_END: failures"))
+        .expect("results.md has its failures part")
+        .0;
+    assert!(failures.contains("- stage 1, `tester"), "{table}");
 }
 
 #[test]
@@ -264,4 +312,43 @@ fn nothing_measured_exits_non_zero() {
     assert!(stderr.contains("nothing was measured"), "{stderr}");
     // The failures are still written down.
     assert!(out.path().join("results.json").is_file());
+}
+
+/// By default the figures go under target/, and into the book only when
+/// asked. (A server that crashes at once keeps these runs short.)
+#[test]
+fn the_book_is_written_only_with_update_book() {
+    let bins = bin_dir_with_a_crashing_server(false);
+    let root = tempfile::tempdir().expect("a temporary folder");
+    let run = |update: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bench"));
+        cmd.current_dir(root.path())
+            .arg("--smoke")
+            .arg("--bin-dir")
+            .arg(bins.path());
+        if update {
+            cmd.arg("--update-book");
+        }
+        let run = cmd.timeout(RUN_TIMEOUT).assert().code(1);
+        String::from_utf8_lossy(&run.get_output().stdout).into_owned()
+    };
+    let book = root.path().join("book/src/measuring/results.json");
+
+    let summary = run(false);
+    assert!(root.path().join("target/bench/results.json").is_file());
+    assert!(!book.exists(), "the book was written without --update-book");
+    // The summary ends with the report's path, and is short.
+    assert!(
+        summary.contains("full report: target/bench/results.md"),
+        "{summary}"
+    );
+    assert!(!summary.contains("book's copy"), "{summary}");
+    assert!(summary.lines().count() <= 24, "{summary}");
+
+    let summary = run(true);
+    assert!(book.is_file(), "--update-book did not write the book");
+    assert!(
+        summary.contains("book's copy: book/src/measuring/results.md"),
+        "{summary}"
+    );
 }
