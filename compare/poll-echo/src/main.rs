@@ -9,8 +9,9 @@
 //! this against stage 3 with thousands of idle clients connected.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
@@ -28,13 +29,31 @@ usage: poll-echo [-q] [ADDR]
 
 Stage 3's level-triggered echo server, with poll(2) in place of epoll.
 
-  ADDR        IP:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  ADDR        HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
   -q          do not log connections to stderr
   -h, --help  print this help";
 
 struct Args {
     addr: SocketAddr,
     quiet: bool,
+}
+
+/// Why a connection ended: what its `closed fd N (...)` line says.
+enum Closed {
+    /// `read(2)` returned 0: the client closed its sending side.
+    EndOfFile,
+    /// A call on the socket failed (`ECONNRESET`, `EPIPE`, ...).
+    Failed(Errno),
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Closed::EndOfFile => f.write_str("end of file"),
+            // Debug prints the errno's name, as the man pages spell it.
+            Closed::Failed(errno) => write!(f, "{errno:?}"),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -62,9 +81,13 @@ fn parse_args() -> Args {
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
-            _ if !addr_given && !arg.starts_with('-') => match arg.parse() {
-                Ok(addr) => (args.addr, addr_given) = (addr, true),
-                Err(_) => usage_error(&format!("invalid address {arg:?} (expected IP:PORT)")),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
             },
             _ => usage_error(&format!("unexpected argument {arg:?}")),
         }
@@ -139,12 +162,16 @@ fn run(args: &Args) -> Result<()> {
         drop(interest);
         for &fd in &ready {
             if fd == listener {
-                accept_client(&listen_fd, &mut clients, args.quiet)?;
+                accept_client(&listen_fd, &mut clients, args.quiet);
             } else if let Some(client_fd) = clients.get(&fd) {
-                // 0 bytes is end-of-file; an error (such as a reset) also ends the client.
-                if matches!(echo_once(client_fd), Ok(0) | Err(_)) {
-                    close_client(&mut clients, fd, args.quiet);
-                }
+                // 0 bytes is end-of-file; an error (such as a reset) ends
+                // this client only.
+                let why = match echo_once(client_fd) {
+                    Ok(0) => Closed::EndOfFile,
+                    Ok(_) => continue,
+                    Err(err) => Closed::Failed(err),
+                };
+                close_client(&mut clients, fd, why, args.quiet);
             }
         }
     }
@@ -152,16 +179,17 @@ fn run(args: &Args) -> Result<()> {
 
 /// One `accept(2)` per readiness: level-triggered, `poll` reports the
 /// listener again at the next call if more clients are waiting.
-fn accept_client(
-    listen_fd: &OwnedFd,
-    clients: &mut HashMap<RawFd, OwnedFd>,
-    quiet: bool,
-) -> Result<()> {
+fn accept_client(listen_fd: &OwnedFd, clients: &mut HashMap<RawFd, OwnedFd>, quiet: bool) {
     let fd = match accept(listen_fd.as_raw_fd()) {
         Ok(fd) => fd,
         // The client gave up before we got to it.
-        Err(Errno::ECONNABORTED | Errno::EINTR) => return Ok(()),
-        Err(err) => return Err(io::Error::from(err)).context("accept failed"),
+        Err(Errno::ECONNABORTED | Errno::EINTR) => return,
+        // One connection's failure (EPROTO, ENETDOWN, ...) or a shortage
+        // (EMFILE, ENOBUFS): as in stage 3, logged, and the server goes on.
+        Err(err) => {
+            eprintln!("cannot accept: {err:?}");
+            return;
+        }
     };
     // SAFETY: accept(2) just returned this descriptor; nothing else owns it.
     let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -170,11 +198,10 @@ fn accept_client(
             Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
             // Reset while it waited in the accept queue: its first read
             // reports the reset and closes it.
-            Err(err) => eprintln!("accepted fd {fd} (peer unknown: {err})"),
+            Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
         }
     }
     clients.insert(fd, client_fd);
-    Ok(())
 }
 
 /// One `read(2)` per readiness, then send it all back; returns the number
@@ -194,11 +221,11 @@ fn echo_once(client_fd: &OwnedFd) -> nix::Result<usize> {
 
 /// Forgetting a client is only dropping it from the map: the next `poll`
 /// call's array no longer has it. Then `close(2)`.
-fn close_client(clients: &mut HashMap<RawFd, OwnedFd>, fd: RawFd, quiet: bool) {
+fn close_client(clients: &mut HashMap<RawFd, OwnedFd>, fd: RawFd, why: Closed, quiet: bool) {
     if let Some(client_fd) = clients.remove(&fd) {
         drop(client_fd); // close(2)
         if !quiet {
-            eprintln!("closed fd {fd}");
+            eprintln!("closed fd {fd} ({why})");
         }
     }
 }

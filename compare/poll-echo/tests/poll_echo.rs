@@ -13,6 +13,7 @@ fn bin() -> PathBuf {
 }
 
 testkit::server_conventions!(bin(), echo_probe);
+testkit::fault_checks!(bin(), echo_probe);
 
 #[test]
 fn echoes_exactly_the_bytes_it_receives() {
@@ -75,7 +76,16 @@ fn a_client_that_leaves_is_closed_and_disturbs_no_one() {
         testkit::wait_until(&format!("{end}: fd {fd} closed"), || {
             server.open_fds() == fds_before
         });
-        assert!(server.stderr().contains(&format!("closed fd {fd}\n")));
+        let why = if end == "reset" {
+            "ECONNRESET"
+        } else {
+            "end of file"
+        };
+        assert!(
+            server
+                .stderr()
+                .contains(&format!("closed fd {fd} ({why})\n"))
+        );
         echo_probe(&mut stays);
     }
 }
