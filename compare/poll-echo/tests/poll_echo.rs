@@ -84,7 +84,7 @@ fn a_client_that_leaves_is_closed_and_disturbs_no_one() {
             "(end of file)"
         };
         let closed = format!("closed fd {fd} {why}");
-        assert!(server.stderr().contains(&closed), "no {closed:?} line");
+        server.wait_stderr(&closed);
         echo_probe(&mut stays);
     }
 }
