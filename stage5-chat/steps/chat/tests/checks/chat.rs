@@ -522,6 +522,9 @@ fn lines_left_for_a_full_socket_arrive_in_order_without_more_traffic() {
 fn end_of_file_still_gets_every_line_it_is_owed_then_the_close() {
     let (server, mut talker, mut slow, fd) = with_a_slow_reader();
     let full = fill(&server, &mut talker, fd);
+    // More lines while the socket is full, so the server still owes some
+    // of them when the end-of-file comes.
+    burst(&mut talker, full..full + 2000);
     // End-of-file means "no more input", not "throw away what I am owed".
     slow.shutdown_write();
     assert_eq!(
@@ -529,7 +532,7 @@ fn end_of_file_still_gets_every_line_it_is_owed_then_the_close() {
         "* client2 left",
         "the server saw the end-of-file"
     );
-    for n in 0..full {
+    for n in 0..full + 2000 {
         let expected = format!("client1: {}", numbered(n));
         assert_eq!(slow.recv_line(), expected.trim_end(), "line {n}");
     }
