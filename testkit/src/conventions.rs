@@ -1,4 +1,4 @@
-//! The command-line conventions every server and client follows (WORKBOOK §3),
+//! The command-line conventions every server and client follows,
 //! checked once each. A stage's test file states them in one line:
 //! `testkit::server_conventions!(bin(), probe);` or
 //! `testkit::client_conventions!(bin());`.

@@ -1,4 +1,4 @@
-//! Baseline: the stage 5 chat (WORKBOOK §5) written with tokio.
+//! Baseline: the stage 5 chat written with tokio.
 //!
 //! Design: one task per connection, and a shared registry of clients behind a
 //! `std::sync::Mutex` (never held across an `.await`). Each client has an
@@ -7,7 +7,7 @@
 //! channel, while the receiver's own task drains its channel into its socket,
 //! several queued lines per `write`. A `tokio::sync::broadcast` channel would
 //! be shorter, but it counts messages, not bytes, and a lagging receiver
-//! silently loses lines; the §5 contract is "no line lost, and a client
+//! silently loses lines; the chat's protocol says "no line lost, and a client
 //! whose queue passes `--max-queue` bytes is dropped", which a per-client
 //! byte count in the registry expresses directly.
 

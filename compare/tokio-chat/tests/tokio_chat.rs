@@ -1,5 +1,5 @@
 //! Checks for the tokio chat baseline: it follows the same conventions and
-//! speaks the same §5 protocol as stage 5, so the benchmark compares like
+//! speaks the same protocol as stage 5, so the benchmark compares like
 //! with like. Run them against another build with
 //! `TOKIO_CHAT_BIN=/path/to/server cargo test -p compare-tokio-chat`.
 
