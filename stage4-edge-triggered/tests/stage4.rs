@@ -164,7 +164,7 @@ fn sleeps_once_the_echo_is_delivered() {
     let sender = send_in_background(&client, &data, false);
     assert!(client.recv_exact(data.len()) == data, "the echo differs");
     sender.join().unwrap().unwrap();
-    server.assert_sleeps("with an idle client whose echo is all delivered");
+    server.assert_sleeps("with an idle client whose echo is all delivered", 0.5);
 }
 
 #[test]
@@ -288,7 +288,7 @@ fn running_out_of_descriptors_does_not_stop_the_server() {
         server.assert_running();
         server.fds().iter().filter(|&&fd| fd < LIMIT as i32).count() == LIMIT
     });
-    server.assert_sleeps("while it is out of descriptors");
+    server.assert_sleeps("while it is out of descriptors", 0.5);
     echo_probe(&mut clients[0]);
     // The last client is still in the queue. When the others leave, the
     // server must go back to the queue and serve it, not close it.

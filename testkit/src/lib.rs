@@ -325,18 +325,21 @@ impl Server {
     }
 
     /// Assert that the server sleeps while it has nothing to do: over half a
-    /// second it is runnable less than half the time. A server that spins
-    /// (an `epoll_wait` that returns at once, again and again) is runnable
-    /// the whole time, whether a busy machine gives it a CPU or keeps it
-    /// waiting for one, so the check depends neither on load nor on speed.
-    pub fn assert_sleeps(&self, while_what: &str) {
+    /// second it is runnable (on a CPU or waiting for one) less than
+    /// `max_share` of the time. A server that spins (an `epoll_wait` that
+    /// returns at once, again and again) is runnable the whole time, whether
+    /// a busy machine gives it a CPU or keeps it waiting for one. A server
+    /// that wakes on a timer (to retry `accept`, say) is runnable a little
+    /// after each wake-up, longer the busier the machine: its bound is
+    /// higher, below the spinner's 100%.
+    pub fn assert_sleeps(&self, while_what: &str, max_share: f64) {
         let (start, runnable) = (Instant::now(), self.runnable_time());
         // A measuring window, not a synchronisation: nothing happens in it.
         thread::sleep(Duration::from_millis(500));
         let busy = self.runnable_time().saturating_sub(runnable);
         let window = start.elapsed();
         assert!(
-            busy < window / 2,
+            busy < window.mul_f64(max_share),
             "the server spins {while_what}: runnable {busy:?} of {window:?}"
         );
     }
