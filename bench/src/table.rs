@@ -658,7 +658,7 @@ fn chaos(out: &mut String, r: &Results) {
         .map_or(m.server.as_str(), |s| s.command.as_str());
     let _ = writeln!(
         out,
-        "Measured with `{}`: `{}` started with logging on (`{}`, no `-q`, its log \
+        "Measured with `{}`: {} started with logging on (`{}`, no `-q`, its log \
          to `{}`), then `{}`. Load average {} at the start of the run, {} at the end{}.\n",
         if run.bench_command.is_empty() {
             r.command.as_str()

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{Numbers, STAGE5, STAGE5_NOTICES_OFF, TARGET_RATE, TOKIO};
 use crate::results::{Measurement, Test, median};
+use crate::table::count;
 
 /// The memory budget of the join and fan-out targets.
 pub const RSS_BUDGET: u64 = 64 << 20;
@@ -346,14 +347,14 @@ fn chaos(ms: &[Measurement]) -> Target {
         key: CHAOS.into(),
         goal,
         measured: format!(
-            "{:.0} faults in {:.1} min; lost {}, duplicated {}, reordered {} of {:.0} lines \
+            "{} faults in {:.1} min; lost {}, duplicated {}, reordered {} of {} lines \
              delivered; server {}{failed}",
-            n("/injected_total"),
+            count(n("/injected_total")),
             n("/elapsed_s") / 60.0,
             n("/lost"),
             n("/duplicated"),
             n("/reordered"),
-            n("/delivered"),
+            count(n("/delivered")),
             if up { "up" } else { "DOWN" }
         ),
         ratio: Some(wrong),
