@@ -191,6 +191,7 @@ fn measure(cli: &Cli) -> Result<Results> {
     for m in &mut measurements {
         if let Some(run) = &mut m.run {
             run.bench_command = command.clone();
+            run.commit = Some(commit.describe());
         }
     }
     Ok(Results {

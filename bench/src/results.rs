@@ -142,6 +142,9 @@ pub struct ServerLog {
 pub struct RunInfo {
     /// The benchmark's command line.
     pub bench_command: String,
+    /// The commit measured, as the results' setup names it.
+    #[serde(default)]
+    pub commit: Option<String>,
     /// `/proc/loadavg` when the run started and when it ended.
     pub load_before: Option<String>,
     pub load_after: Option<String>,

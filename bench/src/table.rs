@@ -658,13 +658,16 @@ fn chaos(out: &mut String, r: &Results) {
         .map_or(m.server.as_str(), |s| s.command.as_str());
     let _ = writeln!(
         out,
-        "Measured with `{}`: {} started with logging on (`{}`, no `-q`, its log \
+        "Measured with `{}`{}: {} started with logging on (`{}`, no `-q`, its log \
          to `{}`), then `{}`. Load average {} at the start of the run, {} at the end{}.\n",
         if run.bench_command.is_empty() {
             r.command.as_str()
         } else {
             run.bench_command.as_str()
         },
+        run.commit
+            .as_ref()
+            .map_or(String::new(), |c| format!(" at commit `{c}`")),
         r.label(&m.server),
         server.replace("-q ", ""),
         log.map_or("a file", |l| l.file.as_str()),
