@@ -257,20 +257,32 @@ fn run_one(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) ->
         bench.numbers.run_limit,
         bench.pinning.tester_cpu,
     )?;
+    m.tester = run.json;
+    record_server(m, &server, server_before, before);
+    // A server that died mid-run explains the tester's errors better than
+    // they do themselves.
+    m.error = server.exited().or(run.error);
+    Ok(())
+}
+
+/// After a tester run: what else used the machine meanwhile (from the
+/// server's CPU time and the machine's counters `before`), and the server's
+/// peak memory and CPU time.
+fn record_server(
+    m: &mut Measurement,
+    server: &Server,
+    server_before: Option<f64>,
+    before: Option<Snapshot>,
+) {
     let (server_after, after) = (server.cpu_seconds(), Snapshot::take());
     if let (Some(s0), Some(s1), Some(b), Some(a)) = (server_before, server_after, before, after) {
         m.noise = b.noise(&a, s1 - s0);
     }
-    m.tester = run.json;
     m.server_peak_rss = server.peak_rss();
     if let Some((user, system)) = server.cpu_split() {
         m.server_cpu_s = Some(user + system);
         m.server_user_cpu_s = Some(user);
     }
-    // A server that died mid-run explains the tester's errors better than
-    // they do themselves.
-    m.error = server.exited().or(run.error);
-    Ok(())
 }
 
 /// The chaos run: the server started with logging on, its log in a file,
@@ -305,16 +317,8 @@ fn chaos(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) -> R
     let died_after = watch.stop();
     let elapsed = started.elapsed();
     let run = run?;
-    let (server_after, after) = (server.cpu_seconds(), Snapshot::take());
-    if let (Some(s0), Some(s1), Some(b), Some(a)) = (server_before, server_after, before, after) {
-        m.noise = b.noise(&a, s1 - s0);
-    }
     m.tester = run.json;
-    m.server_peak_rss = server.peak_rss();
-    if let Some((user, system)) = server.cpu_split() {
-        m.server_cpu_s = Some(user + system);
-        m.server_user_cpu_s = Some(user);
-    }
+    record_server(m, &server, server_before, before);
     let exited = server.exited();
     info.server_stayed_up = exited.is_none();
     info.server_up_s = Some(died_after.unwrap_or(elapsed).as_secs_f64());

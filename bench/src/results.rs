@@ -223,6 +223,13 @@ impl Results {
             .collect()
     }
 
+    /// The chaos run, if these results have one.
+    pub fn chaos(&self) -> Option<&Measurement> {
+        self.measurements
+            .iter()
+            .find(|m| matches!(m.test, Test::Chaos { .. }))
+    }
+
     /// The servers that were built, in table order.
     pub fn built(&self) -> impl Iterator<Item = &ServerInfo> {
         self.servers.iter().filter(|s| s.built)

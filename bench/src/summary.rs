@@ -98,11 +98,7 @@ fn ping_pong(out: &mut String, r: &Results) {
 
 /// The chaos run in one line: faults, lines that went wrong, the server.
 fn chaos(out: &mut String, r: &Results) {
-    let Some(m) = r
-        .measurements
-        .iter()
-        .find(|m| matches!(m.test, Test::Chaos { .. }))
-    else {
+    let Some(m) = r.chaos() else {
         return;
     };
     let n = |p: &str| m.figure(p).map_or("—".into(), count);

@@ -641,11 +641,7 @@ fn join(out: &mut String, r: &Results) {
 /// The chaos run: how it was run, the faults by kind, what the checked
 /// clients received, and the server before and after.
 fn chaos(out: &mut String, r: &Results) {
-    let Some(m) = r
-        .measurements
-        .iter()
-        .find(|m| matches!(m.test, Test::Chaos { .. }))
-    else {
+    let Some(m) = r.chaos() else {
         out.push_str("No chaos run in these results.\n\n");
         return;
     };

@@ -26,6 +26,16 @@ const SERVERS: &[(&str, &str, &str)] = &[
     ("tokio-chat", "tokio-chat", "tokio-chat"),
 ];
 
+/// The targets' keys, in the order results.json lists them.
+const TARGETS: [&str; 6] = [
+    "fanout",
+    "latency",
+    "idle_bytes",
+    "join_rss",
+    "connect",
+    "chaos",
+];
+
 /// The folder of the workspace's debug binaries (the tester and the servers).
 fn bin_dir() -> PathBuf {
     let tester = testkit::workspace_bin("STAGE6_BIN", "tester");
@@ -165,17 +175,7 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             t["key"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(
-        keys,
-        [
-            "fanout",
-            "latency",
-            "idle_bytes",
-            "join_rss",
-            "connect",
-            "chaos"
-        ]
-    );
+    assert_eq!(keys, TARGETS);
 
     // Every part the chapter includes is there, between its anchors.
     let table = fs::read_to_string(out.path().join("results.md")).expect("results.md");
@@ -463,17 +463,7 @@ fn only_chaos_replaces_that_part_and_keeps_the_rest() {
         .iter()
         .map(|t| t["key"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        keys,
-        [
-            "fanout",
-            "latency",
-            "idle_bytes",
-            "join_rss",
-            "connect",
-            "chaos"
-        ]
-    );
+    assert_eq!(keys, TARGETS);
     let table = fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(
         table.contains("Measured with `bench --smoke --only chaos`"),
