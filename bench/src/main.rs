@@ -28,8 +28,8 @@ use clap::{ArgGroup, Parser};
 
 use machine::{Commit, Machine};
 use pin::Pinning;
-use plan::Profile;
-use results::Results;
+use plan::{Part, Profile};
+use results::{Results, Test};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +67,11 @@ struct Cli {
     /// server runs on one CPU and the tester on another)
     #[arg(long)]
     no_pin: bool,
+    /// Run this part alone and put its results in place of the same part's
+    /// in OUT/results.json (and, with --update-book, the book's), keeping
+    /// every other figure there
+    #[arg(long, value_name = "PART", conflicts_with = "render_only")]
+    only: Option<Part>,
 }
 
 fn main() -> ExitCode {
@@ -97,9 +102,15 @@ fn run(cli: &Cli) -> Result<bool> {
     } else {
         measure(cli)?
     };
-    write(&results, &cli.out)?;
+    let mut dirs = vec![&cli.out];
     if cli.update_book {
-        write(&results, &cli.book_dir)?;
+        dirs.push(&cli.book_dir);
+    }
+    for dir in dirs {
+        match merged(&results, dir, cli.only)? {
+            Some(whole) => write(&whole, dir)?,
+            None => write(&results, dir)?,
+        }
     }
     for m in results.measurements.iter().filter(|m| m.error.is_some()) {
         eprintln!(
@@ -160,9 +171,11 @@ fn measure(cli: &Cli) -> Result<Results> {
         numbers: &numbers,
         tester: &tester,
         pinning: &machine.pinning,
+        out: &cli.out,
+        only: cli.only,
     };
-    let (servers, measurements) = measure::run_all(&bench, &bin_dir, machine.max_connections());
-    let targets = targets::evaluate(&measurements, &numbers);
+    let (servers, mut measurements) = measure::run_all(&bench, &bin_dir, machine.max_connections());
+    let mut targets = targets::evaluate(&measurements, &numbers);
     let mut command = match profile {
         Profile::Smoke => "bench --smoke".to_string(),
         Profile::Quick => "scripts/bench --quick".to_string(),
@@ -170,6 +183,16 @@ fn measure(cli: &Cli) -> Result<Results> {
     };
     if cli.no_pin {
         command += " --no-pin";
+    }
+    if let Some(part) = cli.only {
+        command += &format!(" --only {}", part_name(part));
+        targets.retain(|t| part_of(part, &t.key));
+    }
+    for m in &mut measurements {
+        if let Some(run) = &mut m.run {
+            run.bench_command = command.clone();
+            run.commit = Some(commit.describe());
+        }
     }
     Ok(Results {
         profile,
@@ -182,6 +205,50 @@ fn measure(cli: &Cli) -> Result<Results> {
         elapsed_s: Some(started.elapsed().as_secs_f64()),
         load_after: machine::load_average(),
     })
+}
+
+fn part_name(part: Part) -> &'static str {
+    match part {
+        Part::Chaos => "chaos",
+    }
+}
+
+/// Whether a target is judged on `part`'s runs.
+fn part_of(part: Part, target_key: &str) -> bool {
+    match part {
+        Part::Chaos => target_key == targets::CHAOS,
+    }
+}
+
+/// Whether a run belongs to `part`.
+fn in_part(part: Part, test: &Test) -> bool {
+    match part {
+        Part::Chaos => matches!(test, Test::Chaos { .. }),
+    }
+}
+
+/// With `--only`, the results already in `dir` with that part's runs and
+/// targets replaced by the new ones; None when `results` is what to write
+/// (no `--only`, or nothing there yet).
+fn merged(results: &Results, dir: &Path, only: Option<Part>) -> Result<Option<Results>> {
+    let path = dir.join("results.json");
+    let Some(part) = only else {
+        return Ok(None);
+    };
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut earlier: Results =
+        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+    earlier.measurements.retain(|m| !in_part(part, &m.test));
+    earlier
+        .measurements
+        .extend(results.measurements.iter().cloned());
+    earlier.targets.retain(|t| !part_of(part, &t.key));
+    earlier.targets.extend(results.targets.iter().cloned());
+    Ok(Some(earlier))
 }
 
 /// The ping-pong driver holds thousands of connections itself: raise the

@@ -3,24 +3,33 @@
 //! note its peak memory, and kill it.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use crate::idle;
-use crate::machine::time_wait_sockets;
+use crate::machine::{load_average, time_wait_sockets};
 use crate::noise::Snapshot;
 use crate::pin::Pinning;
-use crate::plan::{Kind, Numbers, SERVERS, ServerSpec};
-use crate::process::{Server, run_tester, server_args};
-use crate::results::{Measurement, ServerInfo, Test};
+use crate::plan::{CHAOS_SEED, Kind, Numbers, Part, SERVERS, STAGE5, ServerSpec};
+use crate::process::{Server, count_lines, process_up, run_tester, server_args};
+use crate::results::{Measurement, RunInfo, ServerInfo, ServerLog, Test};
 
-/// What every run shares: the profile's numbers, the tester, the CPUs.
+/// What every run shares: the profile's numbers, the tester, the CPUs,
+/// the folder server logs go to, and the part to run alone, if any.
 pub struct Bench<'a> {
     pub numbers: &'a Numbers,
     pub tester: &'a Path,
     pub pinning: &'a Pinning,
+    pub out: &'a Path,
+    pub only: Option<Part>,
 }
+
+/// The chaos run's server log, in the output folder.
+pub const CHAOS_LOG: &str = "chaos-server.log";
 
 /// Measure every server whose binary is in `bin_dir`.
 pub fn run_all(
@@ -50,6 +59,10 @@ pub fn run_all(
             continue;
         }
         built_specs.push((spec, bin));
+    }
+    if bench.only == Some(Part::Chaos) {
+        measurements.extend(chaos_part(bench, &built_specs));
+        return (servers, measurements);
     }
     // Connection rates first, in rounds across all servers: each connect
     // leaves kernel state behind (TIME_WAIT sockets) that changes the next
@@ -121,7 +134,18 @@ pub fn run_all(
             measurements.push(measure(bench, spec, bin, test));
         }
     }
+    measurements.extend(chaos_part(bench, &built_specs));
     (servers, measurements)
+}
+
+/// Faults around checked clients: stage 5 as a reader runs it, logging on.
+fn chaos_part(
+    bench: &Bench,
+    built_specs: &[(&ServerSpec, std::path::PathBuf)],
+) -> Option<Measurement> {
+    let (spec, bin) = built_specs.iter().find(|(s, _)| s.name == STAGE5)?;
+    let seconds = bench.numbers.chaos_for.as_secs().max(1);
+    Some(measure(bench, spec, bin, Test::Chaos { seconds }))
 }
 
 /// The tests a server gets after the connect rounds, in the order they run.
@@ -196,8 +220,14 @@ fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurem
         time_wait_before: None,
         noise: None,
         error: None,
+        server_log: None,
+        run: None,
     };
-    if let Err(err) = run_one(&mut m, bench, spec, bin) {
+    let ran = match m.test {
+        Test::Chaos { .. } => chaos(&mut m, bench, spec, bin),
+        _ => run_one(&mut m, bench, spec, bin),
+    };
+    if let Err(err) = ran {
         m.error = Some(format!("{err:#}"));
     }
     eprintln!("{:<24} {}", spec.name, summary(&m));
@@ -227,20 +257,115 @@ fn run_one(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) ->
         bench.numbers.run_limit,
         bench.pinning.tester_cpu,
     )?;
+    m.tester = run.json;
+    record_server(m, &server, server_before, before);
+    // A server that died mid-run explains the tester's errors better than
+    // they do themselves.
+    m.error = server.exited().or(run.error);
+    Ok(())
+}
+
+/// After a tester run: what else used the machine meanwhile (from the
+/// server's CPU time and the machine's counters `before`), and the server's
+/// peak memory and CPU time.
+fn record_server(
+    m: &mut Measurement,
+    server: &Server,
+    server_before: Option<f64>,
+    before: Option<Snapshot>,
+) {
     let (server_after, after) = (server.cpu_seconds(), Snapshot::take());
     if let (Some(s0), Some(s1), Some(b), Some(a)) = (server_before, server_after, before, after) {
         m.noise = b.noise(&a, s1 - s0);
     }
-    m.tester = run.json;
     m.server_peak_rss = server.peak_rss();
     if let Some((user, system)) = server.cpu_split() {
         m.server_cpu_s = Some(user + system);
         m.server_user_cpu_s = Some(user);
     }
-    // A server that died mid-run explains the tester's errors better than
-    // they do themselves.
-    m.error = server.exited().or(run.error);
+}
+
+/// The chaos run: the server started with logging on, its log in a file,
+/// watched while the tester runs so a crash is timed, then its log counted.
+fn chaos(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) -> Result<()> {
+    let log = bench.out.join(CHAOS_LOG);
+    std::fs::create_dir_all(bench.out)?;
+    m.server_log = Some(ServerLog {
+        file: CHAOS_LOG.into(),
+        lines: None,
+    });
+    let mut info = RunInfo {
+        load_before: load_average(),
+        ..RunInfo::default()
+    };
+    let mut server = Server::start_logging(bin, spec.args, bench.pinning.server_cpu, &log)?;
+    let args = tester_args(
+        &m.test,
+        bench.numbers,
+        &server.addr.to_string(),
+        &server.pid().to_string(),
+    );
+    let (server_before, before) = (server.cpu_seconds(), Snapshot::take());
+    let started = Instant::now();
+    let watch = Watch::start(server.pid());
+    let run = run_tester(
+        bench.tester,
+        &args,
+        bench.numbers.chaos_limit(),
+        bench.pinning.tester_cpu,
+    );
+    let died_after = watch.stop();
+    let elapsed = started.elapsed();
+    let run = run?;
+    m.tester = run.json;
+    record_server(m, &server, server_before, before);
+    let exited = server.exited();
+    info.server_stayed_up = exited.is_none();
+    info.server_up_s = Some(died_after.unwrap_or(elapsed).as_secs_f64());
+    info.load_after = load_average();
+    m.error = exited.or(run.error);
+    m.run = Some(info);
+    // Killed and reaped first, so the log is complete when it is counted.
+    drop(server);
+    m.server_log = Some(ServerLog {
+        file: CHAOS_LOG.into(),
+        lines: count_lines(&log).ok(),
+    });
     Ok(())
+}
+
+/// Watches a process while a run lasts, noting when it stopped running.
+struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<Option<Duration>>,
+}
+
+impl Watch {
+    /// How often the process is looked at: the precision of the time a
+    /// crashed server is said to have survived.
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn start(pid: u32) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let started = Instant::now();
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                if !process_up(pid) {
+                    return Some(started.elapsed());
+                }
+                thread::sleep(Watch::EVERY);
+            }
+            None
+        });
+        Watch { stop, thread }
+    }
+
+    /// When the process stopped running, or None if it still runs.
+    fn stop(self) -> Option<Duration> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().ok().flatten()
+    }
 }
 
 /// The idle-connections run: the server's CPU is read around the
@@ -319,6 +444,16 @@ fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<Str
         ],
         // Not a tester run (see `ping_pong`).
         Test::PingPong { .. } => Vec::new(),
+        Test::Chaos { seconds } => vec![
+            "chaos".into(),
+            addr.into(),
+            "--duration".into(),
+            format!("{seconds}s"),
+            "--seed".into(),
+            CHAOS_SEED.to_string(),
+            "--server-pid".into(),
+            pid.into(),
+        ],
         Test::Chat {
             clients,
             messages,
@@ -376,6 +511,14 @@ fn summary(m: &Measurement) -> String {
                 .cpu_ns_per("/round_trips")
                 .map_or("—".into(), |ns| format!("{:.1} µs", ns / 1e3));
             format!("{v:.0} round trips/s, server CPU {cpu} per round trip")
+        }),
+        Test::Chaos { .. } => m.figure("/injected_total").map(|faults| {
+            format!(
+                "{faults:.0} faults, lost {}, duplicated {}, reordered {}",
+                m.figure("/lost").unwrap_or(f64::NAN),
+                m.figure("/duplicated").unwrap_or(f64::NAN),
+                m.figure("/reordered").unwrap_or(f64::NAN)
+            )
         }),
         Test::Chat { .. } => m.figure("/deliveries_per_s").map(|v| {
             let p99 = m.figure("/latency/p99_us").unwrap_or(0.0);

@@ -218,6 +218,9 @@ pub struct Numbers {
     /// opening N costs it O(N²) (about a minute for 19,000 on a busy
     /// two-CPU machine).
     pub idle_limit: Duration,
+    /// How long `tester chaos` injects faults into stage 5 (started with
+    /// logging on) while its checked clients talk.
+    pub chaos_for: Duration,
     /// Any single tester run taking longer than this is stopped and recorded
     /// as failed.
     pub run_limit: Duration,
@@ -249,6 +252,7 @@ impl Profile {
                 idle_steps: &[10, 100],
                 ping_for: Duration::from_millis(300),
                 idle_limit: Duration::from_secs(30),
+                chaos_for: Duration::from_secs(3),
                 run_limit: Duration::from_secs(30),
             },
             Profile::Quick => Numbers {
@@ -272,6 +276,7 @@ impl Profile {
                 idle_steps: &[10, 100, 1000, 10_000],
                 ping_for: Duration::from_secs(1),
                 idle_limit: Duration::from_secs(300),
+                chaos_for: Duration::from_secs(30),
                 run_limit: Duration::from_secs(60),
             },
             Profile::Full => Numbers {
@@ -294,13 +299,32 @@ impl Profile {
                 idle_steps: &[10, 100, 1000, 5000, 10_000, 19_000],
                 ping_for: Duration::from_secs(2),
                 idle_limit: Duration::from_secs(300),
+                chaos_for: Duration::from_secs(180),
                 run_limit: Duration::from_secs(120),
             },
         }
     }
 }
 
+/// A part of the benchmark that can be run alone (`--only`), its results
+/// put in place of the same part's in an earlier results.json.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    /// `tester chaos` against stage 5 with logging on.
+    Chaos,
+}
+
+/// The seed of the chaos run: the same faults in the same order every time,
+/// so two runs differ only in timing.
+pub const CHAOS_SEED: u64 = 2026;
+
 impl Numbers {
+    /// The limit of the chaos run: its duration, the tester's wait for late
+    /// lines and the closing checks, and a margin for a busy machine.
+    pub fn chaos_limit(&self) -> Duration {
+        self.chaos_for + Duration::from_secs(60)
+    }
+
     /// Keep `connect_count` below a third of the machine's ephemeral ports
     /// (see `connect_count`), when the range is known.
     pub fn fit_ports(&mut self, ephemeral_ports: Option<u64>) {

@@ -2,9 +2,10 @@
 //! `listening on` line, kill it by PID when done) and a tester run (its JSON,
 //! stopped if it overruns). Every wait here has a limit.
 
-use std::io::{BufRead, BufReader, Read};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -28,24 +29,60 @@ const STDERR_KEPT: usize = 4096;
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
-    stderr: Tail,
+    stderr: Stderr,
+}
+
+/// Where a server's stderr goes.
+enum Stderr {
+    /// A pipe, of which the last few kilobytes are kept (`-q` servers).
+    Tail(Tail),
+    /// A file: the log of a server started with logging on.
+    Log(PathBuf),
 }
 
 impl Server {
     /// Start `bin -q FLAGS 127.0.0.1:0` on `cpu` and wait for its
     /// `listening on` line.
     pub fn start(bin: &Path, flags: &[&str], cpu: Option<usize>) -> Result<Server> {
+        Server::spawn(bin, flags, cpu, None)
+    }
+
+    /// Start `bin FLAGS 127.0.0.1:0` with logging on (no `-q`), its stderr
+    /// written to `log`, as a reader runs it.
+    pub fn start_logging(
+        bin: &Path,
+        flags: &[&str],
+        cpu: Option<usize>,
+        log: &Path,
+    ) -> Result<Server> {
+        Server::spawn(bin, flags, cpu, Some(log))
+    }
+
+    fn spawn(bin: &Path, flags: &[&str], cpu: Option<usize>, log: Option<&Path>) -> Result<Server> {
         let mut command = Command::new(bin);
         pin(&mut command, cpu);
+        let mut args = server_args(flags);
+        let stderr_to = match log {
+            Some(path) => {
+                args.retain(|&a| a != "-q");
+                let file = File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                Stdio::from(file)
+            }
+            None => Stdio::piped(),
+        };
         let mut child = command
-            .args(server_args(flags))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr_to)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = keep_tail(child.stderr.take().expect("piped stderr"));
+        let stderr = match (log, child.stderr.take()) {
+            (Some(path), _) => Stderr::Log(path.to_path_buf()),
+            (None, pipe) => Stderr::Tail(keep_tail(pipe.expect("piped stderr"))),
+        };
         let (first_line, line) = mpsc::channel();
         // The thread goes on draining stdout so the server never blocks on it.
         thread::spawn(move || {
@@ -104,7 +141,11 @@ impl Server {
     /// If the server has exited: how, and the end of what it wrote to stderr.
     pub fn exited(&mut self) -> Option<String> {
         let status = self.child.try_wait().ok()??;
-        Some(match last_line(&self.stderr) {
+        let last = match &self.stderr {
+            Stderr::Tail(tail) => last_line(tail),
+            Stderr::Log(path) => last_line_of_file(path),
+        };
+        Some(match last {
             Some(line) => format!("server exited ({status}): {line}"),
             None => format!("server exited ({status})"),
         })
@@ -116,6 +157,16 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether process `pid` is still running: it exists and is not a zombie
+/// waiting to be reaped.
+pub fn process_up(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// A server's arguments: quiet, its own `flags`, loopback, a port the
@@ -138,6 +189,37 @@ fn last_line(tail: &Tail) -> Option<String> {
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(str::to_string)
+}
+
+/// The last non-empty line of a log file, read from its last few kilobytes.
+fn last_line_of_file(path: &Path) -> Option<String> {
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(STDERR_KEPT as u64)))
+        .ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_string)
+}
+
+/// How many lines a log file holds.
+pub fn count_lines(path: &Path) -> Result<u64> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut reader = BufReader::new(file);
+    let mut lines = 0;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(lines);
+        }
+        lines += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        let n = buf.len();
+        reader.consume(n);
+    }
 }
 
 /// Collect a pipe on a thread, keeping only its last few kilobytes.

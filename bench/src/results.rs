@@ -84,10 +84,15 @@ pub enum Test {
         idle: u64,
         size: u64,
     },
+    /// `tester chaos` for `seconds` against a server started with logging
+    /// on: checked clients talking among misbehaving ones.
+    Chaos {
+        seconds: u64,
+    },
 }
 
 /// One tester run against a freshly started server.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Measurement {
     pub server: String,
     #[serde(flatten)]
@@ -114,6 +119,40 @@ pub struct Measurement {
     pub noise: Option<Noise>,
     /// Why the run gave no figures (or faulty ones).
     pub error: Option<String>,
+    /// Runs with the server's logging on (chaos): what the server logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_log: Option<ServerLog>,
+    /// Runs that can be measured alone (chaos): how the benchmark was
+    /// started and the machine's load around the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
+}
+
+/// A server's log: the file (under the benchmark's output folder) and its
+/// length.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerLog {
+    pub file: String,
+    pub lines: Option<u64>,
+}
+
+/// The circumstances of one run, kept with it when it is merged into the
+/// results of another (`--only`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The benchmark's command line.
+    pub bench_command: String,
+    /// The commit measured, as the results' setup names it.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// `/proc/loadavg` when the run started and when it ended.
+    pub load_before: Option<String>,
+    pub load_after: Option<String>,
+    /// How long the server was seen running, from the tester's start:
+    /// the whole run when it stayed up, seconds.
+    pub server_up_s: Option<f64>,
+    /// Whether the server was still running when the tester ended.
+    pub server_stayed_up: bool,
 }
 
 impl Measurement {
@@ -182,6 +221,13 @@ impl Results {
             .iter()
             .filter(|m| m.server == server && matches(&m.test))
             .collect()
+    }
+
+    /// The chaos run, if these results have one.
+    pub fn chaos(&self) -> Option<&Measurement> {
+        self.measurements
+            .iter()
+            .find(|m| matches!(m.test, Test::Chaos { .. }))
     }
 
     /// The servers that were built, in table order.

@@ -38,6 +38,7 @@ pub fn render(r: &Results, reports: &[PathBuf]) -> String {
         );
     }
     ping_pong(&mut out, r);
+    chaos(&mut out, r);
     let total = r.measurements.len();
     let failed: Vec<_> = r
         .measurements
@@ -93,6 +94,34 @@ fn ping_pong(out: &mut String, r: &Results) {
             let _ = writeln!(out, "{line}");
         }
     }
+}
+
+/// The chaos run in one line: faults, lines that went wrong, the server.
+fn chaos(out: &mut String, r: &Results) {
+    let Some(m) = r.chaos() else {
+        return;
+    };
+    let n = |p: &str| m.figure(p).map_or("—".into(), count);
+    let up = m.run.as_ref().is_some_and(|run| run.server_stayed_up);
+    let log = m
+        .server_log
+        .as_ref()
+        .and_then(|l| l.lines)
+        .map_or("—".into(), |lines| count(lines as f64));
+    let _ = writeln!(
+        out,
+        "chaos: {} faults in {}, server {}; {} lines verified, lost {}, duplicated {}, \
+         reordered {}; descriptors {} → {}; {log} log lines",
+        n("/injected_total"),
+        m.figure("/elapsed_s").map_or("—".into(), minutes),
+        if up { "up" } else { "DOWN" },
+        n("/delivered"),
+        n("/lost"),
+        n("/duplicated"),
+        n("/reordered"),
+        n("/server_fds_before"),
+        n("/server_fds_after"),
+    );
 }
 
 /// What else used the CPUs, and the load averages at the start and the end.

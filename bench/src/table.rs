@@ -19,7 +19,7 @@ pub fn render(r: &Results) -> String {
          mark the parts the Measuring chapter includes. -->\n",
         r.command
     );
-    let sections: [(&str, Section); 14] = [
+    let sections: [(&str, Section); 15] = [
         ("setup", setup),
         ("targets", targets),
         ("connect", connect),
@@ -30,6 +30,7 @@ pub fn render(r: &Results) -> String {
         ("chat_unpaced", chat_unpaced),
         ("chat_paced", chat_paced),
         ("join", join),
+        ("chaos", chaos),
         ("failures", failures),
         ("noise", noise),
         ("machine", machine),
@@ -76,6 +77,7 @@ fn plan(out: &mut String, r: &Results) {
         "chat paced",
         "join",
         "ping-pong",
+        "chaos",
     ];
     for kind in kinds {
         let runs: Vec<&Measurement> = r
@@ -114,6 +116,9 @@ fn plan(out: &mut String, r: &Results) {
                 ),
                 Test::Join { clients } => format!("{} clients", count(clients as f64)),
                 Test::PingPong { idle, .. } => format!("{} idle", count(idle as f64)),
+                Test::Chaos { seconds } => {
+                    format!("{seconds} s of faults around checked clients, logging on")
+                }
             };
             if !sizes.contains(&size) {
                 sizes.push(size);
@@ -166,6 +171,7 @@ fn test_kind(test: &Test) -> &'static str {
         Test::Chat { .. } => "chat paced",
         Test::Join { .. } => "join",
         Test::PingPong { .. } => "ping-pong",
+        Test::Chaos { .. } => "chaos",
     }
 }
 
@@ -630,6 +636,98 @@ fn join(out: &mut String, r: &Results) {
         );
     }
     out.push('\n');
+}
+
+/// The chaos run: how it was run, the faults by kind, what the checked
+/// clients received, and the server before and after.
+fn chaos(out: &mut String, r: &Results) {
+    let Some(m) = r.chaos() else {
+        out.push_str("No chaos run in these results.\n\n");
+        return;
+    };
+    let run = m.run.clone().unwrap_or_default();
+    let log = m.server_log.as_ref();
+    let server = r
+        .servers
+        .iter()
+        .find(|s| s.name == m.server)
+        .map_or(m.server.as_str(), |s| s.command.as_str());
+    let _ = writeln!(
+        out,
+        "Measured with `{}`{}: {} started with logging on (`{}`, no `-q`, its log \
+         to `{}`), then `{}`. Load average {} at the start of the run, {} at the end{}.\n",
+        if run.bench_command.is_empty() {
+            r.command.as_str()
+        } else {
+            run.bench_command.as_str()
+        },
+        run.commit
+            .as_ref()
+            .map_or(String::new(), |c| format!(" at commit `{c}`")),
+        r.label(&m.server),
+        server.replace("-q ", ""),
+        log.map_or("a file", |l| l.file.as_str()),
+        m.command.trim_end_matches(" --json"),
+        run.load_before.as_deref().unwrap_or("unknown"),
+        run.load_after.as_deref().unwrap_or("unknown"),
+        m.noise.map_or(String::new(), |n| format!(
+            "; other work took {:.2} CPUs' worth meanwhile",
+            n.other_cpus + n.steal_cpus
+        )),
+    );
+    if let Some(err) = &m.error {
+        let _ = writeln!(out, "**The run failed**: {}\n", cell(err));
+    }
+    let Some(json) = m.tester.as_ref() else {
+        return;
+    };
+    let n = |p: &str| figure(Some(m), p, count);
+    if let Some(kinds) = json.get("injected").and_then(|v| v.as_object()) {
+        out.push_str("| fault | injected |\n| --- | ---: |\n");
+        for (kind, injected) in kinds {
+            let shown = injected.as_f64().map_or("—".into(), count);
+            let _ = writeln!(out, "| {kind} | {shown} |");
+        }
+        let _ = writeln!(out, "| all | {} |\n", n("/injected_total"));
+    }
+    let survived = run
+        .server_up_s
+        .map_or("—".into(), |s| format!("{:.1} min", s / 60.0));
+    let up = if run.server_stayed_up && json["fresh_client"].as_bool() == Some(true) {
+        "yes, and greeted a fresh client"
+    } else if run.server_stayed_up {
+        "running, but greeted no fresh client"
+    } else {
+        "**no**"
+    };
+    out.push_str(
+        "| survived | server up at the end | lines verified | lost | duplicated | reordered |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: |\n",
+    );
+    let _ = writeln!(
+        out,
+        "| {survived} | {up} | {} of {} | {} | {} | {} |\n",
+        n("/delivered"),
+        n("/expected"),
+        n("/lost"),
+        n("/duplicated"),
+        n("/reordered"),
+    );
+    out.push_str(
+        "| descriptors before | after | RSS before | after | peak RSS | log lines |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {} | {} |\n",
+        n("/server_fds_before"),
+        n("/server_fds_after"),
+        figure(Some(m), "/server_rss_before", mib),
+        figure(Some(m), "/server_rss_after", mib),
+        m.server_peak_rss.map_or("—".into(), |b| mib(b as f64)),
+        log.and_then(|l| l.lines)
+            .map_or("—".into(), |lines| count(lines as f64)),
+    );
 }
 
 fn failures(out: &mut String, r: &Results) {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{Numbers, STAGE5, STAGE5_NOTICES_OFF, TARGET_RATE, TOKIO};
 use crate::results::{Measurement, Test, median};
+use crate::table::count;
 
 /// The memory budget of the join and fan-out targets.
 pub const RSS_BUDGET: u64 = 64 << 20;
@@ -17,9 +18,9 @@ pub const FANOUT_FACTOR: f64 = 2.0;
 /// Stage 5's connections/s must be at least this share of the fastest server's.
 pub const CONNECT_SHARE: f64 = 0.95;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Target {
-    /// A short key: fanout, latency, idle_bytes, join_rss, connect.
+    /// A short key: fanout, latency, idle_bytes, join_rss, connect, chaos.
     pub key: String,
     /// What must hold, in words.
     pub goal: String,
@@ -48,8 +49,12 @@ pub fn evaluate(ms: &[Measurement], numbers: &Numbers) -> Vec<Target> {
         idle_bytes(ms),
         join_rss(ms, numbers),
         connect(ms, connect_c),
+        chaos(ms),
     ]
 }
+
+/// The chaos target's key.
+pub const CHAOS: &str = "chaos";
 
 fn find<'a>(
     ms: &'a [Measurement],
@@ -304,5 +309,56 @@ fn connect(ms: &[Measurement], concurrency: u32) -> Target {
         ratio: Some(ratio),
         needs: format!("≥ {CONNECT_SHARE}"),
         met: Some(ratio >= CONNECT_SHARE),
+    }
+}
+
+/// Faults around checked clients: not a line of theirs lost, duplicated or
+/// reordered, and the server up at the end and greeting a fresh client.
+/// The ratio is the count of lines that went wrong.
+fn chaos(ms: &[Measurement]) -> Target {
+    let run = find(ms, STAGE5, |t| matches!(t, Test::Chaos { .. }));
+    let goal = "chaos (stage 5, logging on): checked lines lost + duplicated + reordered = 0, \
+                the server up at the end"
+        .to_string();
+    let Some(run) = run.filter(|m| m.tester.is_some()) else {
+        return unmeasured(CHAOS, goal.clone(), "= 0", &[run]).unwrap_or(Target {
+            key: CHAOS.into(),
+            goal,
+            measured: "no figures".into(),
+            ratio: None,
+            needs: "= 0".into(),
+            met: Some(false),
+        });
+    };
+    let n = |p: &str| run.figure(p).unwrap_or(f64::NAN);
+    let wrong = n("/lost") + n("/duplicated") + n("/reordered");
+    let up = run.run.as_ref().is_some_and(|r| r.server_stayed_up)
+        && run
+            .tester
+            .as_ref()
+            .and_then(|j| j.get("fresh_client"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+    let failed = run
+        .error
+        .as_ref()
+        .map_or(String::new(), |e| format!("; run failed: {e}"));
+    Target {
+        key: CHAOS.into(),
+        goal,
+        measured: format!(
+            "{} faults in {:.1} min; lost {}, duplicated {}, reordered {} of {} lines \
+             delivered; server {}{failed}",
+            count(n("/injected_total")),
+            n("/elapsed_s") / 60.0,
+            n("/lost"),
+            n("/duplicated"),
+            n("/reordered"),
+            count(n("/delivered")),
+            if up { "up" } else { "DOWN" }
+        ),
+        ratio: Some(wrong),
+        needs: "= 0".into(),
+        met: Some(wrong == 0.0 && up && run.error.is_none()),
     }
 }

@@ -26,6 +26,16 @@ const SERVERS: &[(&str, &str, &str)] = &[
     ("tokio-chat", "tokio-chat", "tokio-chat"),
 ];
 
+/// The targets' keys, in the order results.json lists them.
+const TARGETS: [&str; 6] = [
+    "fanout",
+    "latency",
+    "idle_bytes",
+    "join_rss",
+    "connect",
+    "chaos",
+];
+
 /// The folder of the workspace's debug binaries (the tester and the servers).
 fn bin_dir() -> PathBuf {
     let tester = testkit::workspace_bin("STAGE6_BIN", "tester");
@@ -94,6 +104,9 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             assert!(kinds.iter().all(|&k| k == "connect"), "{name}: {kinds:?}");
         } else if chat {
             expected.extend(["chat", "join"]);
+            if name == "stage5-chat" {
+                expected.push("chaos");
+            }
         } else {
             expected.push("echo");
         }
@@ -131,12 +144,16 @@ fn smoke_run_writes_every_figure_table_and_chart() {
                 "hold" | "join" => "server_bytes_per_connection",
                 "echo" => "round_trips_per_s",
                 "chat" => "deliveries_per_s",
+                "chaos" => "injected_total",
                 other => panic!("unknown test {other}"),
             };
             assert!(
                 m["tester"][figure].is_number(),
                 "{name}: {figure} missing in {m}"
             );
+            if m["test"] == "chaos" {
+                check_chaos_run(m, out.path());
+            }
             assert!(m["server_peak_rss"].is_u64(), "{name}: no peak RSS in {m}");
             assert!(m["server_cpu_s"].is_number(), "{name}: no CPU time in {m}");
             assert!(
@@ -146,7 +163,7 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         }
     }
 
-    // All five targets are judged, met or missed (which, is not a test's
+    // All six targets are judged, met or missed (which, is not a test's
     // business on tiny numbers).
     let keys: Vec<&str> = results["targets"]
         .as_array()
@@ -158,10 +175,7 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             t["key"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(
-        keys,
-        ["fanout", "latency", "idle_bytes", "join_rss", "connect"]
-    );
+    assert_eq!(keys, TARGETS);
 
     // Every part the chapter includes is there, between its anchors.
     let table = fs::read_to_string(out.path().join("results.md")).expect("results.md");
@@ -176,6 +190,7 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         "chat_unpaced",
         "chat_paced",
         "join",
+        "chaos",
         "failures",
         "noise",
         "machine",
@@ -229,6 +244,45 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             "ping-pong.svg and {name}'s CPU times disagree"
         );
     }
+}
+
+/// The chaos run: stage 5 with logging on (its log in a file, counted),
+/// the tester given its PID, every checked line accounted for, and the
+/// server's descriptors and memory read before and after.
+fn check_chaos_run(m: &Value, out: &Path) {
+    let command = m["command"].as_str().unwrap();
+    assert!(command.contains("--server-pid PID"), "{command}");
+    let tester = &m["tester"];
+    for figure in [
+        "lost",
+        "duplicated",
+        "reordered",
+        "delivered",
+        "server_fds_before",
+        "server_fds_after",
+        "server_rss_before",
+        "server_rss_after",
+    ] {
+        assert!(tester[figure].is_u64(), "chaos: {figure} missing in {m}");
+    }
+    let kinds = tester["injected"].as_object().expect("faults by kind");
+    let sum: u64 = kinds.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(Some(sum), tester["injected_total"].as_u64(), "{m}");
+    assert!(sum > 0, "no fault injected: {m}");
+    assert_eq!(m["run"]["server_stayed_up"], true, "{m}");
+    assert!(m["run"]["server_up_s"].as_f64() > Some(0.0), "{m}");
+    // Logging was on: the log holds a line for each accepted connection at least.
+    let file = m["server_log"]["file"].as_str().expect("the log's file");
+    let log = fs::read_to_string(out.join(file)).expect("the chaos run's server log");
+    let lines = m["server_log"]["lines"]
+        .as_u64()
+        .expect("the log's line count");
+    assert_eq!(lines, log.lines().count() as u64);
+    let accepted = log.lines().filter(|l| l.starts_with("accepted")).count() as u64;
+    assert!(
+        accepted >= sum,
+        "{accepted} accepted lines for {sum} faults"
+    );
 }
 
 #[test]
@@ -351,4 +405,97 @@ fn the_book_is_written_only_with_update_book() {
         summary.contains("book's copy: book/src/measuring/results.md"),
         "{summary}"
     );
+}
+
+/// `--only chaos` measures that part alone and puts it in place of the
+/// chaos run already in OUT, keeping every other run and target there.
+#[test]
+fn only_chaos_replaces_that_part_and_keeps_the_rest() {
+    let out = tempfile::tempdir().expect("a temporary folder");
+    run_smoke(out.path());
+    let read = || -> Value {
+        let text = fs::read_to_string(out.path().join("results.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let others = |r: &Value| -> Vec<Value> {
+        r["measurements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["test"] != "chaos")
+            .cloned()
+            .collect()
+    };
+    let chaos_runs = |r: &Value| -> Vec<Value> {
+        r["measurements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["test"] == "chaos")
+            .cloned()
+            .collect()
+    };
+    let before = read();
+    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--smoke", "--only", "chaos", "--bin-dir"])
+        .arg(bin_dir())
+        .arg("--out")
+        .arg(out.path())
+        .timeout(RUN_TIMEOUT)
+        .assert()
+        .success();
+    let summary = String::from_utf8_lossy(&run.get_output().stdout).into_owned();
+    assert!(summary.contains("chaos: "), "{summary}");
+
+    let after = read();
+    assert_eq!(others(&after), others(&before));
+    assert_eq!(after["command"], before["command"]);
+    let chaos = chaos_runs(&after);
+    assert_eq!(chaos.len(), 1, "one chaos run, the new one: {chaos:?}");
+    assert_eq!(
+        chaos[0]["run"]["bench_command"],
+        "bench --smoke --only chaos"
+    );
+    assert_ne!(chaos[0]["run"], chaos_runs(&before)[0]["run"]);
+    let keys: Vec<&str> = after["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, TARGETS);
+    let table = fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(
+        table.contains("Measured with `bench --smoke --only chaos`"),
+        "{table}"
+    );
+}
+
+/// A chat server that dies at once under chaos is reported, not hidden: the
+/// run is recorded with its error, the server down, the target missed.
+#[test]
+fn a_chaos_run_against_a_dead_server_is_data() {
+    let bins = bin_dir_with_a_crashing_server(false);
+    let crash = bins.path().join("stage1-tcp-server");
+    fs::rename(&crash, bins.path().join("server")).unwrap();
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--smoke", "--only", "chaos", "--bin-dir"])
+        .arg(bins.path())
+        .arg("--out")
+        .arg(out.path())
+        .timeout(RUN_TIMEOUT)
+        .assert()
+        .code(1);
+    let summary = String::from_utf8_lossy(&run.get_output().stdout).into_owned();
+    assert!(summary.contains("MISSED chaos"), "{summary}");
+
+    let text = fs::read_to_string(out.path().join("results.json")).unwrap();
+    let results: Value = serde_json::from_str(&text).unwrap();
+    let runs = tests_of(&results, "stage5-chat");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0]["error"].is_string(), "{}", runs[0]);
+    assert_eq!(runs[0]["run"]["server_stayed_up"], false, "{}", runs[0]);
+    let table = fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(table.contains("**The run failed**"), "{table}");
 }
