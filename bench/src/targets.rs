@@ -1,4 +1,4 @@
-//! Issue 6's targets for stage 5, each a ratio of two figures from the same
+//! The project's targets for stage 5, each a ratio of two figures from the same
 //! run, judged met or missed.
 
 use serde::{Deserialize, Serialize};
