@@ -28,7 +28,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use nix::unistd::read;
 
 use crate::clients::{Clients, sanitize};
-use crate::redis::{Link, State, Value};
+use crate::redis::{self, Link, State, Value};
 
 /// The event data of the two Redis connections and the timer.
 pub const COMMANDS: u64 = u64::MAX - 2;
@@ -108,7 +108,6 @@ enum For {
 enum Claim {
     Join {
         ticket: u64,
-        name: String,
     },
     Nick {
         ticket: u64,
@@ -221,12 +220,6 @@ pub struct Cluster {
     said_unreachable: bool,
 }
 
-impl fmt::Debug for Cluster {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Cluster({} {:?})", self.node, self.contact)
-    }
-}
-
 impl Cluster {
     /// A node that will connect to Redis at `addr`, with its timer in the
     /// epoll set. Its name is random enough to be unique among nodes.
@@ -299,6 +292,14 @@ impl Cluster {
         format!("chat:lease:{node}").into_bytes()
     }
 
+    fn link(&mut self, token: u64) -> &mut Link<For> {
+        if token == COMMANDS {
+            &mut self.commands
+        } else {
+            &mut self.reader
+        }
+    }
+
     fn is_ready(&self) -> bool {
         matches!(self.contact, Contact::Ready { .. })
     }
@@ -320,22 +321,16 @@ impl Cluster {
             let _ = read(self.timer.as_fd(), &mut [0u8; 8]);
             return self.tick(epoll, clients);
         }
-        let link = if token == COMMANDS {
-            &mut self.commands
-        } else {
-            &mut self.reader
-        };
+        let link = self.link(token);
         let progress = link.ready(events, scratch);
         if progress.connected {
             self.said_unreachable = false;
-            self.log(format_args!(
-                "redis: connected ({})",
-                if token == COMMANDS {
-                    "commands"
-                } else {
-                    "stream"
-                }
-            ));
+            let which = if token == COMMANDS {
+                "commands"
+            } else {
+                "stream"
+            };
+            self.log(format_args!("redis: connected ({which})"));
             if token == COMMANDS {
                 self.on_connected();
             }
@@ -377,11 +372,7 @@ impl Cluster {
 
     fn reconnect(&mut self, epoll: &Epoll) {
         for token in [COMMANDS, READER] {
-            let link = if token == COMMANDS {
-                &mut self.commands
-            } else {
-                &mut self.reader
-            };
+            let link = self.link(token);
             if matches!(link.state(), State::Down { .. })
                 && let Err(err) = link.connect(epoll)
             {
@@ -418,11 +409,7 @@ impl Cluster {
     /// A connection is gone: say so once, hand back what waited on it, and
     /// retry after the backoff.
     fn lost(&mut self, token: u64, why: &str, epoll: &Epoll, clients: &mut Clients) {
-        let link = if token == COMMANDS {
-            &mut self.commands
-        } else {
-            &mut self.reader
-        };
+        let link = self.link(token);
         let was_up = link.is_up();
         let unanswered = link.drop_connection(epoll);
         if was_up {
@@ -542,12 +529,10 @@ impl Cluster {
             }
             For::Read => self.entries(&reply, clients),
             For::Who { fd, ticket } => {
-                if self.holds.get(&fd).is_none_or(|h| h.ticket != ticket) {
-                    return; // it left meanwhile
-                }
-                let hold = self.holds.remove(&fd).expect("checked above");
-                let names = names_by_number(&reply, None);
-                let names: Vec<&str> = names.iter().map(|(_, name)| name.as_str()).collect();
+                let Some(hold) = self.answered(fd, ticket) else {
+                    return;
+                };
+                let names: Vec<_> = names_by_number(&reply).into_iter().map(|n| n.1).collect();
                 clients.queue_line(fd, format!("* online: {}", names.join(", ")));
                 done.push(Done::Resume {
                     fd,
@@ -555,9 +540,10 @@ impl Cluster {
                 });
             }
             For::Gone(node) => {
-                let members = names_by_number(&reply, Some(&node));
+                let mut members = names_by_number(&reply);
+                members.retain(|(_, _, owner)| *owner == node);
                 let announce = self.online(clients) + members.len() <= self.announce_limit;
-                for (number, name) in members {
+                for (number, name, _) in members {
                     if announce {
                         clients.broadcast(format!("* {name} left (server lost)"), None);
                     }
@@ -594,13 +580,9 @@ impl Cluster {
             .and_then(Value::bytes)
             .unwrap_or(b"0-0");
         self.last_id = Some(id.to_vec());
-        for pair in names.items().chunks(2) {
-            let [_, owner] = pair else { continue };
-            let owner = String::from_utf8_lossy(owner.bytes().unwrap_or_default());
-            if let Some((node, _)) = owner.split_once(' ')
-                && node != self.node
-            {
-                *self.others.entry(node.to_string()).or_default() += 1;
+        for (_, _, node) in names_by_number(names) {
+            if node != self.node {
+                *self.others.entry(node).or_default() += 1;
             }
         }
     }
@@ -617,9 +599,10 @@ impl Cluster {
             .collect();
         locals.sort();
         for (number, name) in &locals {
-            let owner = format!("{} {number}", self.node);
-            self.commands.request(
-                &[b"HSETNX", NAMES, name.as_bytes(), owner.as_bytes()],
+            claim(
+                &mut self.commands,
+                &owner(&self.node, *number),
+                name,
                 For::Nothing,
             );
         }
@@ -693,11 +676,6 @@ impl Cluster {
     }
     // ANCHOR_END: append
 
-    /// A notice for every client of the other nodes.
-    pub fn notice(&mut self, text: &str) {
-        self.append(Some(text.as_bytes().to_vec()), None);
-    }
-
     // ANCHOR: names
     /// A new connection waits for a cluster-wide name.
     pub fn join(&mut self, fd: OwnedFd) {
@@ -724,60 +702,40 @@ impl Cluster {
         if !self.is_ready() {
             return;
         }
-        let mut claims = Vec::new();
+        let (commands, node) = (&mut self.commands, &self.node);
         for (&ticket, joining) in self.joining.iter_mut().filter(|(_, j)| !j.asked) {
             joining.asked = true;
-            match joining.number {
-                None => self.commands.request(&[b"INCR", NEXT], For::Number(ticket)),
-                Some(n) => claims.push((
-                    Claim::Join {
-                        ticket,
-                        name: format!("client{n}"),
-                    },
-                    n,
-                )),
-            }
+            let Some(number) = joining.number else {
+                commands.request(&[b"INCR", NEXT], For::Number(ticket));
+                continue;
+            };
+            let name = format!("client{number}");
+            claim(
+                commands,
+                &owner(node, number),
+                &name,
+                For::Owner(Claim::Join { ticket }),
+            );
+            commands.request(
+                &[b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"],
+                For::Position(ticket),
+            );
         }
         for (&fd, hold) in self.holds.iter_mut().filter(|(_, h)| !h.asked) {
             hold.asked = true;
-            let ticket = hold.ticket;
+            let (ticket, number) = (hold.ticket, hold.number);
             let Some(name) = hold.name.clone() else {
-                self.commands
-                    .request(&[b"HGETALL", NAMES], For::Who { fd, ticket });
+                commands.request(&[b"HGETALL", NAMES], For::Who { fd, ticket });
                 continue;
             };
-            let number = hold.number;
-            let claim = Claim::Nick {
+            let owner = owner(node, number);
+            let what = For::Owner(Claim::Nick {
                 ticket,
                 fd,
                 number,
-                name,
-            };
-            claims.push((claim, number));
-        }
-        for (claim, number) in claims {
-            let (Claim::Join { name, .. } | Claim::Nick { name, .. }) = &claim;
-            let owner = format!("{} {number}", self.node);
-            // HSETNX takes the name if it is free; HGET says who has it,
-            // which is right even when an earlier HSETNX of ours took it
-            // and its reply was lost with the connection.
-            self.commands.request(
-                &[b"HSETNX", NAMES, name.as_bytes(), owner.as_bytes()],
-                For::Nothing,
-            );
-            let name = name.clone();
-            let ticket = match claim {
-                Claim::Join { ticket, .. } => Some(ticket),
-                Claim::Nick { .. } => None,
-            };
-            self.commands
-                .request(&[b"HGET", NAMES, name.as_bytes()], For::Owner(claim));
-            if let Some(ticket) = ticket {
-                self.commands.request(
-                    &[b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"],
-                    For::Position(ticket),
-                );
-            }
+                name: name.clone(),
+            });
+            claim(commands, &owner, &name, what);
         }
     }
 
@@ -789,10 +747,9 @@ impl Cluster {
         clients: &mut Clients,
         done: &mut Vec<Done>,
     ) {
-        let ours =
-            |number: u64| owner.bytes() == Some(format!("{} {number}", self.node).as_bytes());
+        let ours = |number: u64| owner.bytes() == Some(self::owner(&self.node, number).as_bytes());
         match claim {
-            Claim::Join { ticket, .. } => {
+            Claim::Join { ticket } => {
                 let Some(joining) = self.joining.get_mut(&ticket) else {
                     return;
                 };
@@ -812,15 +769,12 @@ impl Cluster {
                 name,
             } => {
                 let taken = !ours(number);
-                // The fd may be a newer client's by now: only its own hold.
-                if self.holds.get(&fd).is_none_or(|h| h.ticket != ticket) {
-                    // The client left meanwhile: give the name back.
+                let Some(hold) = self.answered(fd, ticket) else {
                     if !taken {
                         self.free_name(&self.node.clone(), number, &name);
                     }
                     return;
-                }
-                let hold = self.holds.remove(&fd).expect("checked above");
+                };
                 if taken {
                     clients.queue_line(fd, format!("* error: the name {name} is taken"));
                 } else if let Ok(old) = clients.rename(fd, name.as_bytes()) {
@@ -869,7 +823,7 @@ impl Cluster {
 
     /// Free `name` in Redis if `node`'s client `number` still holds it.
     fn free_name(&mut self, node: &str, number: u64, name: &str) {
-        let owner = format!("{node} {number}");
+        let owner = owner(node, number);
         self.commands.request(
             &[
                 b"EVAL",
@@ -910,6 +864,15 @@ impl Cluster {
         self.holds.insert(fd, hold);
         self.ask_names();
         Ok(())
+    }
+
+    /// The hold an answer is for, taken out; `None` if its client left
+    /// meanwhile (the fd may be a newer client's by now).
+    fn answered(&mut self, fd: RawFd, ticket: u64) -> Option<Hold> {
+        if self.holds.get(&fd).is_none_or(|h| h.ticket != ticket) {
+            return None;
+        }
+        self.holds.remove(&fd)
     }
 
     /// Whether the client's input waits for an answer from Redis.
@@ -1021,10 +984,9 @@ impl Cluster {
         if seq <= *seen {
             return; // appended again after a lost reply, or a restart
         }
-        let gap = *seen > 0 && seq > *seen + 1;
-        let missed = seq - *seen - 1;
+        let missed = if *seen > 0 { seq - *seen - 1 } else { 0 };
         *seen = seq;
-        if gap {
+        if missed > 0 {
             self.log(format_args!(
                 "redis: {missed} entries of node {node} were lost"
             ));
@@ -1064,15 +1026,13 @@ impl Cluster {
     /// Write what was queued on either connection this round.
     pub fn flush(&mut self, epoll: &Epoll, clients: &mut Clients) {
         for token in [COMMANDS, READER] {
-            let link = if token == COMMANDS {
-                &mut self.commands
-            } else {
-                &mut self.reader
-            };
+            let link = self.link(token);
             if let Err(err) = link.flush() {
                 self.lost(token, &err.to_string(), epoll, clients);
             }
         }
+        redis::shrink(&mut self.backlog);
+        redis::shrink(&mut self.catching_up);
     }
 
     /// Whether every entry is appended (for a shutdown that waits for it).
@@ -1081,21 +1041,32 @@ impl Cluster {
     }
 }
 
-/// `(number, name)` from an `HGETALL` of the names, in the order of the
-/// numbers: every name, or those of `node`'s clients.
-fn names_by_number(reply: &Value, node: Option<&str>) -> Vec<(u64, String)> {
-    let mut names: Vec<(u64, String)> = reply
+/// Who holds a name in Redis: a node's client `number`.
+fn owner(node: &str, number: u64) -> String {
+    format!("{node} {number}")
+}
+
+/// Take `name` for `owner` if it is free (`HSETNX`), and ask who has it
+/// (`HGET`), which is right even when an earlier `HSETNX` of ours took it
+/// and its reply was lost with the connection.
+fn claim(commands: &mut Link<For>, owner: &str, name: &str, what: For) {
+    let hsetnx: [&[u8]; 4] = [b"HSETNX", NAMES, name.as_bytes(), owner.as_bytes()];
+    commands.request(&hsetnx, For::Nothing);
+    commands.request(&[b"HGET", NAMES, name.as_bytes()], what);
+}
+
+/// `(number, name, node)` for every name in an `HGETALL` of the names,
+/// in the order of the numbers.
+fn names_by_number(reply: &Value) -> Vec<(u64, String, String)> {
+    let mut names: Vec<_> = reply
         .items()
         .chunks(2)
         .filter_map(|pair| {
             let [name, owner] = pair else { return None };
             let owner = std::str::from_utf8(owner.bytes()?).ok()?;
-            let (owner_node, number) = owner.split_once(' ')?;
-            if node.is_some_and(|node| node != owner_node) {
-                return None;
-            }
+            let (node, number) = owner.split_once(' ')?;
             let name = String::from_utf8_lossy(name.bytes()?).into_owned();
-            Some((number.parse().ok()?, name))
+            Some((number.parse().ok()?, name, node.to_string()))
         })
         .collect();
     names.sort();
