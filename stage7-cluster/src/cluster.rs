@@ -1,20 +1,8 @@
-//! One node of a cluster of chat servers, joined through Redis.
-//!
-//! Every node delivers its own clients' lines to its own clients at once,
-//! as stage 5 does, and appends them to one Redis stream (`XADD`); every
-//! node reads the stream from the last entry it saw (`XREAD BLOCK` on a
-//! second connection, so a read that waits never holds up a request) and
-//! delivers the other nodes' entries to its clients. An entry carries its
-//! node and a sequence number, so a receiver drops an entry it has seen
-//! (an append repeated after a lost reply) and keeps each sender's order.
-//!
-//! Names live in a Redis hash (`HSETNX` claims one for the whole
-//! cluster, `/who` reads them all); `client<N>` numbers come from `INCR`.
-//! Each node also counts the clients of the other nodes, from the join and
-//! leave entries of the stream, so the welcome's count needs no round trip.
-//! A node holds a lease (a key with a TTL, renewed every second from a
-//! `timerfd`); a node whose lease is gone is dead, and the others announce
-//! its clients as left and free their names.
+//! One node of a cluster of chat servers, joined through Redis: two more
+//! connections and a timer in the server's epoll set. Lines and notices go
+//! through one Redis stream (`XADD`, and `XREAD BLOCK` on a connection of
+//! its own), names through a Redis hash, and each node holds a lease that
+//! the others watch.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -125,8 +113,8 @@ struct Entry {
     seq: u64,
     /// A line for every client: `NAME: text` or a notice.
     text: Option<Vec<u8>>,
-    /// `+N NAME` joined, `-N` left, `=N NAME` renamed, `#COUNT` all
-    /// of its clients (when Redis forgot them).
+    /// `+N NAME` joined, `-N` left, `#COUNT` all of its clients (when
+    /// Redis forgot them).
     roster: Option<String>,
 }
 
@@ -168,13 +156,9 @@ struct Hold {
 
 /// What the server must do once Redis has answered.
 pub enum Done {
-    /// A waiting connection has its name: it joins the chat as `name`
-    /// with `number`; `online` counts the whole cluster.
-    Join {
-        fd: OwnedFd,
-        name: String,
-        number: u64,
-    },
+    /// A waiting connection has its name: it joins the chat as
+    /// `client<number>`.
+    Join { fd: OwnedFd, number: u64 },
     /// A `/nick` was answered (the reply is queued): go on with the input
     /// that waited.
     Resume { fd: RawFd, input: Vec<u8> },
@@ -781,7 +765,7 @@ impl Cluster {
                     self.free_name(&self.node.clone(), number, &old);
                     let notice = format!("* {old} is now {name}");
                     clients.broadcast(&notice, None);
-                    self.append(Some(notice.into_bytes()), Some(format!("={number} {name}")));
+                    self.append(Some(notice.into_bytes()), None);
                 }
                 done.push(Done::Resume {
                     fd,
@@ -803,11 +787,9 @@ impl Cluster {
             let Some(joining) = self.joining.remove(&ticket) else {
                 continue;
             };
-            let number = joining.number.unwrap_or(0);
             done.push(Done::Join {
                 fd: joining.fd,
-                name: format!("client{number}"),
-                number,
+                number: joining.number.unwrap_or(0),
             });
         }
     }
@@ -997,7 +979,7 @@ impl Cluster {
                 Some(b'+') => *count += 1,
                 Some(b'-') => *count = count.saturating_sub(1),
                 Some(b'#') => *count = op[1..].parse().unwrap_or(*count),
-                _ => {} // a rename
+                _ => {}
             }
             if *count == 0 {
                 self.others.remove(&node);

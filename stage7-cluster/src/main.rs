@@ -897,8 +897,9 @@ impl Server {
         }
         for done in done {
             match done {
-                Done::Join { fd, name, number } => {
-                    let (fd, name) = self.clients.join_as(fd, name.into(), Some(number));
+                Done::Join { fd, number } => {
+                    let name = format!("client{number}").into();
+                    let (fd, name) = self.clients.join_as(fd, name, Some(number));
                     let announce = self.welcome(fd, &name);
                     if let Some(cluster) = &mut self.cluster {
                         cluster.joined(&name, number, announce);
