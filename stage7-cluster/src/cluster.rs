@@ -34,6 +34,8 @@ const NEXT: &[u8] = b"chat:next";
 /// trims whole blocks, which is cheap): a node that falls further behind
 /// than this loses entries, and says so.
 const STREAM_LENGTH: &[u8] = b"10000";
+/// The stream's last entry: where it ends at that instant.
+const LAST_ENTRY: [&[u8]; 6] = [b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"];
 /// Entries per `XREAD`, and how long one waits for the first (ms).
 const READ_COUNT: &[u8] = b"100";
 const READ_BLOCK: &[u8] = b"1000";
@@ -381,10 +383,7 @@ impl Cluster {
             // One transaction: the end of the stream and every name, with
             // no other client's command between them.
             self.commands.request(&[b"MULTI"], For::Nothing);
-            self.commands.request(
-                &[b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"],
-                For::Nothing,
-            );
+            self.commands.request(&LAST_ENTRY, For::Nothing);
             self.commands.request(&[b"HGETALL", NAMES], For::Nothing);
             self.commands.request(&[b"EXEC"], For::Snapshot);
         }
@@ -401,38 +400,37 @@ impl Cluster {
         } else {
             self.unreachable(why);
         }
-        if token == COMMANDS {
-            self.sent = 0; // appended again, in order, once back
-            for what in unanswered {
-                match what {
-                    For::Number(ticket)
-                    | For::Owner(Claim::Join { ticket, .. })
-                    | For::Position(ticket) => {
-                        if let Some(joining) = self.joining.get_mut(&ticket) {
-                            (joining.asked, joining.claimed) = (false, false);
-                        }
+        if token != COMMANDS {
+            return;
+        }
+        self.sent = 0; // appended again, in order, once back
+        for what in unanswered {
+            match what {
+                For::Number(ticket)
+                | For::Owner(Claim::Join { ticket, .. })
+                | For::Position(ticket) => {
+                    if let Some(joining) = self.joining.get_mut(&ticket) {
+                        (joining.asked, joining.claimed) = (false, false);
                     }
-                    For::Owner(Claim::Nick { fd, ticket, .. }) | For::Who { fd, ticket } => {
-                        if let Some(hold) = self.holds.get_mut(&fd)
-                            && hold.ticket == ticket
-                        {
-                            hold.asked = false;
-                        }
-                    }
-                    _ => {}
                 }
-            }
-            if self.contact == (Contact::Claiming { first: true }) {
-                self.contact = Contact::Starting;
+                For::Owner(Claim::Nick { fd, ticket, .. }) | For::Who { fd, ticket } => {
+                    if let Some(hold) = self.holds.get_mut(&fd)
+                        && hold.ticket == ticket
+                    {
+                        hold.asked = false;
+                    }
+                }
+                _ => {}
             }
         }
         match self.contact {
-            // Claiming again comes after Lost: the clients were told.
-            Contact::Ready { .. } if token == COMMANDS => {
+            Contact::Claiming { first: true } => self.contact = Contact::Starting,
+            Contact::Ready { .. } => {
                 self.contact = Contact::Lost;
                 clients.broadcast("* lost contact with the other servers", None);
             }
-            Contact::Claiming { first: false } if token == COMMANDS => self.contact = Contact::Lost,
+            // Claiming again comes after Lost: the clients were told.
+            Contact::Claiming { first: false } => self.contact = Contact::Lost,
             _ => {}
         }
     }
@@ -700,10 +698,7 @@ impl Cluster {
                 &name,
                 For::Owner(Claim::Join { ticket }),
             );
-            commands.request(
-                &[b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"],
-                For::Position(ticket),
-            );
+            commands.request(&LAST_ENTRY, For::Position(ticket));
         }
         for (&fd, hold) in self.holds.iter_mut().filter(|(_, h)| !h.asked) {
             hold.asked = true;
@@ -862,11 +857,16 @@ impl Cluster {
         self.holds.contains_key(&fd)
     }
 
-    /// Keep input of a client that waits, to be handled after the answer.
-    pub fn hold(&mut self, fd: RawFd, input: &[u8]) {
-        if let Some(hold) = self.holds.get_mut(&fd) {
-            hold.input.extend_from_slice(input);
+    /// Keep the input of a client that waits, to be handled after the
+    /// answer; false if it does not wait.
+    pub fn hold(&mut self, fd: RawFd, input: &[&[u8]]) -> bool {
+        let Some(hold) = self.holds.get_mut(&fd) else {
+            return false;
+        };
+        for part in input {
+            hold.input.extend_from_slice(part);
         }
+        true
     }
 
     /// A local client joined as `client<number>`: the others are told.
