@@ -41,7 +41,7 @@ const READ_COUNT: &[u8] = b"100";
 const READ_BLOCK: &[u8] = b"1000";
 /// A lease lives this long unless renewed; it is renewed every second, so
 /// a node can lose Redis for five seconds and still be alive to the others.
-const LEASE_MS: u64 = 6000;
+const LEASE_MS: &[u8] = b"6000";
 /// How often the timer fires; the lease and the others' are seen to every
 /// `RENEW_TICKS` ticks.
 const TICK: Duration = Duration::from_millis(100);
@@ -342,10 +342,9 @@ impl Cluster {
         // The lease says how many clients this node has, as of its last
         // entry: the others correct their count with it.
         let lease = Self::lease_key(&self.node);
-        let ms = LEASE_MS.to_string();
         let value = format!("{} {}", self.seq, clients.online_count());
         self.commands.request(
-            &[b"SET", &lease, value.as_bytes(), b"PX", ms.as_bytes()],
+            &[b"SET", &lease, value.as_bytes(), b"PX", LEASE_MS],
             For::Nothing,
         );
         let nodes: Vec<String> = self.others.keys().cloned().collect();
@@ -374,9 +373,8 @@ impl Cluster {
         let first = self.contact == Contact::Starting;
         self.contact = Contact::Claiming { first };
         let lease = Self::lease_key(&self.node);
-        let ms = LEASE_MS.to_string();
         self.commands.request(
-            &[b"SET", &lease, b"0 0", b"PX", ms.as_bytes(), b"NX"],
+            &[b"SET", &lease, b"0 0", b"PX", LEASE_MS, b"NX"],
             For::Claim,
         );
         if first {
