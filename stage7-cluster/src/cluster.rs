@@ -1,20 +1,8 @@
-//! One node of a cluster of chat servers, joined through Redis.
-//!
-//! Every node delivers its own clients' lines to its own clients at once,
-//! as stage 5 does, and appends them to one Redis stream (`XADD`); every
-//! node reads the stream from the last entry it saw (`XREAD BLOCK` on a
-//! second connection, so a read that waits never holds up a request) and
-//! delivers the other nodes' entries to its clients. An entry carries its
-//! node and a sequence number, so a receiver drops an entry it has seen
-//! (an append repeated after a lost reply) and keeps each sender's order.
-//!
-//! Names live in a Redis hash (`HSETNX` claims one for the whole
-//! cluster, `/who` reads them all); `client<N>` numbers come from `INCR`.
-//! Each node also counts the clients of the other nodes, from the join and
-//! leave entries of the stream, so the welcome's count needs no round trip.
-//! A node holds a lease (a key with a TTL, renewed every second from a
-//! `timerfd`); a node whose lease is gone is dead, and the others announce
-//! its clients as left and free their names.
+//! One node of a cluster of chat servers, joined through Redis: two more
+//! connections and a timer in the server's epoll set. Lines and notices go
+//! through one Redis stream (`XADD`, and `XREAD BLOCK` on a connection of
+//! its own), names through a Redis hash, and each node holds a lease that
+//! the others watch.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -28,7 +16,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use nix::unistd::read;
 
 use crate::clients::{Clients, sanitize};
-use crate::redis::{Link, State, Value};
+use crate::redis::{self, Link, State, Value};
 
 /// The event data of the two Redis connections and the timer.
 pub const COMMANDS: u64 = u64::MAX - 2;
@@ -46,12 +34,14 @@ const NEXT: &[u8] = b"chat:next";
 /// trims whole blocks, which is cheap): a node that falls further behind
 /// than this loses entries, and says so.
 const STREAM_LENGTH: &[u8] = b"10000";
+/// The stream's last entry: where it ends at that instant.
+const LAST_ENTRY: [&[u8]; 6] = [b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"];
 /// Entries per `XREAD`, and how long one waits for the first (ms).
 const READ_COUNT: &[u8] = b"100";
 const READ_BLOCK: &[u8] = b"1000";
 /// A lease lives this long unless renewed; it is renewed every second, so
 /// a node can lose Redis for five seconds and still be alive to the others.
-const LEASE_MS: u64 = 6000;
+const LEASE_MS: &[u8] = b"6000";
 /// How often the timer fires; the lease and the others' are seen to every
 /// `RENEW_TICKS` ticks.
 const TICK: Duration = Duration::from_millis(100);
@@ -108,7 +98,6 @@ enum For {
 enum Claim {
     Join {
         ticket: u64,
-        name: String,
     },
     Nick {
         ticket: u64,
@@ -126,8 +115,8 @@ struct Entry {
     seq: u64,
     /// A line for every client: `NAME: text` or a notice.
     text: Option<Vec<u8>>,
-    /// `+N NAME` joined, `-N` left, `=N NAME` renamed, `#COUNT` all
-    /// of its clients (when Redis forgot them).
+    /// `+N NAME` joined, `-N` left, `#COUNT` all of its clients (when
+    /// Redis forgot them).
     roster: Option<String>,
 }
 
@@ -169,13 +158,9 @@ struct Hold {
 
 /// What the server must do once Redis has answered.
 pub enum Done {
-    /// A waiting connection has its name: it joins the chat as `name`
-    /// with `number`; `online` counts the whole cluster.
-    Join {
-        fd: OwnedFd,
-        name: String,
-        number: u64,
-    },
+    /// A waiting connection has its name: it joins the chat as
+    /// `client<number>`.
+    Join { fd: OwnedFd, number: u64 },
     /// A `/nick` was answered (the reply is queued): go on with the input
     /// that waited.
     Resume { fd: RawFd, input: Vec<u8> },
@@ -219,12 +204,6 @@ pub struct Cluster {
     announce_limit: usize,
     quiet: bool,
     said_unreachable: bool,
-}
-
-impl fmt::Debug for Cluster {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Cluster({} {:?})", self.node, self.contact)
-    }
 }
 
 impl Cluster {
@@ -299,6 +278,14 @@ impl Cluster {
         format!("chat:lease:{node}").into_bytes()
     }
 
+    fn link(&mut self, token: u64) -> &mut Link<For> {
+        if token == COMMANDS {
+            &mut self.commands
+        } else {
+            &mut self.reader
+        }
+    }
+
     fn is_ready(&self) -> bool {
         matches!(self.contact, Contact::Ready { .. })
     }
@@ -320,22 +307,16 @@ impl Cluster {
             let _ = read(self.timer.as_fd(), &mut [0u8; 8]);
             return self.tick(epoll, clients);
         }
-        let link = if token == COMMANDS {
-            &mut self.commands
-        } else {
-            &mut self.reader
-        };
+        let link = self.link(token);
         let progress = link.ready(events, scratch);
         if progress.connected {
             self.said_unreachable = false;
-            self.log(format_args!(
-                "redis: connected ({})",
-                if token == COMMANDS {
-                    "commands"
-                } else {
-                    "stream"
-                }
-            ));
+            let which = if token == COMMANDS {
+                "commands"
+            } else {
+                "stream"
+            };
+            self.log(format_args!("redis: connected ({which})"));
             if token == COMMANDS {
                 self.on_connected();
             }
@@ -361,10 +342,9 @@ impl Cluster {
         // The lease says how many clients this node has, as of its last
         // entry: the others correct their count with it.
         let lease = Self::lease_key(&self.node);
-        let ms = LEASE_MS.to_string();
         let value = format!("{} {}", self.seq, clients.online_count());
         self.commands.request(
-            &[b"SET", &lease, value.as_bytes(), b"PX", ms.as_bytes()],
+            &[b"SET", &lease, value.as_bytes(), b"PX", LEASE_MS],
             For::Nothing,
         );
         let nodes: Vec<String> = self.others.keys().cloned().collect();
@@ -377,11 +357,7 @@ impl Cluster {
 
     fn reconnect(&mut self, epoll: &Epoll) {
         for token in [COMMANDS, READER] {
-            let link = if token == COMMANDS {
-                &mut self.commands
-            } else {
-                &mut self.reader
-            };
+            let link = self.link(token);
             if matches!(link.state(), State::Down { .. })
                 && let Err(err) = link.connect(epoll)
             {
@@ -397,19 +373,15 @@ impl Cluster {
         let first = self.contact == Contact::Starting;
         self.contact = Contact::Claiming { first };
         let lease = Self::lease_key(&self.node);
-        let ms = LEASE_MS.to_string();
         self.commands.request(
-            &[b"SET", &lease, b"0 0", b"PX", ms.as_bytes(), b"NX"],
+            &[b"SET", &lease, b"0 0", b"PX", LEASE_MS, b"NX"],
             For::Claim,
         );
         if first {
             // One transaction: the end of the stream and every name, with
             // no other client's command between them.
             self.commands.request(&[b"MULTI"], For::Nothing);
-            self.commands.request(
-                &[b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"],
-                For::Nothing,
-            );
+            self.commands.request(&LAST_ENTRY, For::Nothing);
             self.commands.request(&[b"HGETALL", NAMES], For::Nothing);
             self.commands.request(&[b"EXEC"], For::Snapshot);
         }
@@ -418,11 +390,7 @@ impl Cluster {
     /// A connection is gone: say so once, hand back what waited on it, and
     /// retry after the backoff.
     fn lost(&mut self, token: u64, why: &str, epoll: &Epoll, clients: &mut Clients) {
-        let link = if token == COMMANDS {
-            &mut self.commands
-        } else {
-            &mut self.reader
-        };
+        let link = self.link(token);
         let was_up = link.is_up();
         let unanswered = link.drop_connection(epoll);
         if was_up {
@@ -430,38 +398,37 @@ impl Cluster {
         } else {
             self.unreachable(why);
         }
-        if token == COMMANDS {
-            self.sent = 0; // appended again, in order, once back
-            for what in unanswered {
-                match what {
-                    For::Number(ticket)
-                    | For::Owner(Claim::Join { ticket, .. })
-                    | For::Position(ticket) => {
-                        if let Some(joining) = self.joining.get_mut(&ticket) {
-                            (joining.asked, joining.claimed) = (false, false);
-                        }
+        if token != COMMANDS {
+            return;
+        }
+        self.sent = 0; // appended again, in order, once back
+        for what in unanswered {
+            match what {
+                For::Number(ticket)
+                | For::Owner(Claim::Join { ticket, .. })
+                | For::Position(ticket) => {
+                    if let Some(joining) = self.joining.get_mut(&ticket) {
+                        (joining.asked, joining.claimed) = (false, false);
                     }
-                    For::Owner(Claim::Nick { fd, ticket, .. }) | For::Who { fd, ticket } => {
-                        if let Some(hold) = self.holds.get_mut(&fd)
-                            && hold.ticket == ticket
-                        {
-                            hold.asked = false;
-                        }
-                    }
-                    _ => {}
                 }
-            }
-            if self.contact == (Contact::Claiming { first: true }) {
-                self.contact = Contact::Starting;
+                For::Owner(Claim::Nick { fd, ticket, .. }) | For::Who { fd, ticket } => {
+                    if let Some(hold) = self.holds.get_mut(&fd)
+                        && hold.ticket == ticket
+                    {
+                        hold.asked = false;
+                    }
+                }
+                _ => {}
             }
         }
         match self.contact {
-            // Claiming again comes after Lost: the clients were told.
-            Contact::Ready { .. } if token == COMMANDS => {
+            Contact::Claiming { first: true } => self.contact = Contact::Starting,
+            Contact::Ready { .. } => {
                 self.contact = Contact::Lost;
                 clients.broadcast("* lost contact with the other servers", None);
             }
-            Contact::Claiming { first: false } if token == COMMANDS => self.contact = Contact::Lost,
+            // Claiming again comes after Lost: the clients were told.
+            Contact::Claiming { first: false } => self.contact = Contact::Lost,
             _ => {}
         }
     }
@@ -542,12 +509,10 @@ impl Cluster {
             }
             For::Read => self.entries(&reply, clients),
             For::Who { fd, ticket } => {
-                if self.holds.get(&fd).is_none_or(|h| h.ticket != ticket) {
-                    return; // it left meanwhile
-                }
-                let hold = self.holds.remove(&fd).expect("checked above");
-                let names = names_by_number(&reply, None);
-                let names: Vec<&str> = names.iter().map(|(_, name)| name.as_str()).collect();
+                let Some(hold) = self.answered(fd, ticket) else {
+                    return;
+                };
+                let names: Vec<_> = names_by_number(&reply).into_iter().map(|n| n.1).collect();
                 clients.queue_line(fd, format!("* online: {}", names.join(", ")));
                 done.push(Done::Resume {
                     fd,
@@ -555,9 +520,10 @@ impl Cluster {
                 });
             }
             For::Gone(node) => {
-                let members = names_by_number(&reply, Some(&node));
+                let mut members = names_by_number(&reply);
+                members.retain(|(_, _, owner)| *owner == node);
                 let announce = self.online(clients) + members.len() <= self.announce_limit;
-                for (number, name) in members {
+                for (number, name, _) in members {
                     if announce {
                         clients.broadcast(format!("* {name} left (server lost)"), None);
                     }
@@ -594,13 +560,9 @@ impl Cluster {
             .and_then(Value::bytes)
             .unwrap_or(b"0-0");
         self.last_id = Some(id.to_vec());
-        for pair in names.items().chunks(2) {
-            let [_, owner] = pair else { continue };
-            let owner = String::from_utf8_lossy(owner.bytes().unwrap_or_default());
-            if let Some((node, _)) = owner.split_once(' ')
-                && node != self.node
-            {
-                *self.others.entry(node.to_string()).or_default() += 1;
+        for (_, _, node) in names_by_number(names) {
+            if node != self.node {
+                *self.others.entry(node).or_default() += 1;
             }
         }
     }
@@ -617,9 +579,10 @@ impl Cluster {
             .collect();
         locals.sort();
         for (number, name) in &locals {
-            let owner = format!("{} {number}", self.node);
-            self.commands.request(
-                &[b"HSETNX", NAMES, name.as_bytes(), owner.as_bytes()],
+            claim(
+                &mut self.commands,
+                &owner(&self.node, *number),
+                name,
                 For::Nothing,
             );
         }
@@ -693,11 +656,6 @@ impl Cluster {
     }
     // ANCHOR_END: append
 
-    /// A notice for every client of the other nodes.
-    pub fn notice(&mut self, text: &str) {
-        self.append(Some(text.as_bytes().to_vec()), None);
-    }
-
     // ANCHOR: names
     /// A new connection waits for a cluster-wide name.
     pub fn join(&mut self, fd: OwnedFd) {
@@ -724,60 +682,37 @@ impl Cluster {
         if !self.is_ready() {
             return;
         }
-        let mut claims = Vec::new();
+        let (commands, node) = (&mut self.commands, &self.node);
         for (&ticket, joining) in self.joining.iter_mut().filter(|(_, j)| !j.asked) {
             joining.asked = true;
-            match joining.number {
-                None => self.commands.request(&[b"INCR", NEXT], For::Number(ticket)),
-                Some(n) => claims.push((
-                    Claim::Join {
-                        ticket,
-                        name: format!("client{n}"),
-                    },
-                    n,
-                )),
-            }
+            let Some(number) = joining.number else {
+                commands.request(&[b"INCR", NEXT], For::Number(ticket));
+                continue;
+            };
+            let name = format!("client{number}");
+            claim(
+                commands,
+                &owner(node, number),
+                &name,
+                For::Owner(Claim::Join { ticket }),
+            );
+            commands.request(&LAST_ENTRY, For::Position(ticket));
         }
         for (&fd, hold) in self.holds.iter_mut().filter(|(_, h)| !h.asked) {
             hold.asked = true;
-            let ticket = hold.ticket;
+            let (ticket, number) = (hold.ticket, hold.number);
             let Some(name) = hold.name.clone() else {
-                self.commands
-                    .request(&[b"HGETALL", NAMES], For::Who { fd, ticket });
+                commands.request(&[b"HGETALL", NAMES], For::Who { fd, ticket });
                 continue;
             };
-            let number = hold.number;
-            let claim = Claim::Nick {
+            let owner = owner(node, number);
+            let what = For::Owner(Claim::Nick {
                 ticket,
                 fd,
                 number,
-                name,
-            };
-            claims.push((claim, number));
-        }
-        for (claim, number) in claims {
-            let (Claim::Join { name, .. } | Claim::Nick { name, .. }) = &claim;
-            let owner = format!("{} {number}", self.node);
-            // HSETNX takes the name if it is free; HGET says who has it,
-            // which is right even when an earlier HSETNX of ours took it
-            // and its reply was lost with the connection.
-            self.commands.request(
-                &[b"HSETNX", NAMES, name.as_bytes(), owner.as_bytes()],
-                For::Nothing,
-            );
-            let name = name.clone();
-            let ticket = match claim {
-                Claim::Join { ticket, .. } => Some(ticket),
-                Claim::Nick { .. } => None,
-            };
-            self.commands
-                .request(&[b"HGET", NAMES, name.as_bytes()], For::Owner(claim));
-            if let Some(ticket) = ticket {
-                self.commands.request(
-                    &[b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"],
-                    For::Position(ticket),
-                );
-            }
+                name: name.clone(),
+            });
+            claim(commands, &owner, &name, what);
         }
     }
 
@@ -789,10 +724,9 @@ impl Cluster {
         clients: &mut Clients,
         done: &mut Vec<Done>,
     ) {
-        let ours =
-            |number: u64| owner.bytes() == Some(format!("{} {number}", self.node).as_bytes());
+        let ours = |number: u64| owner.bytes() == Some(self::owner(&self.node, number).as_bytes());
         match claim {
-            Claim::Join { ticket, .. } => {
+            Claim::Join { ticket } => {
                 let Some(joining) = self.joining.get_mut(&ticket) else {
                     return;
                 };
@@ -812,22 +746,19 @@ impl Cluster {
                 name,
             } => {
                 let taken = !ours(number);
-                // The fd may be a newer client's by now: only its own hold.
-                if self.holds.get(&fd).is_none_or(|h| h.ticket != ticket) {
-                    // The client left meanwhile: give the name back.
+                let Some(hold) = self.answered(fd, ticket) else {
                     if !taken {
                         self.free_name(&self.node.clone(), number, &name);
                     }
                     return;
-                }
-                let hold = self.holds.remove(&fd).expect("checked above");
+                };
                 if taken {
                     clients.queue_line(fd, format!("* error: the name {name} is taken"));
                 } else if let Ok(old) = clients.rename(fd, name.as_bytes()) {
                     self.free_name(&self.node.clone(), number, &old);
                     let notice = format!("* {old} is now {name}");
                     clients.broadcast(&notice, None);
-                    self.append(Some(notice.into_bytes()), Some(format!("={number} {name}")));
+                    self.append(Some(notice.into_bytes()), None);
                 }
                 done.push(Done::Resume {
                     fd,
@@ -849,11 +780,9 @@ impl Cluster {
             let Some(joining) = self.joining.remove(&ticket) else {
                 continue;
             };
-            let number = joining.number.unwrap_or(0);
             done.push(Done::Join {
                 fd: joining.fd,
-                name: format!("client{number}"),
-                number,
+                number: joining.number.unwrap_or(0),
             });
         }
     }
@@ -869,7 +798,7 @@ impl Cluster {
 
     /// Free `name` in Redis if `node`'s client `number` still holds it.
     fn free_name(&mut self, node: &str, number: u64, name: &str) {
-        let owner = format!("{node} {number}");
+        let owner = owner(node, number);
         self.commands.request(
             &[
                 b"EVAL",
@@ -912,16 +841,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// The hold an answer is for, taken out; `None` if its client left
+    /// meanwhile (the fd may be a newer client's by now).
+    fn answered(&mut self, fd: RawFd, ticket: u64) -> Option<Hold> {
+        if self.holds.get(&fd).is_none_or(|h| h.ticket != ticket) {
+            return None;
+        }
+        self.holds.remove(&fd)
+    }
+
     /// Whether the client's input waits for an answer from Redis.
     pub fn holds(&self, fd: RawFd) -> bool {
         self.holds.contains_key(&fd)
     }
 
-    /// Keep input of a client that waits, to be handled after the answer.
-    pub fn hold(&mut self, fd: RawFd, input: &[u8]) {
-        if let Some(hold) = self.holds.get_mut(&fd) {
-            hold.input.extend_from_slice(input);
+    /// Keep the input of a client that waits, to be handled after the
+    /// answer; false if it does not wait.
+    pub fn hold(&mut self, fd: RawFd, input: &[&[u8]]) -> bool {
+        let Some(hold) = self.holds.get_mut(&fd) else {
+            return false;
+        };
+        for part in input {
+            hold.input.extend_from_slice(part);
         }
+        true
     }
 
     /// A local client joined as `client<number>`: the others are told.
@@ -1021,10 +964,9 @@ impl Cluster {
         if seq <= *seen {
             return; // appended again after a lost reply, or a restart
         }
-        let gap = *seen > 0 && seq > *seen + 1;
-        let missed = seq - *seen - 1;
+        let missed = if *seen > 0 { seq - *seen - 1 } else { 0 };
         *seen = seq;
-        if gap {
+        if missed > 0 {
             self.log(format_args!(
                 "redis: {missed} entries of node {node} were lost"
             ));
@@ -1035,7 +977,7 @@ impl Cluster {
                 Some(b'+') => *count += 1,
                 Some(b'-') => *count = count.saturating_sub(1),
                 Some(b'#') => *count = op[1..].parse().unwrap_or(*count),
-                _ => {} // a rename
+                _ => {}
             }
             if *count == 0 {
                 self.others.remove(&node);
@@ -1064,15 +1006,13 @@ impl Cluster {
     /// Write what was queued on either connection this round.
     pub fn flush(&mut self, epoll: &Epoll, clients: &mut Clients) {
         for token in [COMMANDS, READER] {
-            let link = if token == COMMANDS {
-                &mut self.commands
-            } else {
-                &mut self.reader
-            };
+            let link = self.link(token);
             if let Err(err) = link.flush() {
                 self.lost(token, &err.to_string(), epoll, clients);
             }
         }
+        redis::shrink(&mut self.backlog);
+        redis::shrink(&mut self.catching_up);
     }
 
     /// Whether every entry is appended (for a shutdown that waits for it).
@@ -1081,21 +1021,32 @@ impl Cluster {
     }
 }
 
-/// `(number, name)` from an `HGETALL` of the names, in the order of the
-/// numbers: every name, or those of `node`'s clients.
-fn names_by_number(reply: &Value, node: Option<&str>) -> Vec<(u64, String)> {
-    let mut names: Vec<(u64, String)> = reply
+/// Who holds a name in Redis: a node's client `number`.
+fn owner(node: &str, number: u64) -> String {
+    format!("{node} {number}")
+}
+
+/// Take `name` for `owner` if it is free (`HSETNX`), and ask who has it
+/// (`HGET`), which is right even when an earlier `HSETNX` of ours took it
+/// and its reply was lost with the connection.
+fn claim(commands: &mut Link<For>, owner: &str, name: &str, what: For) {
+    let hsetnx: [&[u8]; 4] = [b"HSETNX", NAMES, name.as_bytes(), owner.as_bytes()];
+    commands.request(&hsetnx, For::Nothing);
+    commands.request(&[b"HGET", NAMES, name.as_bytes()], what);
+}
+
+/// `(number, name, node)` for every name in an `HGETALL` of the names,
+/// in the order of the numbers.
+fn names_by_number(reply: &Value) -> Vec<(u64, String, String)> {
+    let mut names: Vec<_> = reply
         .items()
         .chunks(2)
         .filter_map(|pair| {
             let [name, owner] = pair else { return None };
             let owner = std::str::from_utf8(owner.bytes()?).ok()?;
-            let (owner_node, number) = owner.split_once(' ')?;
-            if node.is_some_and(|node| node != owner_node) {
-                return None;
-            }
+            let (node, number) = owner.split_once(' ')?;
             let name = String::from_utf8_lossy(name.bytes()?).into_owned();
-            Some((number.parse().ok()?, name))
+            Some((number.parse().ok()?, name, node.to_string()))
         })
         .collect();
     names.sort();

@@ -630,12 +630,12 @@ impl Server {
         });
         match framed {
             Ok(_) => {
-                if let Some(cluster) = &mut self.cluster
-                    && cluster.holds(fd)
-                {
-                    // After the held lines: handled after the answer too.
-                    cluster.hold(fd, &partial);
-                } else if let Some(client) = self.clients.get_mut(fd) {
+                // After held lines, it is handled after the answer too.
+                let held = self
+                    .cluster
+                    .as_mut()
+                    .is_some_and(|c| c.hold(fd, &[&partial]));
+                if !held && let Some(client) = self.clients.get_mut(fd) {
                     client.keep_partial(partial);
                 }
             }
@@ -652,10 +652,11 @@ impl Server {
         if text.is_empty() {
             return ControlFlow::Continue(());
         }
-        if let Some(cluster) = &mut self.cluster
-            && cluster.holds(fd)
+        if self
+            .cluster
+            .as_mut()
+            .is_some_and(|c| c.hold(fd, &[text, b"\n"]))
         {
-            cluster.hold(fd, &[text, b"\n"].concat());
             return ControlFlow::Continue(());
         }
         if let Some(command) = text.strip_prefix(b"/") {
@@ -897,8 +898,9 @@ impl Server {
         }
         for done in done {
             match done {
-                Done::Join { fd, name, number } => {
-                    let (fd, name) = self.clients.join_as(fd, name.into(), Some(number));
+                Done::Join { fd, number } => {
+                    let name = format!("client{number}").into();
+                    let (fd, name) = self.clients.join_as(fd, name, Some(number));
                     let announce = self.welcome(fd, &name);
                     if let Some(cluster) = &mut self.cluster {
                         cluster.joined(&name, number, announce);

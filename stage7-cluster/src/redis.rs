@@ -147,6 +147,47 @@ pub enum State {
 const FIRST_RETRY: Duration = Duration::from_millis(20);
 const LAST_RETRY: Duration = Duration::from_millis(500);
 
+/// A buffer or queue gives back what a burst made it grow to once it is
+/// mostly empty again: a node holding tens of thousands of idle clients
+/// should not also hold the high-water mark of its Redis traffic.
+const KEPT: usize = 1024;
+
+fn release(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > 4 * buffer.len() + 16 * KEPT {
+        buffer.shrink_to(2 * buffer.len());
+    }
+}
+
+pub fn shrink<T>(queue: &mut VecDeque<T>) {
+    if queue.capacity() > 4 * queue.len() + KEPT {
+        queue.shrink_to(2 * queue.len());
+    }
+}
+
+/// Pair every whole reply in the input with the oldest request.
+fn take_replies<T>(
+    input: &mut Vec<u8>,
+    pending: &mut VecDeque<T>,
+    replies: &mut Vec<(T, Value)>,
+) -> io::Result<()> {
+    let mut used = 0;
+    let result = loop {
+        match parse(&input[used..]) {
+            Ok(Some((value, n))) => {
+                used += n;
+                match pending.pop_front() {
+                    Some(what) => replies.push((what, value)),
+                    None => break Err(io::Error::other("a reply to no request")),
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(Malformed) => break Err(io::Error::other("a reply that is not RESP")),
+        }
+    };
+    input.drain(..used);
+    result
+}
+
 /// One connection to Redis; `T` says what a request is for.
 pub struct Link<T> {
     addr: SocketAddr,
@@ -267,6 +308,8 @@ impl<T> Link<T> {
             }
         }
         self.out.drain(..written);
+        release(&mut self.out);
+        shrink(&mut self.pending);
         Ok(())
     }
 
@@ -300,42 +343,22 @@ impl<T> Link<T> {
             self.backoff = FIRST_RETRY;
             progress.connected = true;
         }
-        loop {
+        // Replies are taken out after every read, so the input buffer holds
+        // one read and a partial reply, however much Redis has sent.
+        while progress.lost.is_none() {
             match read(socket, scratch) {
-                Ok(0) => {
-                    progress.lost = Some(io::Error::from(io::ErrorKind::UnexpectedEof));
-                    break;
+                Ok(0) => progress.lost = Some(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                Ok(n) => {
+                    self.input.extend_from_slice(&scratch[..n]);
+                    let replies = &mut progress.replies;
+                    progress.lost = take_replies(&mut self.input, &mut self.pending, replies).err();
                 }
-                Ok(n) => self.input.extend_from_slice(&scratch[..n]),
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => {}
-                Err(err) => {
-                    progress.lost = Some(err.into());
-                    break;
-                }
+                Err(err) => progress.lost = Some(err.into()),
             }
         }
-        let mut used = 0;
-        loop {
-            match parse(&self.input[used..]) {
-                Ok(Some((value, n))) => {
-                    used += n;
-                    match self.pending.pop_front() {
-                        Some(what) => progress.replies.push((what, value)),
-                        None => {
-                            progress.lost = Some(io::Error::other("a reply to no request"));
-                            break;
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(Malformed) => {
-                    progress.lost = Some(io::Error::other("a reply that is not RESP"));
-                    break;
-                }
-            }
-        }
-        self.input.drain(..used);
+        release(&mut self.input);
         if progress.lost.is_none()
             && let Err(err) = self.flush()
         {
