@@ -1,0 +1,487 @@
+//! The checks of the chat client: piped, and on a terminal through a
+//! pseudo-terminal. Every later step runs them too (this file is included by
+//! path), against its own binaries: the test file that includes it defines
+//! `server_bin()` and `client_bin()`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use assert_cmd::Command as AssertCommand;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::pty::{Winsize, openpty};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::termios::{LocalFlags, Termios, tcgetattr};
+use nix::unistd::Pid;
+use testkit::{Client, Server, TIMEOUT};
+
+use super::{client_bin, server_bin};
+
+fn start_server() -> Server {
+    Server::start(server_bin(), &["-q", "127.0.0.1:0"])
+}
+
+/// The client binary running with a pipe for stdin and its stdout read
+/// line by line on a thread; killed when dropped.
+struct ChatClient {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ChatClient {
+    fn start(server: &Server) -> ChatClient {
+        let mut child = Command::new(client_bin())
+            .arg(server.addr.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the client");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        ChatClient {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next line the client printed, or fail after the timeout.
+    fn printed(&self) -> String {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .expect("the client printed no line in time")
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    fn wait_exit(&mut self) -> Option<i32> {
+        testkit::wait_for_exit(&mut self.child).code()
+    }
+}
+
+impl Drop for ChatClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sends_stdin_lines_while_printing_what_arrives() {
+    let server = start_server();
+    let mut other = server.connect();
+    assert!(
+        other
+            .recv_line()
+            .starts_with("* welcome client1 (1 online)")
+    );
+    let mut client = ChatClient::start(&server);
+    assert!(client.printed().starts_with("* welcome client2 (2 online)"));
+    assert_eq!(other.recv_line(), "* client2 joined");
+
+    client.type_line("hello from the client");
+    assert_eq!(other.recv_line(), "client2: hello from the client");
+    // stdin is still open and idle: a line from the other side is printed
+    // at once, not after the next line typed.
+    other.send(b"hello back\n");
+    assert_eq!(client.printed(), "client1: hello back");
+    client.type_line("/who");
+    assert_eq!(client.printed(), "* online: client1, client2");
+
+    client.close_stdin();
+    assert_eq!(client.wait_exit(), Some(0));
+    assert_eq!(other.recv_line(), "* client2 left");
+}
+
+#[test]
+fn prints_disconnected_and_exits_zero_when_the_server_closes() {
+    let mut server = start_server();
+    let mut client = ChatClient::start(&server);
+    assert!(client.printed().starts_with("* welcome client1 (1 online)"));
+    server.signal(libc::SIGTERM);
+    assert_eq!(client.printed(), "* server shutting down");
+    assert_eq!(client.printed(), "* disconnected");
+    assert_eq!(client.wait_exit(), Some(0));
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn piped_input_gets_every_reply_before_the_client_exits() {
+    let server = start_server();
+    let mut other = server.connect();
+    assert!(
+        other
+            .recv_line()
+            .starts_with("* welcome client1 (1 online)")
+    );
+    // All of stdin at once, then end-of-file: the replies still arrive.
+    let output = AssertCommand::new(client_bin())
+        .arg(server.addr.to_string())
+        .write_stdin("first\r\n/nick piped\n/who\nlast line without newline")
+        .timeout(TIMEOUT)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (welcome, rest) = stdout.split_once('\n').unwrap();
+    assert!(
+        welcome.starts_with("* welcome client2 (2 online)"),
+        "{welcome:?}"
+    );
+    assert_eq!(rest, "* client2 is now piped\n* online: client1, piped\n");
+    assert_eq!(other.recv_line(), "* client2 joined");
+    assert_eq!(other.recv_line(), "client2: first");
+    assert_eq!(other.recv_line(), "* client2 is now piped");
+    assert_eq!(other.recv_line(), "piped: last line without newline");
+    assert_eq!(other.recv_line(), "* piped left");
+}
+
+#[test]
+fn the_server_may_be_named_by_host_name() {
+    let server = start_server();
+    let output = AssertCommand::new(client_bin())
+        .arg(format!("localhost:{}", server.addr.port()))
+        .write_stdin("/who\n")
+        .timeout(TIMEOUT)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.ends_with("* online: client1\n"),
+        "stdout: {stdout:?}"
+    );
+}
+
+#[test]
+fn reads_stdin_from_a_regular_file() {
+    // epoll refuses regular files (EPERM): the client must still send them.
+    let server = start_server();
+    let mut other: Client = server.connect();
+    assert!(
+        other
+            .recv_line()
+            .starts_with("* welcome client1 (1 online)")
+    );
+    let dir = std::env::temp_dir().join(format!("stage5-client-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("input.txt");
+    let lines: String = (0..100).map(|n| format!("line {n}\n")).collect();
+    std::fs::write(&file, &lines).unwrap();
+    let output = AssertCommand::new(client_bin())
+        .arg(server.addr.to_string())
+        .pipe_stdin(&file)
+        .unwrap()
+        .timeout(TIMEOUT)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(other.recv_line(), "* client2 joined");
+    for n in 0..100 {
+        assert_eq!(other.recv_line(), format!("client2: line {n}"));
+    }
+    assert_eq!(other.recv_line(), "* client2 left");
+}
+
+/// A server, a client on a socket (`client1`) and the client on a terminal
+/// (`client2`), showing its prompt.
+fn chat_on_a_terminal() -> (Server, Client, PtyClient) {
+    let server = start_server();
+    let mut other = server.connect();
+    assert!(
+        other
+            .recv_line()
+            .starts_with("* welcome client1 (1 online)")
+    );
+    let mut client = PtyClient::start(&server);
+    client.wait_for_prompt("client2> ");
+    assert_eq!(other.recv_line(), "* client2 joined");
+    (server, other, client)
+}
+
+#[test]
+fn on_a_terminal_an_incoming_line_does_not_split_a_half_typed_one() {
+    let (_server, mut other, mut client) = chat_on_a_terminal();
+    let raw = client.modes();
+    assert!(
+        !raw.local_flags
+            .intersects(LocalFlags::ICANON | LocalFlags::ECHO),
+        "the client must draw the input line itself (no ICANON, no ECHO)"
+    );
+
+    // Longer than the line that arrives, so that a row not erased before
+    // it is overwritten shows.
+    client.type_keys(b"half-typed line, longer than the one that comes");
+    client.wait_for_prompt("client2> half-typed line, longer than the one that comes");
+    other.send(b"interrupting\n");
+    let rows = client.wait_for_screen("the incoming line", |rows| {
+        rows.iter().any(|r| r.contains("interrupting"))
+            && rows.last().is_some_and(|r| r.ends_with("comes"))
+    });
+    // The line arrived whole on its own row, and the half line is intact
+    // under it, once.
+    assert_eq!(
+        rows[rows.len() - 2..],
+        [
+            "client1: interrupting",
+            "client2> half-typed line, longer than the one that comes"
+        ],
+        "screen: {rows:#?}"
+    );
+    assert_eq!(rows.iter().filter(|r| r.contains("half-typed")).count(), 1);
+
+    // Our own line reads as the others see it, and the prompt is empty again.
+    client.type_keys(b" now\r");
+    let sent = "client2: half-typed line, longer than the one that comes now";
+    assert_eq!(other.recv_line(), sent);
+    let rows = client.wait_for_prompt("client2> ");
+    assert_eq!(rows[rows.len() - 2], sent);
+
+    // Ctrl-D on an empty line ends the input, as the end of a file does.
+    client.type_keys(b"\x04");
+    assert_eq!(client.wait_exit_restored(), Some(0));
+    assert_eq!(other.recv_line(), "* client2 left");
+}
+
+#[test]
+fn on_a_terminal_keys_edit_the_line_and_ctrl_c_quits() {
+    let (_server, mut other, mut client) = chat_on_a_terminal();
+
+    // Ctrl-U clears the line; Backspace (DEL or BS) removes one character,
+    // two bytes for `ï`; an arrow key (`ESC [ D`) types nothing.
+    client.type_keys("oops\x15naïf\x7f\x08\x1b[Dive".as_bytes());
+    client.wait_for_prompt("client2> naive");
+    client.type_keys(b"\r");
+    assert_eq!(other.recv_line(), "client2: naive");
+
+    // The prompt follows a new name.
+    client.type_keys(b"/nick alice\r");
+    assert_eq!(other.recv_line(), "* client2 is now alice");
+    client.wait_for_prompt("alice> ");
+
+    // Ctrl-C quits at once: the half line is not sent.
+    client.type_keys(b"never sent\x03");
+    assert_eq!(client.wait_exit_restored(), Some(128 + libc::SIGINT));
+    assert_eq!(other.recv_line(), "* alice left");
+}
+
+#[test]
+fn on_a_terminal_sigterm_restores_the_terminal() {
+    let server = start_server();
+    let mut client = PtyClient::start(&server);
+    client.wait_for_prompt("client1> ");
+    client.type_keys(b"half a line");
+    client.wait_for_prompt("client1> half a line");
+    let pid = Pid::from_raw(client.child.id() as i32);
+    kill(pid, Signal::SIGTERM).expect("kill the client");
+    assert_eq!(client.wait_exit_restored(), Some(128 + libc::SIGTERM));
+}
+
+#[test]
+fn on_a_terminal_a_long_line_is_sent_whole() {
+    // A terminal in its usual (canonical) mode cuts a typed line at 4095
+    // bytes without a word; the client's own input line does not, so the
+    // server sees the whole line and answers that it is too long.
+    let server = start_server();
+    let mut client = PtyClient::start(&server);
+    client.wait_for_prompt("client1> ");
+    let mut line = vec![b'x'; 4990];
+    line.extend_from_slice(b"0123456789");
+    client.type_keys(&line);
+    // The input line shows its end and stays on one row, so that it can
+    // be erased and redrawn.
+    let rows = client.wait_for_screen("the end of the typed line", |rows| {
+        rows.last().is_some_and(|r| r.ends_with("x0123456789"))
+    });
+    let prompt_row = rows.last().unwrap();
+    assert!(prompt_row.starts_with("client1> x") && prompt_row.chars().count() < 80);
+    client.type_keys(b"\r");
+    let rows = client.wait_for_screen("the end of the connection", |rows| {
+        rows.iter().any(|r| r == "* disconnected")
+    });
+    assert!(
+        rows.iter()
+            .any(|r| r == "* error: line too long (max 4096 bytes)"),
+        "screen: {rows:#?}"
+    );
+    assert_eq!(client.wait_exit_restored(), Some(0));
+}
+
+/// The client on a pseudo-terminal, as a user runs it in a terminal window:
+/// the test holds the terminal's side (the pty master), types into it and
+/// reads what the client draws. Killed when dropped.
+struct PtyClient {
+    child: Child,
+    master: OwnedFd,
+    /// The client's side, kept open to read its modes with `tcgetattr`.
+    slave: OwnedFd,
+    /// The terminal's modes before the client started.
+    before: Termios,
+    /// Everything the client has written to the terminal.
+    output: Vec<u8>,
+}
+
+impl PtyClient {
+    fn start(server: &Server) -> PtyClient {
+        let size = Winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = openpty(&size, None).expect("openpty");
+        // Other tests start processes meanwhile: they must not inherit these.
+        for fd in [&pty.master, &pty.slave] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+        }
+        let before = tcgetattr(&pty.slave).unwrap();
+        let on_slave = || Stdio::from(pty.slave.try_clone().unwrap());
+        let child = Command::new(client_bin())
+            .arg(server.addr.to_string())
+            .stdin(on_slave())
+            .stdout(on_slave())
+            .stderr(on_slave())
+            .spawn()
+            .expect("start the client");
+        PtyClient {
+            child,
+            master: pty.master,
+            slave: pty.slave,
+            before,
+            output: Vec::new(),
+        }
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let n = nix::unistd::write(&self.master, rest).expect("write to the pty");
+            rest = &rest[n..];
+        }
+    }
+
+    /// Read what the client draws until the screen satisfies `done`;
+    /// fails after the timeout, showing the screen.
+    fn wait_for_screen(&mut self, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let rows = screen(&self.output);
+            if done(&rows) {
+                return rows;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the screen never showed {what}:\n{rows:#?}"
+            );
+            let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLIN)];
+            let timeout = PollTimeout::try_from(left).unwrap();
+            if poll(&mut fds, timeout).expect("poll the pty") > 0 {
+                let mut buf = [0u8; 4096];
+                let n = nix::unistd::read(&self.master, &mut buf).expect("read the pty");
+                self.output.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+
+    /// Wait until the cursor's row (the last) is exactly `row`.
+    fn wait_for_prompt(&mut self, row: &str) -> Vec<String> {
+        self.wait_for_screen(&format!("the prompt {row:?}"), |rows| {
+            rows.last().is_some_and(|last| last == row)
+        })
+    }
+
+    fn modes(&self) -> Termios {
+        tcgetattr(&self.slave).unwrap()
+    }
+
+    /// Wait for the exit; the terminal must be as the client found it.
+    fn wait_exit_restored(&mut self) -> Option<i32> {
+        let code = testkit::wait_for_exit(&mut self.child).code();
+        assert_eq!(
+            self.modes(),
+            self.before,
+            "the terminal's modes after the exit differ from before"
+        );
+        code
+    }
+}
+
+impl Drop for PtyClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The rows a terminal shows after `output`, for the controls a line editor
+/// uses: `\r`, `\n`, backspace, `ESC [ K` (erase to the end of the row) and
+/// `ESC [ 2K` (erase the row). The last row is the cursor's.
+fn screen(output: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(output);
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => col = 0,
+            '\n' => {
+                row += 1;
+                if row == rows.len() {
+                    rows.push(Vec::new());
+                }
+            }
+            '\x08' => col = col.saturating_sub(1),
+            '\x1b' => {
+                let mut sequence = String::new();
+                for c in chars.by_ref() {
+                    sequence.push(c);
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+                match sequence.as_str() {
+                    "[K" | "[0K" => rows[row].truncate(col),
+                    "[2K" => rows[row].clear(),
+                    other => panic!("the screen model knows no ESC {other:?}"),
+                }
+            }
+            c => {
+                let line = &mut rows[row];
+                if line.len() < col {
+                    line.resize(col, ' ');
+                }
+                if col < line.len() {
+                    line[col] = c;
+                } else {
+                    line.push(c);
+                }
+                col += 1;
+            }
+        }
+    }
+    rows.into_iter().map(|r| r.into_iter().collect()).collect()
+}
