@@ -7,6 +7,7 @@
 //! as `bench [--quick|--full|--smoke] [--bin-dir DIR] [--out DIR] [--update-book]`.
 
 mod charts;
+mod cluster;
 mod idle;
 mod machine;
 mod measure;
@@ -14,6 +15,7 @@ mod noise;
 mod pin;
 mod plan;
 mod process;
+mod redis;
 mod results;
 mod summary;
 mod table;
@@ -210,6 +212,7 @@ fn measure(cli: &Cli) -> Result<Results> {
 fn part_name(part: Part) -> &'static str {
     match part {
         Part::Chaos => "chaos",
+        Part::Cluster => "cluster",
     }
 }
 
@@ -217,6 +220,7 @@ fn part_name(part: Part) -> &'static str {
 fn part_of(part: Part, target_key: &str) -> bool {
     match part {
         Part::Chaos => target_key == targets::CHAOS,
+        Part::Cluster => targets::CLUSTER_TARGETS.contains(&target_key),
     }
 }
 
@@ -224,6 +228,7 @@ fn part_of(part: Part, target_key: &str) -> bool {
 fn in_part(part: Part, test: &Test) -> bool {
     match part {
         Part::Chaos => matches!(test, Test::Chaos { .. }),
+        Part::Cluster => matches!(test, Test::ClusterHold { .. } | Test::ClusterChat { .. }),
     }
 }
 
