@@ -31,6 +31,11 @@ pub const WALL_NODES: u32 = 4;
 /// lists every node's descriptors, so not much more often.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
+/// How often, and at most how many times, the nodes' descriptors are
+/// counted before the wall run, until two counts agree.
+const SETTLE_EVERY: Duration = Duration::from_millis(250);
+const SETTLE_LOOKS: u32 = 20;
+
 /// One look at the nodes while the tester holds: each node's descriptors
 /// and resident memory, and Redis's memory.
 #[derive(Default)]
@@ -228,7 +233,7 @@ fn wall(m: &mut Measurement, bench: &Bench, bin: &Path, nodes: u32) -> Result<()
         servers.push(Server::start_on(bin, &flags, &addr, cpu)?);
     }
     let pids: Vec<u32> = servers.iter().map(Server::pid).collect();
-    let fds_before: Vec<Option<u64>> = pids.iter().map(|&p| open_fds(p)).collect();
+    let fds_before = settled_fds(&pids);
     let rss_before: Vec<Option<u64>> = pids.iter().map(|&p| rss_of(p)).collect();
     let redis_rss_before = redis.rss();
     let redis_cpu_before = redis.cpu_seconds();
@@ -290,6 +295,23 @@ fn wall(m: &mut Measurement, bench: &Bench, bin: &Path, nodes: u32) -> Result<()
     m.server_peak_rss = servers.iter().filter_map(Server::peak_rss).max();
     m.error = servers.iter_mut().find_map(Server::exited).or(run.error);
     Ok(())
+}
+
+/// Each node's descriptors once they stop changing: a node opens its
+/// Redis connections and its timer after it prints `listening on`, and
+/// those are not client connections. Gives up waiting after a few seconds.
+fn settled_fds(pids: &[u32]) -> Vec<Option<u64>> {
+    let look = || -> Vec<Option<u64>> { pids.iter().map(|&p| open_fds(p)).collect() };
+    let mut last = look();
+    for _ in 0..SETTLE_LOOKS {
+        thread::sleep(SETTLE_EVERY);
+        let now = look();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
 }
 
 /// One chat setup: its nodes (and Redis, if it has one) started afresh,

@@ -127,7 +127,10 @@ fn run(cli: &Cli) -> Result<bool> {
         written.push(cli.book_dir.join("results.md"));
     }
     print!("{}", summary::render(&results, &written));
-    Ok(results.measurements.iter().any(|m| m.error.is_none()))
+    Ok(results
+        .measurements
+        .iter()
+        .any(|m| m.error.is_none() && !m.skipped()))
 }
 
 fn measure(cli: &Cli) -> Result<Results> {
@@ -251,8 +254,13 @@ fn merged(results: &Results, dir: &Path, only: Option<Part>) -> Result<Option<Re
     earlier
         .measurements
         .extend(results.measurements.iter().cloned());
-    earlier.targets.retain(|t| !part_of(part, &t.key));
-    earlier.targets.extend(results.targets.iter().cloned());
+    // Each target in its place, so the list keeps the order of a whole run.
+    for target in &results.targets {
+        match earlier.targets.iter_mut().find(|t| t.key == target.key) {
+            Some(old) => *old = target.clone(),
+            None => earlier.targets.push(target.clone()),
+        }
+    }
     Ok(Some(earlier))
 }
 

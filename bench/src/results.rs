@@ -192,6 +192,12 @@ impl Measurement {
         }
     }
 
+    /// Whether the run did not happen, for a stated reason (the cluster
+    /// part without redis-server): no figure, and no failure either.
+    pub fn skipped(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.skipped.is_some())
+    }
+
     /// Server CPU time per `figure` (`/delivered`, `/connections`), in ns.
     pub fn cpu_ns_per(&self, pointer: &str) -> Option<f64> {
         let n = self.figure(pointer).filter(|&n| n > 0.0)?;
