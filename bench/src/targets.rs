@@ -133,6 +133,12 @@ fn cluster_p99(ms: &[Measurement]) -> Target {
     if let Some(t) = cluster_skipped(key, &goal, "≤ 1", run) {
         return t;
     }
+    paced_p99(key.into(), goal, run, CLUSTER_P99_US)
+}
+
+/// A latency target: the run's p99 at most `limit_us`, at the rate it was
+/// asked to keep.
+fn paced_p99(key: String, goal: String, run: &Measurement, limit_us: f64) -> Target {
     let p99 = run.figure("/latency/p99_us").unwrap_or(f64::INFINITY);
     let achieved = run.figure("/send_rate").unwrap_or(0.0);
     let rate_met = run
@@ -142,7 +148,7 @@ fn cluster_p99(ms: &[Measurement]) -> Target {
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     Target {
-        key: key.into(),
+        key,
         goal,
         measured: format!(
             "p99 {:.3} ms at {achieved:.0} sends/s achieved{}",
@@ -153,9 +159,9 @@ fn cluster_p99(ms: &[Measurement]) -> Target {
                 " (below the asked rate)"
             }
         ),
-        ratio: Some(p99 / CLUSTER_P99_US),
+        ratio: Some(p99 / limit_us),
         needs: "≤ 1".into(),
-        met: Some(p99 <= CLUSTER_P99_US && rate_met),
+        met: Some(p99 <= limit_us && rate_met),
     }
 }
 
@@ -263,30 +269,7 @@ fn latency(ms: &[Measurement], clients: u32, rate: u64) -> Target {
         return t;
     }
     let run = run.unwrap();
-    let p99 = run.figure("/latency/p99_us").unwrap_or(f64::INFINITY);
-    let achieved = run.figure("/send_rate").unwrap_or(0.0);
-    let rate_met = run
-        .tester
-        .as_ref()
-        .and_then(|j| j.get("rate_met"))
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    Target {
-        key: "latency".into(),
-        goal,
-        measured: format!(
-            "p99 {:.3} ms at {achieved:.0} sends/s achieved{}",
-            p99 / 1000.0,
-            if rate_met {
-                ""
-            } else {
-                " (below the asked rate)"
-            }
-        ),
-        ratio: Some(p99 / P99_US),
-        needs: "≤ 1".into(),
-        met: Some(p99 <= P99_US && rate_met),
-    }
+    paced_p99("latency".into(), goal, run, P99_US)
 }
 
 fn idle_bytes(ms: &[Measurement]) -> Target {
