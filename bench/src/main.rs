@@ -7,6 +7,7 @@
 //! as `bench [--quick|--full|--smoke] [--bin-dir DIR] [--out DIR] [--update-book]`.
 
 mod charts;
+mod cluster;
 mod idle;
 mod machine;
 mod measure;
@@ -14,6 +15,7 @@ mod noise;
 mod pin;
 mod plan;
 mod process;
+mod redis;
 mod results;
 mod summary;
 mod table;
@@ -125,7 +127,10 @@ fn run(cli: &Cli) -> Result<bool> {
         written.push(cli.book_dir.join("results.md"));
     }
     print!("{}", summary::render(&results, &written));
-    Ok(results.measurements.iter().any(|m| m.error.is_none()))
+    Ok(results
+        .measurements
+        .iter()
+        .any(|m| m.error.is_none() && !m.skipped()))
 }
 
 fn measure(cli: &Cli) -> Result<Results> {
@@ -210,6 +215,7 @@ fn measure(cli: &Cli) -> Result<Results> {
 fn part_name(part: Part) -> &'static str {
     match part {
         Part::Chaos => "chaos",
+        Part::Cluster => "cluster",
     }
 }
 
@@ -217,6 +223,7 @@ fn part_name(part: Part) -> &'static str {
 fn part_of(part: Part, target_key: &str) -> bool {
     match part {
         Part::Chaos => target_key == targets::CHAOS,
+        Part::Cluster => targets::CLUSTER_TARGETS.contains(&target_key),
     }
 }
 
@@ -224,6 +231,7 @@ fn part_of(part: Part, target_key: &str) -> bool {
 fn in_part(part: Part, test: &Test) -> bool {
     match part {
         Part::Chaos => matches!(test, Test::Chaos { .. }),
+        Part::Cluster => matches!(test, Test::ClusterHold { .. } | Test::ClusterChat { .. }),
     }
 }
 
@@ -246,8 +254,13 @@ fn merged(results: &Results, dir: &Path, only: Option<Part>) -> Result<Option<Re
     earlier
         .measurements
         .extend(results.measurements.iter().cloned());
-    earlier.targets.retain(|t| !part_of(part, &t.key));
-    earlier.targets.extend(results.targets.iter().cloned());
+    // Each target in its place, so the list keeps the order of a whole run.
+    for target in &results.targets {
+        match earlier.targets.iter_mut().find(|t| t.key == target.key) {
+            Some(old) => *old = target.clone(),
+            None => earlier.targets.push(target.clone()),
+        }
+    }
     Ok(Some(earlier))
 }
 

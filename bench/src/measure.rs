@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use crate::cluster;
 use crate::idle;
 use crate::machine::{load_average, time_wait_sockets};
 use crate::noise::Snapshot;
@@ -60,9 +61,16 @@ pub fn run_all(
         }
         built_specs.push((spec, bin));
     }
-    if bench.only == Some(Part::Chaos) {
-        measurements.extend(chaos_part(bench, &built_specs));
-        return (servers, measurements);
+    match bench.only {
+        Some(Part::Chaos) => {
+            measurements.extend(chaos_part(bench, &built_specs));
+            return (servers, measurements);
+        }
+        Some(Part::Cluster) => {
+            measurements.extend(cluster::part(bench, bin_dir));
+            return (servers, measurements);
+        }
+        None => {}
     }
     // Connection rates first, in rounds across all servers: each connect
     // leaves kernel state behind (TIME_WAIT sockets) that changes the next
@@ -135,6 +143,7 @@ pub fn run_all(
         }
     }
     measurements.extend(chaos_part(bench, &built_specs));
+    measurements.extend(cluster::part(bench, bin_dir));
     (servers, measurements)
 }
 
@@ -209,20 +218,7 @@ fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurem
             tester_args(&test, bench.numbers, "ADDR", "PID").join(" ")
         ),
     };
-    let mut m = Measurement {
-        server: spec.name.into(),
-        command,
-        test,
-        tester: None,
-        server_peak_rss: None,
-        server_cpu_s: None,
-        server_user_cpu_s: None,
-        time_wait_before: None,
-        noise: None,
-        error: None,
-        server_log: None,
-        run: None,
-    };
+    let mut m = Measurement::new(spec.name, command, test);
     let ran = match m.test {
         Test::Chaos { .. } => chaos(&mut m, bench, spec, bin),
         _ => run_one(&mut m, bench, spec, bin),
@@ -442,8 +438,9 @@ fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<Str
             "--size".into(),
             size.to_string(),
         ],
-        // Not a tester run (see `ping_pong`).
-        Test::PingPong { .. } => Vec::new(),
+        // Not a tester run (see `ping_pong`), or not against one server
+        // (see `cluster`).
+        Test::PingPong { .. } | Test::ClusterHold { .. } | Test::ClusterChat { .. } => Vec::new(),
         Test::Chaos { seconds } => vec![
             "chaos".into(),
             addr.into(),
@@ -499,10 +496,12 @@ fn summary(m: &Measurement) -> String {
         Test::Connect { .. } => m
             .figure("/connections_per_s")
             .map(|v| format!("{v:.0} connections/s")),
-        Test::Hold { .. } | Test::Join { .. } => m.figure("/open_at_end").map(|open| {
-            let rss = m.figure("/server_rss_after").unwrap_or(0.0) / 1048576.0;
-            format!("{open:.0} held, server RSS {rss:.1} MiB")
-        }),
+        Test::Hold { .. } | Test::Join { .. } | Test::ClusterHold { .. } => {
+            m.figure("/open_at_end").map(|open| {
+                let rss = m.figure("/server_rss_after").unwrap_or(0.0) / 1048576.0;
+                format!("{open:.0} held, server RSS {rss:.1} MiB")
+            })
+        }
         Test::Echo { .. } => m
             .figure("/round_trips_per_s")
             .map(|v| format!("{v:.0} round trips/s")),
@@ -520,7 +519,7 @@ fn summary(m: &Measurement) -> String {
                 m.figure("/reordered").unwrap_or(f64::NAN)
             )
         }),
-        Test::Chat { .. } => m.figure("/deliveries_per_s").map(|v| {
+        Test::Chat { .. } | Test::ClusterChat { .. } => m.figure("/deliveries_per_s").map(|v| {
             let p99 = m.figure("/latency/p99_us").unwrap_or(0.0);
             format!("{v:.0} deliveries/s, p99 {p99:.0} µs")
         }),

@@ -221,6 +221,12 @@ pub struct Numbers {
     /// How long `tester chaos` injects faults into stage 5 (started with
     /// logging on) while its checked clients talk.
     pub chaos_for: Duration,
+    /// Idle connections the four stage 7 nodes hold together in the
+    /// cluster part's wall run.
+    pub cluster_hold: u64,
+    /// Sends/s across the first chat client count in the cluster part's
+    /// side-by-side runs.
+    pub cluster_rate: u64,
     /// Any single tester run taking longer than this is stopped and recorded
     /// as failed.
     pub run_limit: Duration,
@@ -253,6 +259,8 @@ impl Profile {
                 ping_for: Duration::from_millis(300),
                 idle_limit: Duration::from_secs(30),
                 chaos_for: Duration::from_secs(3),
+                cluster_hold: 40,
+                cluster_rate: 200,
                 run_limit: Duration::from_secs(30),
             },
             Profile::Quick => Numbers {
@@ -277,6 +285,8 @@ impl Profile {
                 ping_for: Duration::from_secs(1),
                 idle_limit: Duration::from_secs(300),
                 chaos_for: Duration::from_secs(30),
+                cluster_hold: 4000,
+                cluster_rate: TARGET_RATE,
                 run_limit: Duration::from_secs(60),
             },
             Profile::Full => Numbers {
@@ -300,6 +310,8 @@ impl Profile {
                 ping_for: Duration::from_secs(2),
                 idle_limit: Duration::from_secs(300),
                 chaos_for: Duration::from_secs(180),
+                cluster_hold: 75_000,
+                cluster_rate: TARGET_RATE,
                 run_limit: Duration::from_secs(120),
             },
         }
@@ -312,6 +324,9 @@ impl Profile {
 pub enum Part {
     /// `tester chaos` against stage 5 with logging on.
     Chaos,
+    /// Stage 7's nodes through a Redis of the benchmark's own: the wall of
+    /// idle connections and the cost of the bus.
+    Cluster,
 }
 
 /// The seed of the chaos run: the same faults in the same order every time,

@@ -44,7 +44,13 @@ impl Server {
     /// Start `bin -q FLAGS 127.0.0.1:0` on `cpu` and wait for its
     /// `listening on` line.
     pub fn start(bin: &Path, flags: &[&str], cpu: Option<usize>) -> Result<Server> {
-        Server::spawn(bin, flags, cpu, None)
+        Server::spawn(bin, flags, cpu, None, None)
+    }
+
+    /// Start `bin -q FLAGS ADDR` on `cpu`: a server that shares a port
+    /// another one already listens on (`--reuseport`).
+    pub fn start_on(bin: &Path, flags: &[&str], addr: &str, cpu: Option<usize>) -> Result<Server> {
+        Server::spawn(bin, flags, cpu, None, Some(addr))
     }
 
     /// Start `bin FLAGS 127.0.0.1:0` with logging on (no `-q`), its stderr
@@ -55,13 +61,22 @@ impl Server {
         cpu: Option<usize>,
         log: &Path,
     ) -> Result<Server> {
-        Server::spawn(bin, flags, cpu, Some(log))
+        Server::spawn(bin, flags, cpu, Some(log), None)
     }
 
-    fn spawn(bin: &Path, flags: &[&str], cpu: Option<usize>, log: Option<&Path>) -> Result<Server> {
+    fn spawn(
+        bin: &Path,
+        flags: &[&str],
+        cpu: Option<usize>,
+        log: Option<&Path>,
+        addr: Option<&str>,
+    ) -> Result<Server> {
         let mut command = Command::new(bin);
         pin(&mut command, cpu);
         let mut args = server_args(flags);
+        if let Some(addr) = addr {
+            *args.last_mut().expect("an address") = addr;
+        }
         let stderr_to = match log {
             Some(path) => {
                 args.retain(|&a| a != "-q");
@@ -128,14 +143,7 @@ impl Server {
     /// CPU time so far, in user space and in the kernel apart, in seconds.
     /// Counted in clock ticks (10 ms here), so a short run's split is rough.
     pub fn cpu_split(&self) -> Option<(f64, f64)> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // The fields after the command name (which may hold spaces) start
-        // with the state, field 3; utime and stime are fields 14 and 15.
-        let after_name = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let tick = |i: usize| fields.get(i)?.parse::<u64>().ok();
-        let per_second = sysconf(SysconfVar::CLK_TCK).ok()?? as f64;
-        Some((tick(11)? as f64 / per_second, tick(12)? as f64 / per_second))
+        cpu_split_of(self.pid())
     }
 
     /// If the server has exited: how, and the end of what it wrote to stderr.
@@ -157,6 +165,29 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time process `pid` has used so far, in user space and in the kernel
+/// apart, in seconds.
+pub fn cpu_split_of(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) start
+    // with the state, field 3; utime and stime are fields 14 and 15.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    let per_second = sysconf(SysconfVar::CLK_TCK).ok()?? as f64;
+    Some((tick(11)? as f64 / per_second, tick(12)? as f64 / per_second))
+}
+
+/// Process `pid`'s resident memory now (VmRSS), in bytes.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    proc_field(&format!("/proc/{pid}/status"), "VmRSS").and_then(|v| kib(&v))
+}
+
+/// How many descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
 /// Whether process `pid` is still running: it exists and is not a zombie

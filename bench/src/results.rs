@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cluster::{ClusterFigures, Setup};
 use crate::machine::{Commit, Machine};
 use crate::noise::Noise;
 use crate::plan::Profile;
@@ -89,6 +90,18 @@ pub enum Test {
     Chaos {
         seconds: u64,
     },
+    /// `tester hold` against `nodes` stage 7 nodes sharing one port
+    /// (`--reuseport`), joined through one Redis.
+    ClusterHold {
+        nodes: u32,
+        connections: u64,
+    },
+    /// `tester chat` paced at `rate` sends/s against one `setup` of stage 7.
+    ClusterChat {
+        setup: Setup,
+        clients: u32,
+        rate: u64,
+    },
 }
 
 /// One tester run against a freshly started server.
@@ -126,6 +139,10 @@ pub struct Measurement {
     /// started and the machine's load around the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunInfo>,
+    /// Cluster runs: each node's figures and Redis's, or why the part was
+    /// skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterFigures>,
 }
 
 /// A server's log: the file (under the benchmark's output folder) and its
@@ -156,6 +173,31 @@ pub struct RunInfo {
 }
 
 impl Measurement {
+    /// A run of `test` against `server`, nothing measured yet.
+    pub fn new(server: &str, command: String, test: Test) -> Measurement {
+        Measurement {
+            server: server.into(),
+            command,
+            test,
+            tester: None,
+            server_peak_rss: None,
+            server_cpu_s: None,
+            server_user_cpu_s: None,
+            time_wait_before: None,
+            noise: None,
+            error: None,
+            server_log: None,
+            run: None,
+            cluster: None,
+        }
+    }
+
+    /// Whether the run did not happen, for a stated reason (the cluster
+    /// part without redis-server): no figure, and no failure either.
+    pub fn skipped(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.skipped.is_some())
+    }
+
     /// Server CPU time per `figure` (`/delivered`, `/connections`), in ns.
     pub fn cpu_ns_per(&self, pointer: &str) -> Option<f64> {
         let n = self.figure(pointer).filter(|&n| n > 0.0)?;

@@ -19,7 +19,7 @@ pub fn render(r: &Results) -> String {
          mark the parts the Measuring chapter includes. -->\n",
         r.command
     );
-    let sections: [(&str, Section); 15] = [
+    let sections: [(&str, Section); 16] = [
         ("setup", setup),
         ("targets", targets),
         ("connect", connect),
@@ -31,6 +31,7 @@ pub fn render(r: &Results) -> String {
         ("chat_paced", chat_paced),
         ("join", join),
         ("chaos", chaos),
+        ("cluster", cluster),
         ("failures", failures),
         ("noise", noise),
         ("machine", machine),
@@ -78,6 +79,8 @@ fn plan(out: &mut String, r: &Results) {
         "join",
         "ping-pong",
         "chaos",
+        "cluster hold",
+        "cluster chat",
     ];
     for kind in kinds {
         let runs: Vec<&Measurement> = r
@@ -119,6 +122,20 @@ fn plan(out: &mut String, r: &Results) {
                 Test::Chaos { seconds } => {
                     format!("{seconds} s of faults around checked clients, logging on")
                 }
+                Test::ClusterHold { nodes, connections } => format!(
+                    "{} connections over {nodes} nodes",
+                    count(connections as f64)
+                ),
+                Test::ClusterChat {
+                    setup,
+                    clients,
+                    rate,
+                } => format!(
+                    "{}: {} clients at {} sends/s",
+                    setup.label(),
+                    count(f64::from(clients)),
+                    count(rate as f64)
+                ),
             };
             if !sizes.contains(&size) {
                 sizes.push(size);
@@ -172,6 +189,8 @@ fn test_kind(test: &Test) -> &'static str {
         Test::Join { .. } => "join",
         Test::PingPong { .. } => "ping-pong",
         Test::Chaos { .. } => "chaos",
+        Test::ClusterHold { .. } => "cluster hold",
+        Test::ClusterChat { .. } => "cluster chat",
     }
 }
 
@@ -633,6 +652,107 @@ fn join(out: &mut String, r: &Results) {
             figure(Some(m), "/open_at_end", count),
             figure(Some(m), "/server_rss_after", mib),
             m.server_peak_rss.map_or("—".into(), |b| mib(b as f64)),
+        );
+    }
+    out.push('\n');
+}
+
+/// The cluster part: the wall (each node's connections and memory, and
+/// Redis's), then the chat setups side by side.
+fn cluster(out: &mut String, r: &Results) {
+    let runs: Vec<&Measurement> = r
+        .measurements
+        .iter()
+        .filter(|m| matches!(m.test, Test::ClusterHold { .. } | Test::ClusterChat { .. }))
+        .collect();
+    let Some(first) = runs.first() else {
+        out.push_str("No cluster runs in these results.\n\n");
+        return;
+    };
+    if let Some(why) = first.cluster.as_ref().and_then(|c| c.skipped.as_ref()) {
+        let _ = writeln!(out, "The cluster part was skipped: {why}.\n");
+        return;
+    }
+    if let Some(command) = first.run.as_ref().map(|run| &run.bench_command) {
+        let load = |l: &Option<String>| l.clone().unwrap_or_else(|| "unknown".into());
+        let last = runs.last().and_then(|m| m.run.as_ref());
+        let _ = writeln!(
+            out,
+            "Measured with `{command}`; load average {} before, {} after.\n",
+            load(&first.run.as_ref().unwrap().load_before),
+            load(&last.and_then(|run| run.load_after.clone()))
+        );
+    }
+    for m in runs
+        .iter()
+        .filter(|m| matches!(m.test, Test::ClusterHold { .. }))
+    {
+        let Test::ClusterHold { nodes, connections } = m.test else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "`{}`: {} of {} connections held by {nodes} nodes on one port.\n",
+            m.what(),
+            figure(Some(m), "/open_at_end", count),
+            count(connections as f64)
+        );
+        out.push_str(
+            "| node | held | RSS before | RSS holding | bytes per connection |\n\
+             | --- | --- | --- | --- | --- |\n",
+        );
+        let Some(c) = &m.cluster else { continue };
+        let bytes = |v: Option<u64>| v.map_or("—".into(), |b| mib(b as f64));
+        for (i, n) in c.nodes.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                i + 1,
+                n.held.map_or("—".into(), |h| count(h as f64)),
+                bytes(n.rss_before),
+                bytes(n.rss_held),
+                n.bytes_per_connection()
+                    .map_or("—".into(), |b| format!("{b:.0}"))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| Redis | | {} | {} | |\n",
+            bytes(c.redis_rss_before),
+            bytes(c.redis_rss_after)
+        );
+        if let Some(err) = &m.error {
+            let _ = writeln!(out, "**The run failed**: {}\n", cell(err));
+        }
+    }
+    out.push_str(
+        "| setup | sends/s | deliveries/s | server CPU per delivery | Redis CPU per delivery \
+         | p99 latency |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for m in runs
+        .iter()
+        .filter(|m| matches!(m.test, Test::ClusterChat { .. }))
+    {
+        let Test::ClusterChat { setup, .. } = m.test else {
+            continue;
+        };
+        let delivered = m.figure("/delivered").filter(|&n| n > 0.0);
+        let redis = m
+            .cluster
+            .as_ref()
+            .and_then(|c| c.redis_cpu_s)
+            .filter(|&s| s > 0.0)
+            .zip(delivered)
+            .map_or("—".into(), |(s, n)| nanos(s * 1e9 / n));
+        let failed = if m.error.is_some() { " (failed)" } else { "" };
+        let _ = writeln!(
+            out,
+            "| {}{failed} | {} | {} | {} | {redis} | {} |",
+            setup.label(),
+            figure(Some(m), "/send_rate", count),
+            figure(Some(m), "/deliveries_per_s", count),
+            m.cpu_ns_per("/delivered").map_or("—".into(), nanos),
+            figure(Some(m), "/latency/p99_us", micros)
         );
     }
     out.push('\n');

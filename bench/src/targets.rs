@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{CLUSTER, Setup};
 use crate::plan::{Numbers, STAGE5, STAGE5_NOTICES_OFF, TARGET_RATE, TOKIO};
 use crate::results::{Measurement, Test, median};
 use crate::table::count;
@@ -13,6 +14,8 @@ pub const RSS_BUDGET: u64 = 64 << 20;
 pub const BYTES_PER_CONNECTION: f64 = 256.0;
 /// The p99 delivery latency allowed at the target rate.
 pub const P99_US: f64 = 2000.0;
+/// The p99 delivery latency allowed across two stage 7 nodes.
+pub const CLUSTER_P99_US: f64 = 5000.0;
 /// Stage 5's fan-out must be this many times tokio-chat's.
 pub const FANOUT_FACTOR: f64 = 2.0;
 /// Stage 5's connections/s must be at least this share of the fastest server's.
@@ -50,7 +53,116 @@ pub fn evaluate(ms: &[Measurement], numbers: &Numbers) -> Vec<Target> {
         join_rss(ms, numbers),
         connect(ms, connect_c),
         chaos(ms),
+        cluster_idle_bytes(ms),
+        cluster_p99(ms),
     ]
+}
+
+/// The cluster part's targets' keys.
+pub const CLUSTER_TARGETS: [&str; 2] = ["cluster_idle_bytes", "cluster_p99"];
+
+/// A cluster target whose run was skipped (no Redis): not measured, with why.
+fn cluster_skipped(key: &str, goal: &str, needs: &str, run: &Measurement) -> Option<Target> {
+    let why = run.cluster.as_ref()?.skipped.as_ref()?;
+    Some(Target {
+        key: key.into(),
+        goal: goal.into(),
+        measured: format!("skipped: {why}"),
+        ratio: None,
+        needs: needs.into(),
+        met: None,
+    })
+}
+
+fn cluster_idle_bytes(ms: &[Measurement]) -> Target {
+    let run = find(ms, CLUSTER, |t| matches!(t, Test::ClusterHold { .. }));
+    let goal = format!(
+        "stage 7, four nodes on one port: bytes per idle connection ≤ {BYTES_PER_CONNECTION} \
+         on every node"
+    );
+    let key = CLUSTER_TARGETS[0];
+    if let Some(t) = unmeasured(key, goal.clone(), "≤ 1", &[run]) {
+        return t;
+    }
+    let run = run.unwrap();
+    if let Some(t) = cluster_skipped(key, &goal, "≤ 1", run) {
+        return t;
+    }
+    let Test::ClusterHold { connections, .. } = run.test else {
+        unreachable!("found by its test")
+    };
+    let nodes = run.cluster.as_ref().map_or(&[][..], |c| &c.nodes[..]);
+    let worst = nodes
+        .iter()
+        .map(|n| n.bytes_per_connection().unwrap_or(f64::INFINITY))
+        .fold(f64::NAN, f64::max);
+    let held: u64 = nodes.iter().filter_map(|n| n.held).sum();
+    let open = run.figure("/open_at_end").unwrap_or(0.0);
+    Target {
+        key: key.into(),
+        goal,
+        measured: format!(
+            "at most {worst:.0} bytes per connection on a node; {} of {} held",
+            count(open),
+            count(connections as f64)
+        ),
+        ratio: Some(worst / BYTES_PER_CONNECTION),
+        needs: "≤ 1".into(),
+        met: Some(
+            worst <= BYTES_PER_CONNECTION && open as u64 == connections && held >= connections,
+        ),
+    }
+}
+
+fn cluster_p99(ms: &[Measurement]) -> Target {
+    let run = find(ms, CLUSTER, |t| {
+        matches!(
+            t,
+            Test::ClusterChat {
+                setup: Setup::TwoNodes,
+                ..
+            }
+        )
+    });
+    let goal = "stage 7, two nodes, clients split: p99 delivery latency ≤ 5 ms".to_string();
+    let key = CLUSTER_TARGETS[1];
+    if let Some(t) = unmeasured(key, goal.clone(), "≤ 1", &[run]) {
+        return t;
+    }
+    let run = run.unwrap();
+    if let Some(t) = cluster_skipped(key, &goal, "≤ 1", run) {
+        return t;
+    }
+    paced_p99(key.into(), goal, run, CLUSTER_P99_US)
+}
+
+/// A latency target: the run's p99 at most `limit_us`, at the rate it was
+/// asked to keep.
+fn paced_p99(key: String, goal: String, run: &Measurement, limit_us: f64) -> Target {
+    let p99 = run.figure("/latency/p99_us").unwrap_or(f64::INFINITY);
+    let achieved = run.figure("/send_rate").unwrap_or(0.0);
+    let rate_met = run
+        .tester
+        .as_ref()
+        .and_then(|j| j.get("rate_met"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    Target {
+        key,
+        goal,
+        measured: format!(
+            "p99 {:.3} ms at {achieved:.0} sends/s achieved{}",
+            p99 / 1000.0,
+            if rate_met {
+                ""
+            } else {
+                " (below the asked rate)"
+            }
+        ),
+        ratio: Some(p99 / limit_us),
+        needs: "≤ 1".into(),
+        met: Some(p99 <= limit_us && rate_met),
+    }
 }
 
 /// The chaos target's key.
@@ -157,30 +269,7 @@ fn latency(ms: &[Measurement], clients: u32, rate: u64) -> Target {
         return t;
     }
     let run = run.unwrap();
-    let p99 = run.figure("/latency/p99_us").unwrap_or(f64::INFINITY);
-    let achieved = run.figure("/send_rate").unwrap_or(0.0);
-    let rate_met = run
-        .tester
-        .as_ref()
-        .and_then(|j| j.get("rate_met"))
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    Target {
-        key: "latency".into(),
-        goal,
-        measured: format!(
-            "p99 {:.3} ms at {achieved:.0} sends/s achieved{}",
-            p99 / 1000.0,
-            if rate_met {
-                ""
-            } else {
-                " (below the asked rate)"
-            }
-        ),
-        ratio: Some(p99 / P99_US),
-        needs: "≤ 1".into(),
-        met: Some(p99 <= P99_US && rate_met),
-    }
+    paced_p99("latency".into(), goal, run, P99_US)
 }
 
 fn idle_bytes(ms: &[Measurement]) -> Target {

@@ -1,0 +1,103 @@
+//! A `redis-server` of the benchmark's own for one cluster run: a free
+//! loopback port, no persistence, killed by its PID when done.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::pin::pin;
+use crate::process::{cpu_split_of, rss_of};
+
+/// The program, as Debian installs it (on the PATH).
+pub const REDIS_SERVER: &str = "redis-server";
+
+/// How long Redis may take to answer its first PING.
+const START_LIMIT: Duration = Duration::from_secs(10);
+
+/// Whether `redis-server` can be run here.
+pub fn installed() -> bool {
+    Command::new(REDIS_SERVER)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A running `redis-server`; killed (SIGKILL to its PID) and reaped on drop.
+pub struct Redis {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Redis {
+    /// Start one on a free loopback port, on `cpu`, and wait until it
+    /// answers PING.
+    pub fn start(cpu: Option<usize>) -> Result<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free port for redis-server")?
+            .port();
+        let mut command = Command::new(REDIS_SERVER);
+        pin(&mut command, cpu);
+        let child = command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {REDIS_SERVER}"))?;
+        let redis = Redis {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let started = Instant::now();
+        while !redis.answers() {
+            if started.elapsed() > START_LIMIT {
+                bail!("redis-server on port {port} did not answer PING within 10 s");
+            }
+            // Polling a process that gives no other sign it is ready.
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(redis)
+    }
+
+    /// Whether it answers PING with +PONG.
+    fn answers(&self) -> bool {
+        let limit = Duration::from_secs(1);
+        let Ok(mut stream) = TcpStream::connect_timeout(&self.addr, limit) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(limit));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident memory now (VmRSS), bytes.
+    pub fn rss(&self) -> Option<u64> {
+        rss_of(self.pid())
+    }
+
+    /// CPU time it has used so far (user + system), seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_split_of(self.pid()).map(|(user, system)| user + system)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
