@@ -18,6 +18,17 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
+// ANCHOR: log
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+// ANCHOR_END: log
+
 const USAGE: &str = "\
 usage: stage1-tcp-server [-q] [ADDR]
 
@@ -57,7 +68,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            log!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -73,7 +84,7 @@ fn parse_args() -> Args {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
@@ -92,7 +103,7 @@ fn parse_args() -> Args {
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{USAGE}");
+    log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
 
@@ -128,7 +139,7 @@ fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
     // Scripts and tests wait for this line, so it goes out at once.
-    println!("listening on {local}");
+    writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
     io::stdout().flush()?;
 
     loop {
@@ -141,7 +152,7 @@ fn run(args: &Args) -> Result<()> {
             // One connection's failure (EPROTO, ENETDOWN, ...) or a shortage
             // (EMFILE, ENOBUFS): that client is lost, the others are not.
             Err(err) => {
-                eprintln!("cannot accept: {err:?}");
+                log!("cannot accept: {err:?}");
                 continue;
             }
         };
@@ -165,8 +176,8 @@ fn run(args: &Args) -> Result<()> {
 /// `ENOTCONN`), and the first read on its socket reports the reset.
 fn log_accepted(fd: RawFd) {
     match getpeername::<SockaddrStorage>(fd) {
-        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
-        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+        Ok(peer) => log!("accepted fd {fd} from {peer}"),
+        Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
 // ANCHOR_END: log_accepted
@@ -199,7 +210,7 @@ fn close_client(client_fd: OwnedFd, why: Closed, quiet: bool) {
     let fd = client_fd.as_raw_fd();
     drop(client_fd); // close(2)
     if !quiet {
-        eprintln!("closed fd {fd} ({why})");
+        log!("closed fd {fd} ({why})");
     }
 }
 // ANCHOR_END: close

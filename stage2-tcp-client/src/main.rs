@@ -15,6 +15,15 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 usage: stage2-tcp-client [ADDR]
 
@@ -32,7 +41,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            log!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -47,7 +56,7 @@ fn parse_args() -> Args {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             // A host name is resolved once, here, to its first address.
@@ -65,7 +74,7 @@ fn parse_args() -> Args {
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{USAGE}");
+    log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
 

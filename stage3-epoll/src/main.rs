@@ -20,6 +20,15 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 usage: stage3-epoll [-q] [ADDR]
 
@@ -59,7 +68,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            log!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -75,7 +84,7 @@ fn parse_args() -> Args {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
@@ -94,7 +103,7 @@ fn parse_args() -> Args {
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{USAGE}");
+    log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
 
@@ -130,7 +139,7 @@ fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
     // Scripts and tests wait for this line, so it goes out at once.
-    println!("listening on {local}");
+    writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
     io::stdout().flush()?;
 
     // epoll_create1(2): the kernel object that watches every socket for us.
@@ -191,7 +200,7 @@ fn accept_client(
         // (EMFILE, ENOBUFS). The listener stays ready, so with no descriptor
         // to spare this repeats at every epoll_wait: stage 4 fixes the spin.
         Err(err) => {
-            eprintln!("cannot accept: {err:?}");
+            log!("cannot accept: {err:?}");
             return;
         }
     };
@@ -214,8 +223,8 @@ fn accept_client(
 /// `ENOTCONN`), and the first read on its socket reports the reset.
 fn log_accepted(fd: RawFd) {
     match getpeername::<SockaddrStorage>(fd) {
-        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
-        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+        Ok(peer) => log!("accepted fd {fd} from {peer}"),
+        Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
 // ANCHOR_END: log_accepted
@@ -251,7 +260,7 @@ fn close_client(
         let _ = epoll.delete(&client_fd);
         drop(client_fd); // close(2)
         if !quiet {
-            eprintln!("closed fd {fd} ({why})");
+            log!("closed fd {fd} ({why})");
         }
     }
 }

@@ -22,6 +22,15 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 usage: stage4-edge-triggered [-q] [ADDR]
 
@@ -78,7 +87,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            log!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -94,7 +103,7 @@ fn parse_args() -> Args {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
@@ -113,7 +122,7 @@ fn parse_args() -> Args {
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{USAGE}");
+    log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
 
@@ -152,7 +161,7 @@ fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
     // Scripts and tests wait for this line, so it goes out at once.
-    println!("listening on {local}");
+    writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
     io::stdout().flush()?;
 
     // epoll_create1(2): the kernel object that watches every socket for us.
@@ -230,7 +239,7 @@ fn accept_clients(
             // failure (EPROTO, ...): keep serving the clients we have, and
             // come back to the queue when one of them leaves.
             Err(err) => {
-                eprintln!("cannot accept: {err:?}");
+                log!("cannot accept: {err:?}");
                 return false;
             }
         };
@@ -262,8 +271,8 @@ fn accept_clients(
 /// `ENOTCONN`), and the first read on its socket reports the reset.
 fn log_accepted(fd: RawFd) {
     match getpeername::<SockaddrStorage>(fd) {
-        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
-        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+        Ok(peer) => log!("accepted fd {fd} from {peer}"),
+        Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
 // ANCHOR_END: log_accepted
@@ -339,7 +348,7 @@ fn close_client(
         let _ = epoll.delete(&conn.fd);
         drop(conn); // close(2)
         if !quiet {
-            eprintln!("closed fd {fd} ({why})");
+            log!("closed fd {fd} ({why})");
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -259,9 +260,10 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
     fn log(&self, line: fmt::Arguments<'_>) {
         if !self.quiet {
-            eprintln!("{line}");
+            let _ = writeln!(std::io::stderr(), "{line}");
         }
     }
 

@@ -178,6 +178,27 @@ pub fn connect_close_churn(bin: &Path, probe: Probe) {
     still_serving(&mut server, probe, CHURN);
 }
 
+/// A log nobody reads: the server's stderr is a pipe whose reader has gone
+/// (a log viewer that quit, `server 2>&1 | head`), so every log line meets
+/// `EPIPE`. The server loses those lines and goes on serving everyone.
+pub fn log_reader_gone(bin: &Path, probe: Probe) {
+    let mut server = Server::start_log_unread(bin, &["127.0.0.1:0"]);
+    // The first connection's `accepted` line is the first write to the pipe.
+    probe(&mut server.connect());
+    for i in 0..RESETS {
+        let client = server.connect();
+        if i % 2 == 0 {
+            drop(client);
+        } else {
+            client.reset();
+        }
+    }
+    // Accepted after every client above, so served only once their
+    // `accepted` lines (and most `closed` ones) met the broken pipe.
+    probe(&mut server.connect());
+    server.assert_running();
+}
+
 /// One test per fault check, for the binary `$bin` and probe `$probe`;
 /// `$reply` says what a half-closed client is owed (echo servers by default).
 #[macro_export]
@@ -204,6 +225,10 @@ macro_rules! fault_checks {
             #[test]
             fn connect_close_churn() {
                 f::connect_close_churn(&$bin, $probe)
+            }
+            #[test]
+            fn log_reader_gone() {
+                f::log_reader_gone(&$bin, $probe)
             }
         }
     };

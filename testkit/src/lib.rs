@@ -81,14 +81,20 @@ struct LogState {
     closed: bool,
 }
 
-type Log = Arc<(Mutex<LogState>, Condvar)>;
+type LogText = Arc<(Mutex<LogState>, Condvar)>;
+
+/// Whether a test reads the server's stderr.
+enum Log {
+    Read,
+    Unread,
+}
 
 /// A running server, killed (and reaped) when dropped.
 pub struct Server {
     child: Child,
     /// The address from its `listening on` line.
     pub addr: SocketAddr,
-    stderr: Log,
+    stderr: LogText,
 }
 
 impl Server {
@@ -100,7 +106,20 @@ impl Server {
     }
 
     /// Start a prepared command (for tests that set limits with `pre_exec`).
-    pub fn spawn(mut cmd: Command) -> Server {
+    pub fn spawn(cmd: Command) -> Server {
+        Server::spawn_with(cmd, Log::Read)
+    }
+
+    /// Start `bin` with `args` writing its log into a pipe that nobody
+    /// reads: the pipe's read end is closed at once, so every write to
+    /// stderr fails with `EPIPE`. [`Server::stderr`] is then always empty.
+    pub fn start_log_unread(bin: impl Into<PathBuf>, args: &[&str]) -> Server {
+        let mut cmd = Command::new(bin.into());
+        cmd.args(args);
+        Server::spawn_with(cmd, Log::Unread)
+    }
+
+    fn spawn_with(mut cmd: Command, log: Log) -> Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -108,7 +127,16 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
         let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let stderr = match log {
+            Log::Read => collect(stderr_pipe),
+            Log::Unread => {
+                drop(stderr_pipe); // the only read end: writes now fail with EPIPE
+                let text: LogText = Arc::default();
+                text.0.lock().unwrap().closed = true;
+                text
+            }
+        };
 
         // Read stdout on a thread so a silent server cannot hang the test;
         // the thread keeps draining stdout so the server never blocks on it.
@@ -381,8 +409,8 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// Collect a child's stderr on a thread, waking waiters on every chunk.
-fn collect(mut pipe: impl Read + Send + 'static) -> Log {
-    let log: Log = Arc::default();
+fn collect(mut pipe: impl Read + Send + 'static) -> LogText {
+    let log: LogText = Arc::default();
     let shared = Arc::clone(&log);
     thread::spawn(move || {
         let mut buf = [0u8; 4096];

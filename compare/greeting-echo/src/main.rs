@@ -21,6 +21,15 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 usage: greeting-echo [-q] [ADDR]
 
@@ -77,7 +86,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            log!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -93,7 +102,7 @@ fn parse_args() -> Args {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
@@ -112,7 +121,7 @@ fn parse_args() -> Args {
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{USAGE}");
+    log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
 
@@ -153,7 +162,7 @@ fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
     // Scripts and tests wait for this line, so it goes out at once.
-    println!("listening on {local}");
+    writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
     io::stdout().flush()?;
 
     // epoll_create1(2): the kernel object that watches every socket for us.
@@ -229,7 +238,7 @@ fn accept_clients(
             // failure (EPROTO, ...): keep serving the clients we have, and
             // come back to the queue when one of them leaves.
             Err(err) => {
-                eprintln!("cannot accept: {err:?}");
+                log!("cannot accept: {err:?}");
                 return false;
             }
         };
@@ -268,8 +277,8 @@ fn greet(epoll: &Epoll, conn: &mut Connection) -> nix::Result<()> {
 /// `ENOTCONN`), and the first read on its socket reports the reset.
 fn log_accepted(fd: RawFd) {
     match getpeername::<SockaddrStorage>(fd) {
-        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
-        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+        Ok(peer) => log!("accepted fd {fd} from {peer}"),
+        Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
 
@@ -339,7 +348,7 @@ fn close_client(
         let _ = epoll.delete(&conn.fd);
         drop(conn); // close(2)
         if !quiet {
-            eprintln!("closed fd {fd} ({why})");
+            log!("closed fd {fd} ({why})");
         }
     }
 }

@@ -24,6 +24,15 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 usage: poll-echo [-q] [ADDR]
 
@@ -61,7 +70,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            log!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -77,7 +86,7 @@ fn parse_args() -> Args {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
@@ -96,7 +105,7 @@ fn parse_args() -> Args {
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{USAGE}");
+    log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
 
@@ -129,7 +138,7 @@ fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
     // Scripts and tests wait for this line, so it goes out at once.
-    println!("listening on {local}");
+    writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
     io::stdout().flush()?;
 
     let listener = listen_fd.as_raw_fd();
@@ -187,7 +196,7 @@ fn accept_client(listen_fd: &OwnedFd, clients: &mut HashMap<RawFd, OwnedFd>, qui
         // One connection's failure (EPROTO, ENETDOWN, ...) or a shortage
         // (EMFILE, ENOBUFS): as in stage 3, logged, and the server goes on.
         Err(err) => {
-            eprintln!("cannot accept: {err:?}");
+            log!("cannot accept: {err:?}");
             return;
         }
     };
@@ -195,10 +204,10 @@ fn accept_client(listen_fd: &OwnedFd, clients: &mut HashMap<RawFd, OwnedFd>, qui
     let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if !quiet {
         match getpeername::<SockaddrStorage>(fd) {
-            Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
+            Ok(peer) => log!("accepted fd {fd} from {peer}"),
             // Reset while it waited in the accept queue: its first read
             // reports the reset and closes it.
-            Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+            Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
         }
     }
     clients.insert(fd, client_fd);
@@ -225,7 +234,7 @@ fn close_client(clients: &mut HashMap<RawFd, OwnedFd>, fd: RawFd, why: Closed, q
     if let Some(client_fd) = clients.remove(&fd) {
         drop(client_fd); // close(2)
         if !quiet {
-            eprintln!("closed fd {fd} ({why})");
+            log!("closed fd {fd} ({why})");
         }
     }
 }

@@ -29,6 +29,15 @@ use nix::sys::socket::{
     sockopt,
 };
 
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 usage: threads-echo [-q] [--max-clients N] [ADDR]
 
@@ -100,7 +109,7 @@ fn errno_name(err: &io::Error) -> String {
 /// reuses the fd number is always logged after this one's end.
 fn log_closed(fd: i32, why: Closed, quiet: bool) {
     if !quiet {
-        eprintln!("closed fd {fd} ({why})");
+        log!("closed fd {fd} ({why})");
     }
 }
 
@@ -109,7 +118,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            log!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -127,7 +136,7 @@ fn parse_args() -> Args {
     while let Some(arg) = argv.next() {
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
@@ -164,7 +173,7 @@ fn default_max_clients() -> usize {
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{USAGE}");
+    log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
 
@@ -204,7 +213,8 @@ fn run(args: &Args) -> Result<()> {
     raise_fd_limit()?;
     let listener = listen_on(args.addr)?;
     // Scripts and tests wait for this line, so it goes out at once.
-    println!("listening on {}", listener.local_addr()?);
+    writeln!(io::stdout(), "listening on {}", listener.local_addr()?)
+        .context("cannot write to stdout")?;
     io::stdout().flush()?;
 
     // Client threads alive now: counted up here, down by each thread as it ends.
@@ -216,7 +226,7 @@ fn run(args: &Args) -> Result<()> {
                 // Nothing can be accepted until a client leaves; retrying at
                 // once would spin, so wait a little.
                 if !args.quiet {
-                    eprintln!("accept: {err}");
+                    log!("accept: {err}");
                 }
                 thread::sleep(Duration::from_millis(10));
                 continue;
@@ -226,7 +236,7 @@ fn run(args: &Args) -> Result<()> {
         };
         let fd = stream.as_raw_fd();
         if !args.quiet {
-            eprintln!("accepted fd {fd} from {peer}");
+            log!("accepted fd {fd} from {peer}");
         }
         let quiet = args.quiet;
         // Only this loop counts up, so the check and the increment cannot race.

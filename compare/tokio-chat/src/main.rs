@@ -28,6 +28,15 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc};
 
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 usage: tokio-chat [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
                   [--announce-limit N] [ADDR]
@@ -66,7 +75,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the tokio runtime: {err}");
+            log!("error: cannot start the tokio runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -77,7 +86,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            log!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -104,7 +113,7 @@ fn parse_args() -> Args {
         };
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
@@ -127,7 +136,7 @@ fn parse_args() -> Args {
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{USAGE}");
+    log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
 
@@ -166,7 +175,8 @@ async fn run(args: Arc<Args>) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     // Scripts and tests wait for this line, so it goes out at once.
-    println!("listening on {}", listener.local_addr()?);
+    writeln!(io::stdout(), "listening on {}", listener.local_addr()?)
+        .context("cannot write to stdout")?;
     io::stdout().flush()?;
 
     let chat = Arc::new(Mutex::new(Registry::new(&args)));
@@ -188,7 +198,7 @@ async fn run(args: Arc<Args>) -> Result<()> {
                     // Nothing can be accepted until a client leaves;
                     // retrying at once would spin, so wait a little.
                     if !args.quiet {
-                        eprintln!("accept: {err}");
+                        log!("accept: {err}");
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -424,7 +434,7 @@ async fn connection(
 ) {
     let fd = stream.as_raw_fd();
     if !args.quiet {
-        eprintln!("accepted fd {fd} from {peer}");
+        log!("accepted fd {fd} from {peer}");
     }
     // Chat lines are small: send each batch at once instead of waiting to
     // coalesce it with the next one (Nagle's algorithm).
@@ -435,7 +445,7 @@ async fn connection(
     // Logged before the close, so a new connection that reuses the fd
     // number is always logged after this one's end.
     if !args.quiet {
-        eprintln!("closed fd {fd} ({why})");
+        log!("closed fd {fd} ({why})");
     }
     drop(stream); // close(2)
 }

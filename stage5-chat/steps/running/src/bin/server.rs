@@ -29,6 +29,15 @@ use nix::unistd::read;
 use stage5b_running::clients::{Client, Clients, NickError, Phase, Why, sanitize};
 use stage5b_running::framer::{LineTooLong, split_lines};
 
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 /// What `/help` sends: the commands, one short line each.
 const HELP: [&str; 4] = [
     "* /nick NAME  take the name NAME (1-32 of A-Z a-z 0-9 _ -)",
@@ -90,7 +99,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            log!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -117,7 +126,7 @@ fn parse_args() -> Args {
         };
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
@@ -140,7 +149,7 @@ fn parse_args() -> Args {
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{USAGE}");
+    log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
 
@@ -208,8 +217,8 @@ fn watch_signals() -> Result<SignalFd> {
 /// `ENOTCONN`), and the first read on its socket reports the reset.
 fn log_accepted(fd: RawFd) {
     match getpeername::<SockaddrStorage>(fd) {
-        Ok(peer) => eprintln!("accepted fd {fd} from {peer}"),
-        Err(err) => eprintln!("accepted fd {fd} (getpeername: {err:?})"),
+        Ok(peer) => log!("accepted fd {fd} from {peer}"),
+        Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
 // ANCHOR_END: log_accepted
@@ -271,7 +280,7 @@ fn run(args: &Args) -> Result<()> {
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
     // Scripts and tests wait for this line, so it goes out at once, and
     // only once the server is ready to serve.
-    println!("listening on {local}");
+    writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
     io::stdout().flush()?;
 
     let mut server = Server::new(args.clone(), epoll, listen_fd);
@@ -782,7 +791,7 @@ impl Server {
     /// One line of the connection log on stderr, unless `-q`.
     fn log(&self, line: std::fmt::Arguments<'_>) {
         if !self.args.quiet {
-            eprintln!("{line}");
+            log!("{line}");
         }
     }
 }
