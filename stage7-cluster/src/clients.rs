@@ -211,6 +211,19 @@ pub enum NickError {
     Taken,
 }
 
+impl NickError {
+    /// What the client that asked for `name` is told, whether this node or
+    /// Redis refused it.
+    pub fn reply(&self, name: &[u8]) -> Vec<u8> {
+        match self {
+            NickError::Invalid => {
+                b"* error: a name is 1-32 of the characters A-Z a-z 0-9 _ -".to_vec()
+            }
+            NickError::Taken => [b"* error: the name ", name, b" is taken"].concat(),
+        }
+    }
+}
+
 /// Every connection, by fd.
 #[derive(Default)]
 pub struct Clients {
@@ -372,11 +385,7 @@ impl Clients {
 
     /// `/nick`: rename the client `fd` to `new`; returns the old name.
     pub fn rename(&mut self, fd: RawFd, new: &[u8]) -> Result<Rc<str>, NickError> {
-        let new = valid_name(new).ok_or(NickError::Invalid)?;
-        if self.is_taken(new) {
-            return Err(NickError::Taken);
-        }
-        let new: Rc<str> = new.into();
+        let new: Rc<str> = self.check_name(new)?.into();
         let client = self
             .get_mut(fd)
             .filter(|c| c.phase == Phase::Online)
@@ -387,9 +396,22 @@ impl Clients {
         Ok(old)
     }
 
-    /// Whether a client in the chat has this name.
-    pub fn is_taken(&self, name: &str) -> bool {
-        self.names.contains_key(name)
+    /// `name` as a `&str` if a client may take it here: 1-32 of
+    /// `A-Za-z0-9_-`, and no client in the chat has it.
+    pub fn check_name<'a>(&self, name: &'a [u8]) -> Result<&'a str, NickError> {
+        let valid = (1..=32).contains(&name.len())
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        // Valid names are ASCII, so this cannot fail.
+        let name = std::str::from_utf8(name)
+            .ok()
+            .filter(|_| valid)
+            .ok_or(NickError::Invalid)?;
+        if self.names.contains_key(name) {
+            return Err(NickError::Taken);
+        }
+        Ok(name)
     }
 
     // ANCHOR: enqueue
@@ -475,16 +497,6 @@ impl Clients {
         self.get(fd)
             .is_some_and(|c| c.phase == Phase::Online && c.queue.bytes() > self.max_queue)
     }
-}
-
-/// `name` if it is 1-32 of `A-Za-z0-9_-`.
-pub fn valid_name(name: &[u8]) -> Option<&str> {
-    let valid = (1..=32).contains(&name.len())
-        && name
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    // Valid names are ASCII, so this cannot fail.
-    std::str::from_utf8(name).ok().filter(|_| valid)
 }
 
 // ANCHOR: sanitize

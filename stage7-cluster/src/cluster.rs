@@ -16,7 +16,7 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::unistd::read;
 
-use crate::clients::{Clients, sanitize};
+use crate::clients::{Clients, NickError, sanitize};
 use crate::redis::{self, Link, State, Value};
 
 /// The event data of the two Redis connections and the timer.
@@ -755,7 +755,7 @@ impl Cluster {
                     return;
                 };
                 if taken {
-                    clients.queue_line(fd, format!("* error: the name {name} is taken"));
+                    clients.queue_line(fd, NickError::Taken.reply(name.as_bytes()));
                 } else if let Ok(old) = clients.rename(fd, name.as_bytes()) {
                     self.free_name(&self.node.clone(), number, &old);
                     let notice = format!("* {old} is now {name}");

@@ -27,7 +27,7 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage7_cluster::clients::{Client, Clients, NickError, Phase, Why, sanitize};
+use stage7_cluster::clients::{Client, Clients, Phase, Why, sanitize};
 use stage7_cluster::cluster::{self, Cluster, Done};
 use stage7_cluster::framer::{LineTooLong, split_lines};
 
@@ -702,10 +702,7 @@ impl Server {
                         .broadcast(format!("* {old} is now {new}"), None);
                     return ControlFlow::Continue(());
                 }
-                Err(NickError::Invalid) => {
-                    b"* error: a name is 1-32 of the characters A-Z a-z 0-9 _ -".to_vec()
-                }
-                Err(NickError::Taken) => [b"* error: the name ", arg, b" is taken"].concat(),
+                Err(err) => err.reply(arg),
             },
             b"who" if self.cluster.is_some() => {
                 let number = self.clients.get(fd).map_or(0, Client::id);
@@ -943,16 +940,8 @@ impl Server {
         let Some(cluster) = &mut self.cluster else {
             return Ok(());
         };
-        let taken = |name: &[u8]| [b"* error: the name ", name, b" is taken"].concat();
-        let name = match stage7_cluster::clients::valid_name(arg) {
-            Some(name) => name,
-            None => {
-                return Err(b"* error: a name is 1-32 of the characters A-Z a-z 0-9 _ -".to_vec());
-            }
-        };
-        if self.clients.is_taken(name) {
-            return Err(taken(arg));
-        }
+        // Free here first: a name a local client has needs no round trip.
+        let name = self.clients.check_name(arg).map_err(|err| err.reply(arg))?;
         let number = self.clients.get(fd).map_or(0, Client::id);
         cluster
             .nick(fd, number, name)
