@@ -256,17 +256,36 @@ fn p99(r: &Results) -> Vec<Line> {
             }
         }
         for load in loads {
-            let points = runs
+            let at_load: Vec<&Measurement> = runs
                 .iter()
-                .filter(|m| m.error.is_none())
-                .filter_map(|m| {
-                    let Test::Chat { clients, rate, .. } = m.test else {
-                        return None;
-                    };
-                    if !close(rate * u64::from(clients), load) {
-                        return None;
-                    }
-                    Some((f64::from(clients), m.figure("/latency/p99_us")? / 1000.0))
+                .copied()
+                .filter(|m| {
+                    matches!(m.test, Test::Chat { clients, rate, .. }
+                        if close(rate * u64::from(clients), load))
+                })
+                .collect();
+            let mut counts: Vec<u32> = at_load
+                .iter()
+                .filter_map(|m| match m.test {
+                    Test::Chat { clients, .. } => Some(clients),
+                    _ => None,
+                })
+                .collect();
+            counts.sort_unstable();
+            counts.dedup();
+            // The median where a client count has several runs.
+            let points = counts
+                .into_iter()
+                .filter_map(|n| {
+                    let at: Vec<&Measurement> = at_load
+                        .iter()
+                        .copied()
+                        .filter(|m| matches!(m.test, Test::Chat { clients, .. } if clients == n))
+                        .collect();
+                    Some((
+                        f64::from(n),
+                        median(&at, |m| m.figure("/latency/p99_us"))? / 1000.0,
+                    ))
                 })
                 .collect();
             // What is held constant across client counts: deliveries a

@@ -124,6 +124,22 @@ pub fn run_all(
             }
         }
     }
+    // The latency target's paced run, again, alternating the chat servers
+    // the same way: its first run is among each server's tests below.
+    let rate = numbers.scaled_rate(numbers.target_rate(), clients);
+    for round in 1..numbers.latency_rounds {
+        for (spec, bin) in &built_specs {
+            if spec.kind == Kind::Chat && !spec.connect_only {
+                let test = Test::Chat {
+                    clients,
+                    messages: numbers.paced_messages(clients, rate),
+                    rate,
+                    round,
+                };
+                measurements.push(measure(bench, spec, bin, test));
+            }
+        }
+    }
     for (spec, bin) in &built_specs {
         for test in tests_for(spec, numbers, max_connections) {
             measurements.push(measure(bench, spec, bin, test));

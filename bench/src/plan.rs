@@ -198,6 +198,11 @@ pub struct Numbers {
     /// Rounds of the unpaced run at the first client count (the fan-out
     /// target's), alternating the chat servers; the target takes the medians.
     pub fanout_rounds: u32,
+    /// Runs of the latency target's paced run (`TARGET_RATE` across the
+    /// first client count), alternating the chat servers; the target takes
+    /// the median p99. One p99 is set by the worst 1% of a few seconds, so a
+    /// single stall of the machine decides a lone run.
+    pub latency_rounds: u32,
     /// Deliveries an unpaced chat run aims at (decides `--messages`):
     /// enough for a couple of seconds at the ~10 million a second the
     /// fastest server reaches here, so start and end do not dominate.
@@ -252,6 +257,7 @@ impl Profile {
                 chat_clients: &[4, 8],
                 chat_rates: &[200],
                 fanout_rounds: 2,
+                latency_rounds: 2,
                 chat_unpaced_deliveries: 100,
                 chat_paced_for: Duration::from_millis(100),
                 join_clients: 50,
@@ -277,6 +283,7 @@ impl Profile {
                 chat_clients: &[100, 1000],
                 chat_rates: &[TARGET_RATE],
                 fanout_rounds: 3,
+                latency_rounds: 3,
                 chat_unpaced_deliveries: 20_000_000,
                 chat_paced_for: Duration::from_secs(2),
                 join_clients: 10_000,
@@ -303,6 +310,7 @@ impl Profile {
                 chat_clients: &[100, 300, 1000],
                 chat_rates: &[1000, TARGET_RATE, 10_000],
                 fanout_rounds: 5,
+                latency_rounds: 5,
                 chat_unpaced_deliveries: 40_000_000,
                 chat_paced_for: Duration::from_secs(5),
                 join_clients: 10_000,
@@ -381,6 +389,16 @@ impl Numbers {
             (self.echo_messages / u64::from(self.echo_clients.max(1))).max(1)
         } else {
             self.echo_messages
+        }
+    }
+
+    /// The latency target's rate (sends/s across the first client count):
+    /// `TARGET_RATE` where the profile runs it, else its highest paced rate.
+    pub fn target_rate(&self) -> u64 {
+        if self.chat_rates.contains(&TARGET_RATE) {
+            TARGET_RATE
+        } else {
+            *self.chat_rates.last().expect("a paced rate")
         }
     }
 

@@ -155,13 +155,17 @@ fn plan(out: &mut String, r: &Results) {
                     .map_or("?".into(), count);
                 let _ = write!(sizes, "; {} rounds of {per_run} connections", rounds.len());
             }
-            "chat unpaced" => {
+            "chat unpaced" | "chat paced" => {
                 let most = runs
                     .iter()
                     .filter(|m| matches!(m.test, Test::Chat { round, .. } if round > 0))
                     .count();
                 if most > 0 {
-                    sizes += "; the first count in rounds";
+                    sizes += if kind == "chat unpaced" {
+                        "; the first count in rounds"
+                    } else {
+                        "; the latency target's load in rounds"
+                    };
                 }
             }
             "ping-pong" => {
@@ -566,7 +570,8 @@ fn chat(out: &mut String, r: &Results, unpaced: bool) {
     } else {
         out.push_str(
             "Sends at a fixed rate across all clients, fewer per client the more clients there \
-             are, so each load is the same deliveries/s at every client count.\n\n\
+             are, so each load is the same deliveries/s at every client count. The latency \
+             target's load is run several times; its rows show the median of the runs.\n\n\
              | server | clients | sends/s | deliveries/s | p50 | p99 | server CPU per delivery |\n\
              | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
