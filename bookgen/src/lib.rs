@@ -170,6 +170,28 @@ pub fn diff_include(name: &str) -> String {
     format!("```diff\n{{{{#include diffs/stage{name}.diff}}}}\n```")
 }
 
+/// The anchors of a diff that spans several files, one per file, in the
+/// order of the diff (`server` for `src/bin/server.rs`): a chapter shows
+/// such a diff a file at a time, each with its own explanation.
+pub fn diff_anchors(diff: &str) -> Vec<&str> {
+    diff.lines()
+        .filter_map(|line| line.strip_prefix("// ANCHOR: "))
+        .collect()
+}
+
+/// What a chapter must contain to show its stage's diff `diff`: the whole
+/// file, or, when it spans several files, a block for each.
+pub fn diff_includes(name: &str, diff: &str) -> Vec<String> {
+    let anchors = diff_anchors(diff);
+    if anchors.is_empty() {
+        return vec![diff_include(name)];
+    }
+    anchors
+        .iter()
+        .map(|anchor| format!("```diff\n{{{{#include diffs/stage{name}.diff:{anchor}}}}}\n```"))
+        .collect()
+}
+
 /// Whether a stage's crate exists yet (stages land one at a time).
 pub fn is_present(root: &Path, stage: &Stage) -> bool {
     root.join(stage.dir).join("Cargo.toml").is_file()
@@ -242,7 +264,8 @@ pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
         }
     }
 
-    let mut out = String::new();
+    // Each file's diff, named by its file's stem (`server`, `clients`).
+    let mut parts: Vec<(String, String)> = Vec::new();
     for (old, new) in pairs {
         let read = |dir: &str, file: Option<&str>| -> Result<(String, String)> {
             match file {
@@ -257,7 +280,35 @@ pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
         };
         let (old_name, old_text) = read(base.dir, old)?;
         let (new_name, new_text) = read(stage.dir, new)?;
-        out.push_str(&unified_diff(&old_name, &old_text, &new_name, &new_text));
+        let diff = unified_diff(&old_name, &old_text, &new_name, &new_text);
+        if diff.is_empty() {
+            continue;
+        }
+        let file = new.or(old).unwrap_or_default();
+        let stem = Path::new(file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if parts.iter().any(|(s, _)| *s == stem) {
+            bail!(
+                "two files of stage {}'s diff are both named {stem}",
+                stage.name
+            );
+        }
+        parts.push((stem, diff));
+    }
+    let mut out = String::new();
+    // Several files: an mdBook anchor around each, so the chapter can show
+    // them one at a time.
+    let anchored = parts.len() > 1;
+    for (stem, diff) in parts {
+        if anchored {
+            let _ = writeln!(out, "// ANCHOR: {stem}");
+        }
+        out.push_str(&diff);
+        if anchored {
+            let _ = writeln!(out, "// ANCHOR_END: {stem}");
+        }
     }
     if out.is_empty() {
         let _ = writeln!(out, "# {} has the same source as {}", stage.dir, base.dir);
@@ -389,12 +440,18 @@ pub fn check_chapters(root: &Path) -> Result<Vec<String>> {
         if !summary.contains(&format!("({file})")) {
             problems.push(format!("{file} is not listed in book/src/SUMMARY.md"));
         }
-        if stage.diff.is_some() && !text.contains(&diff_include(stage.name)) {
-            problems.push(format!(
-                "{} does not show its diff: add\n{}\nthen run `{REFRESH}`",
-                chapter.display(),
-                diff_include(stage.name)
-            ));
+        if let Some(diff) = generate(root, stage)? {
+            let missing: Vec<String> = diff_includes(stage.name, &diff)
+                .into_iter()
+                .filter(|include| !text.contains(include.as_str()))
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "{} does not show its diff: add\n{}\nthen run `{REFRESH}`",
+                    chapter.display(),
+                    missing.join("\n")
+                ));
+            }
         }
     }
     Ok(problems)

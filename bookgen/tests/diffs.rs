@@ -50,7 +50,14 @@ fn anchors_are_left_out_and_renamed_files_are_compared() {
     write(root, &format!("{step}/src/bin/client.rs"), "fn main() {}\n");
 
     let diff = generate(root, stage("5a").unwrap()).unwrap().unwrap();
-    assert!(!diff.contains("ANCHOR"), "{diff}");
+    assert!(!diff.contains("ANCHOR: run"), "{diff}");
+    // Two files: each in an anchor of its own, for the chapter to show
+    // one at a time.
+    assert_eq!(bookgen::diff_anchors(&diff), ["server", "lib"], "{diff}");
+    assert!(
+        diff.starts_with("// ANCHOR: server\n--- stage4-edge-triggered/src/main.rs\n"),
+        "{diff}"
+    );
     assert!(
         diff.contains(
             "--- stage4-edge-triggered/src/main.rs\n+++ stage5-chat/steps/chat/src/bin/server.rs\n"
