@@ -196,31 +196,38 @@ fn deliveries(r: &Results) -> Vec<Line> {
         .filter(|s| s.kind == Kind::Chat && !s.connect_only)
     {
         let runs = r.all(s.name, |t| matches!(t, Test::Chat { rate: 0, .. }));
-        let mut counts: Vec<u32> = runs
-            .iter()
-            .filter_map(|m| match m.test {
-                Test::Chat { clients, .. } => Some(clients),
-                _ => None,
-            })
-            .collect();
-        counts.sort_unstable();
-        counts.dedup();
-        // The median where a client count has several runs.
-        let points = counts
-            .into_iter()
-            .filter_map(|n| {
-                let at: Vec<&Measurement> = runs
-                    .iter()
-                    .copied()
-                    .filter(|m| matches!(m.test, Test::Chat { clients, .. } if clients == n))
-                    .collect();
-                let rate = median(&at, |m| m.figure("/deliveries_per_s"))?;
-                Some((f64::from(n), rate / 1e6))
-            })
-            .collect();
+        let points = by_clients(&runs, |m| Some(m.figure("/deliveries_per_s")? / 1e6));
         push_line(&mut lines, r.label(s.name).to_string(), points);
     }
     lines
+}
+
+/// Chat runs as points (clients, `figure`), the median where a client count
+/// has several runs.
+fn by_clients(
+    runs: &[&Measurement],
+    figure: impl Fn(&Measurement) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    let mut counts: Vec<u32> = runs
+        .iter()
+        .filter_map(|m| match m.test {
+            Test::Chat { clients, .. } => Some(clients),
+            _ => None,
+        })
+        .collect();
+    counts.sort_unstable();
+    counts.dedup();
+    counts
+        .into_iter()
+        .filter_map(|n| {
+            let at: Vec<&Measurement> = runs
+                .iter()
+                .copied()
+                .filter(|m| matches!(m.test, Test::Chat { clients, .. } if clients == n))
+                .collect();
+            Some((f64::from(n), median(&at, &figure)?))
+        })
+        .collect()
 }
 
 /// For each chat server and paced load: p99 latency by clients. A load is
@@ -264,30 +271,7 @@ fn p99(r: &Results) -> Vec<Line> {
                         if close(rate * u64::from(clients), load))
                 })
                 .collect();
-            let mut counts: Vec<u32> = at_load
-                .iter()
-                .filter_map(|m| match m.test {
-                    Test::Chat { clients, .. } => Some(clients),
-                    _ => None,
-                })
-                .collect();
-            counts.sort_unstable();
-            counts.dedup();
-            // The median where a client count has several runs.
-            let points = counts
-                .into_iter()
-                .filter_map(|n| {
-                    let at: Vec<&Measurement> = at_load
-                        .iter()
-                        .copied()
-                        .filter(|m| matches!(m.test, Test::Chat { clients, .. } if clients == n))
-                        .collect();
-                    Some((
-                        f64::from(n),
-                        median(&at, |m| m.figure("/latency/p99_us"))? / 1000.0,
-                    ))
-                })
-                .collect();
+            let points = by_clients(&at_load, |m| Some(m.figure("/latency/p99_us")? / 1000.0));
             // What is held constant across client counts: deliveries a
             // second, each line going to every other client.
             let per_base = load / u64::from(base);
