@@ -42,7 +42,7 @@ pub fn evaluate(ms: &[Measurement], numbers: &Numbers) -> Vec<Target> {
     let clients = numbers.chat_clients[0];
     let rate = numbers.target_rate();
     let connect_c = numbers.connect_concurrency[1];
-    vec![
+    let mut targets = vec![
         fanout(ms, clients),
         latency(ms, clients, rate),
         idle_bytes(ms),
@@ -51,7 +51,14 @@ pub fn evaluate(ms: &[Measurement], numbers: &Numbers) -> Vec<Target> {
         chaos(ms),
         cluster_idle_bytes(ms),
         cluster_p99(ms),
-    ]
+    ];
+    // A figure a run did not report makes a ratio infinite (or NaN), which
+    // JSON cannot hold: results.json would say `null` where this run's
+    // table says `inf`. No ratio is what it is.
+    for target in &mut targets {
+        target.ratio = target.ratio.filter(|r| r.is_finite());
+    }
+    targets
 }
 
 /// The cluster part's targets' keys.
