@@ -139,8 +139,8 @@ fn cluster_p99(ms: &[Measurement]) -> Target {
     paced_p99(key.into(), goal, &[run], CLUSTER_P99_US)
 }
 
-/// A latency target: the run's p99 at most `limit_us`, at the rate it was
-/// asked to keep.
+/// A latency target: the runs' median p99 at most `limit_us`, every run at
+/// the rate it was asked to keep.
 fn paced_p99(key: String, goal: String, runs: &[&Measurement], limit_us: f64) -> Target {
     let p99 = median(runs, |m| m.figure("/latency/p99_us")).unwrap_or(f64::INFINITY);
     let achieved = median(runs, |m| m.figure("/send_rate")).unwrap_or(0.0);
