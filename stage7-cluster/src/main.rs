@@ -669,8 +669,9 @@ impl Server {
             return ControlFlow::Continue(());
         }
         if let Some(command) = text.strip_prefix(b"/") {
-            let command: Vec<u8> = command.iter().map(|&b| sanitize(b)).collect();
-            return self.command(fd, &command);
+            let mut clean = Vec::with_capacity(command.len());
+            sanitize(command, &mut clean);
+            return self.command(fd, &clean);
         }
         self.clients.relay(fd, text);
         if let Some(cluster) = &mut self.cluster
