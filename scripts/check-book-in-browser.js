@@ -115,6 +115,8 @@ class Browser {
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        // A phone's scrollbars overlay the page: the page gets the whole width.
+        "--hide-scrollbars",
         "--remote-debugging-pipe",
         `--user-data-dir=${profile}`,
         "about:blank",
