@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use bookgen::{REFRESH, check_chapters, check_diffs, workspace_root, write_diffs};
+use bookgen::{check_chapters, check_diffs, workspace_root, write_diffs};
 
 const USAGE: &str = "\
 usage: bookgen [diffs|check]
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
                 eprintln!("{problem}");
             }
             if !problems.is_empty() {
-                eprintln!("refresh the diffs with `{REFRESH}`");
+                eprintln!("{}", bookgen::stale_diffs_advice());
             }
             Ok(problems.is_empty())
         }),
