@@ -741,8 +741,8 @@ impl Server {
         if let Err(err) = client.write() {
             return self.end(fd, Why::Error(err));
         }
-        // Ask for EPOLLOUT only while the socket is full: a socket with room
-        // to write is almost always writable, and would wake us for nothing.
+        // Ask for EPOLLOUT only while the socket is full, so the interest
+        // list shows who is waiting to write (the checks read it).
         if client.wants_epollout() != registered {
             let mut flags = CLIENT_EVENTS;
             if client.wants_epollout() {
