@@ -550,8 +550,8 @@ fn fill(server: &Server, talker: &mut Client, fd: i32) -> usize {
     while !asked() {
         assert!(
             sent < 640_000,
-            "{sent} lines owed to a client that reads nothing, and no EPOLLOUT: {:?}",
-            server.epoll_interest()
+            "{sent} lines owed to a client that reads nothing, and no EPOLLOUT: {}",
+            testkit::interest_list(&server.epoll_interest())
         );
         burst(talker, sent..sent + BURST);
         sent += BURST;
