@@ -51,6 +51,9 @@ pub enum Why {
     ServerFull,
     /// The server is shutting down.
     Shutdown,
+    /// The cluster let it go: it never got a name, or the other servers
+    /// took this one for dead and told their clients it left.
+    Cluster,
 }
 
 impl Why {
@@ -63,7 +66,7 @@ impl Why {
     /// What the others are told, or nothing when everyone is leaving.
     pub fn notice(self, name: &str) -> Option<String> {
         match self {
-            Why::Shutdown | Why::ServerFull => None,
+            Why::Shutdown | Why::ServerFull | Why::Cluster => None,
             Why::TooSlow => Some(format!("* {name} left (too slow)")),
             _ => Some(format!("* {name} left")),
         }
@@ -81,6 +84,7 @@ impl fmt::Display for Why {
             Why::LineTooLong => f.write_str("line too long"),
             Why::ServerFull => f.write_str("server full"),
             Why::Shutdown => f.write_str("shutdown"),
+            Why::Cluster => f.write_str("cluster"),
         }
     }
 }

@@ -4,9 +4,9 @@
 //! its own), names through a Redis hash, and each node holds a lease that
 //! the others watch.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::io::Write;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use nix::unistd::read;
 
 use crate::clients::{Clients, NickError, sanitize};
+use crate::delivery::{Arrival, Entry, Outbox, Senders, Write, lost_notice};
 use crate::redis::{self, Link, State, Value};
 
 /// The event data of the two Redis connections and the timer.
@@ -32,30 +33,32 @@ const NAMES: &[u8] = b"chat:names";
 /// The last `client<N>` number handed out.
 const NEXT: &[u8] = b"chat:next";
 /// The stream is trimmed to about this many entries (`MAXLEN ~`: Redis
-/// trims whole blocks, which is cheap): a node that falls further behind
-/// than this loses entries, and says so.
-const STREAM_LENGTH: &[u8] = b"10000";
+/// trims whole blocks, which is cheap). It must hold at least what every
+/// node's outbox may append at once after an outage, or a reader that is
+/// behind loses entries (and says so): ten nodes of `MAX_BACKLOG`.
+const STREAM_LENGTH: &[u8] = b"50000";
 /// The stream's last entry: where it ends at that instant.
 const LAST_ENTRY: [&[u8]; 6] = [b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"];
-/// Entries per `XREAD`, and how long one waits for the first (ms).
+/// Entries per `XREAD`, and how long one waits for the first: well below
+/// the wait for a reply, which counts from the end of the block.
 const READ_COUNT: &[u8] = b"100";
 const READ_BLOCK: &[u8] = b"1000";
+const READ_BLOCK_TIME: Duration = Duration::from_secs(1);
 /// A lease lives this long unless renewed; it is renewed every second, so
 /// a node can lose Redis for five seconds and still be alive to the others.
 const LEASE_MS: &[u8] = b"6000";
-/// How often the timer fires; the lease and the others' are seen to every
-/// `RENEW_TICKS` ticks.
+const RENEW: Duration = Duration::from_secs(1);
+/// How often the timer fires: reconnects, deadlines, the lease.
 const TICK: Duration = Duration::from_millis(100);
-const RENEW_TICKS: u32 = 10;
 /// A node judges others only after this long in contact itself: after a
 /// Redis restart every lease is gone until its node reconnects.
 const GRACE: Duration = Duration::from_secs(2);
-/// Entries waiting to be appended while Redis is away; past it, lines are
-/// not forwarded, counted, and their senders told.
-const MAX_BACKLOG: usize = 10_000;
-/// Entries kept after Redis took them, appended again if Redis restarts
-/// and forgets them before every node read them.
-const RETAIN: usize = 1000;
+/// How long a new connection may wait for its name before it is told the
+/// cluster cannot take it now, and closed.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+/// How long Redis remembers that a node was taken for dead, so that the
+/// node finds out when it comes back (a day: longer than any pause).
+const DEAD_MS: &[u8] = b"86400000";
 
 /// Frees a name only if it is still the one this owner claimed.
 const FREE_NAME: &[u8] = b"if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
@@ -63,6 +66,30 @@ const FREE_NAME: &[u8] = b"if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] th
 /// Raises the `client<N>` counter to at least ARGV[1] (after a restart).
 const RAISE_NEXT: &[u8] = b"if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) \
     then redis.call('SET', KEYS[1], ARGV[1]) end return 0";
+/// A node whose lease (KEYS[1]) is gone: free its names (KEYS[2]) and say
+/// who they were in one entry of the stream (KEYS[3]), and mark the node
+/// dead (KEYS[4]), all at once, so that of the nodes that find it gone the
+/// first does it and the others find nothing. -1 if the lease is there.
+const GONE: &[u8] = br#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local all = redis.call('HGETALL', KEYS[2])
+local prefix = ARGV[1] .. ' '
+local gone = {}
+for i = 1, #all, 2 do
+  if string.sub(all[i + 1], 1, #prefix) == prefix then
+    table.insert(gone, {tonumber(string.sub(all[i + 1], #prefix + 1)), all[i]})
+  end
+end
+if #gone == 0 then return 0 end
+table.sort(gone, function(a, b) return a[1] < b[1] end)
+local names = {}
+for i, g in ipairs(gone) do names[i] = g[2] end
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
+  'n', ARGV[2], 'g', ARGV[1], 'w', table.concat(names, ' '))
+for _, name in ipairs(names) do redis.call('HDEL', KEYS[2], name) end
+return #names
+"#;
 // ANCHOR_END: keys
 
 // ANCHOR: for
@@ -70,14 +97,16 @@ const RAISE_NEXT: &[u8] = b"if tonumber(redis.call('GET', KEYS[1]) or '0') < ton
 /// hands it back with the reply.
 #[derive(Debug)]
 enum For {
-    /// `SET lease NX` when connected: `OK` means Redis did not know us.
-    Claim,
-    /// `MULTI`, `XREVRANGE`, `HGETALL` and their `QUEUED`s: nothing to do.
+    /// `MULTI` and the `QUEUED`s, and requests whose reply tells nothing
+    /// new (checked all the same: an error is a refusal).
     Nothing,
+    /// `EXEC` of the lease: whether the others took this node for dead,
+    /// and the lease as it was (nil: Redis forgot it).
+    Lease,
     /// `EXEC`: where the stream ends and every name, seen at one instant.
     Snapshot,
-    /// `XADD` of the entry with this sequence number.
-    Append(u64),
+    /// The write with this id in the outbox.
+    Write(u64),
     /// `INCR` for the client waiting with this ticket.
     Number(u64),
     /// `HGET` after `HSETNX`: whether the name is now ours.
@@ -89,7 +118,7 @@ enum For {
     Alive(String),
     /// `HGETALL` of the names for a client's `/who`.
     Who { fd: RawFd, ticket: u64 },
-    /// `HGETALL` of the names, to tell who left with a node that is gone.
+    /// `GONE` for a node whose lease is missing.
     Gone(String),
     /// `XREAD` of the stream.
     Read,
@@ -109,18 +138,6 @@ enum Claim {
 }
 // ANCHOR_END: for
 
-/// One entry for the stream: what the other nodes deliver, and how their
-/// count of who is online changes.
-#[derive(Debug, Clone)]
-struct Entry {
-    seq: u64,
-    /// A line for every client: `NAME: text` or a notice.
-    text: Option<Vec<u8>>,
-    /// `+N NAME` joined, `-N` left, `#COUNT` all of its clients (when
-    /// Redis forgot them).
-    roster: Option<String>,
-}
-
 /// Where the node is with the other servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Contact {
@@ -135,6 +152,29 @@ enum Contact {
     Lost,
 }
 
+/// Why a connection to Redis is given up: logged, and for the commands
+/// connection, the clients told once.
+#[derive(Debug)]
+enum Loss {
+    /// The socket failed, or Redis closed it.
+    Io(std::io::Error),
+    /// Redis answered with an error: it did not do what was asked
+    /// (`-OOM` when it refuses writes).
+    Refused(String),
+    /// No reply within the deadline: Redis is stopped or hung.
+    Silent,
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loss::Io(err) => write!(f, "{err}"),
+            Loss::Refused(err) => write!(f, "refused: {err}"),
+            Loss::Silent => write!(f, "no reply for {:?}", redis::REPLY_WAIT),
+        }
+    }
+}
+
 /// A connection waiting for its name before it joins.
 struct Joining {
     fd: OwnedFd,
@@ -142,6 +182,8 @@ struct Joining {
     asked: bool,
     /// Its name is claimed: it waits for the stream to be read this far.
     claimed: bool,
+    /// When it came: it waits at most `JOIN_WAIT`.
+    since: Instant,
 }
 
 /// A client whose `/nick` or `/who` waits for Redis: its input waits
@@ -162,9 +204,14 @@ pub enum Done {
     /// A waiting connection has its name: it joins the chat as
     /// `client<number>`.
     Join { fd: OwnedFd, number: u64 },
-    /// A `/nick` was answered (the reply is queued): go on with the input
-    /// that waited.
+    /// A `/nick` or `/who` was answered (the reply is queued): go on with
+    /// the input that waited.
     Resume { fd: RawFd, input: Vec<u8> },
+    /// A waiting connection gets no name: tell it `line`, and close it.
+    Refuse { fd: OwnedFd, line: &'static str },
+    /// The others took this node for dead and told their clients that
+    /// this client left: tell it `line`, and close it.
+    Expel { fd: RawFd, line: &'static str },
 }
 
 pub struct Cluster {
@@ -172,8 +219,11 @@ pub struct Cluster {
     commands: Link<For>,
     reader: Link<For>,
     timer: TimerFd,
-    ticks: u32,
+    next_renewal: Instant,
     contact: Contact,
+    /// The last loss logged since contact was last ready: a Redis that
+    /// keeps refusing is logged once, not at every retry.
+    said_lost: Option<String>,
     /// The last entry read, or `None` until the snapshot says where to
     /// start.
     last_id: Option<Vec<u8>>,
@@ -181,22 +231,18 @@ pub struct Cluster {
     /// up to where they joined, so that they are welcomed with the right
     /// count and never told of someone who came before them.
     catching_up: VecDeque<(StreamId, u64)>,
-    /// The last sequence number appended.
-    seq: u64,
-    /// Entries Redis has not confirmed, oldest first; the first `sent`
-    /// of them are written on this connection.
-    backlog: VecDeque<Entry>,
-    sent: usize,
-    /// Entries Redis confirmed, the newest `RETAIN`.
-    retained: VecDeque<Entry>,
-    /// Lines not forwarded because the backlog was full.
-    not_forwarded: u64,
-    /// The last sequence number seen from each other node.
-    seen: HashMap<String, u64>,
+    /// What this node owes the stream and the names.
+    outbox: Outbox,
+    /// What it has read from every other node.
+    senders: Senders,
     /// How many clients each other node has, from the `+`, `-` and `#`
     /// of its entries: the welcome's count needs no round trip, and a
     /// node with clients is one whose lease is watched.
     others: HashMap<String, usize>,
+    /// Nodes taken for dead: their entries are ignored until one says
+    /// they are back (`#`), so a node that was only paused leaves no
+    /// ghost lines.
+    gone: HashSet<String>,
     /// When a node's lease was first seen missing.
     missing: HashMap<String, Instant>,
     joining: BTreeMap<u64, Joining>,
@@ -221,7 +267,7 @@ impl Cluster {
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
         )?;
         // timerfd_settime(2): readable every TICK, for the lease, the
-        // checks of the other nodes and the reconnect backoff.
+        // checks of the other nodes, the deadlines and the reconnects.
         timer.set(
             Expiration::Interval(TimeSpec::from_duration(TICK)),
             TimerSetTimeFlags::empty(),
@@ -237,17 +283,15 @@ impl Cluster {
             commands: Link::new(addr, COMMANDS),
             reader: Link::new(addr, READER),
             timer,
-            ticks: 0,
+            next_renewal: Instant::now(),
             contact: Contact::Starting,
+            said_lost: None,
             last_id: None,
             catching_up: VecDeque::new(),
-            seq: 0,
-            backlog: VecDeque::new(),
-            sent: 0,
-            retained: VecDeque::new(),
-            not_forwarded: 0,
-            seen: HashMap::new(),
+            outbox: Outbox::default(),
+            senders: Senders::default(),
             others: HashMap::new(),
+            gone: HashSet::new(),
             missing: HashMap::new(),
             joining: BTreeMap::new(),
             holds: HashMap::new(),
@@ -280,6 +324,10 @@ impl Cluster {
         format!("chat:lease:{node}").into_bytes()
     }
 
+    fn dead_key(node: &str) -> Vec<u8> {
+        format!("chat:dead:{node}").into_bytes()
+    }
+
     fn link(&mut self, token: u64) -> &mut Link<For> {
         if token == COMMANDS {
             &mut self.commands
@@ -307,8 +355,27 @@ impl Cluster {
             // Reading a timerfd returns how many times it fired, and
             // rearms its readiness.
             let _ = read(self.timer.as_fd(), &mut [0u8; 8]);
-            return self.tick(epoll, clients);
+            self.tick(epoll, clients, scratch, done);
+        } else {
+            self.serve(token, events, epoll, clients, scratch, done);
         }
+        self.read_stream();
+        self.flush(epoll, clients, done);
+    }
+
+    /// Read what one connection has for us, and act on every reply. The
+    /// first error reply ends the connection: what Redis refused did not
+    /// happen, and neither, as far as this node can tell, did what came
+    /// after it, so all of it is asked again.
+    fn serve(
+        &mut self,
+        token: u64,
+        events: EpollFlags,
+        epoll: &Epoll,
+        clients: &mut Clients,
+        scratch: &mut [u8],
+        done: &mut Vec<Done>,
+    ) {
         let link = self.link(token);
         let progress = link.ready(events, scratch);
         if progress.connected {
@@ -320,41 +387,73 @@ impl Cluster {
             };
             self.log(format_args!("redis: connected ({which})"));
             if token == COMMANDS {
-                self.on_connected();
+                self.on_connected(clients);
             }
         }
+        let mut loss = progress.lost.map(Loss::Io);
+        let mut unanswered = Vec::new();
         for (what, reply) in progress.replies {
-            self.reply(what, reply, clients, done);
+            if loss.is_some() {
+                unanswered.push(what);
+            } else if let Some(err) = refusal(&reply) {
+                loss = Some(Loss::Refused(format!("{what:?}: {err}")));
+                unanswered.push(what);
+            } else {
+                self.reply(what, reply, clients, done);
+            }
         }
-        if let Some(err) = progress.lost {
-            self.lost(token, &err.to_string(), epoll, clients);
+        if let Some(loss) = loss {
+            self.lost(token, loss, unanswered, epoll, clients, done);
         }
-        self.read_stream();
-        self.flush(epoll, clients);
     }
 
-    /// Every tick: reconnect what is down; every second: renew the lease
-    /// and look at the other nodes' leases.
-    fn tick(&mut self, epoll: &Epoll, clients: &mut Clients) {
+    /// Every tick: read what came (a node back from a pause may see its
+    /// timer before its sockets), give up a connection whose reply is
+    /// late, reconnect what is down, and every second renew the lease and
+    /// look at the other nodes' leases.
+    fn tick(
+        &mut self,
+        epoll: &Epoll,
+        clients: &mut Clients,
+        scratch: &mut [u8],
+        done: &mut Vec<Done>,
+    ) {
+        let now = Instant::now();
+        for token in [COMMANDS, READER] {
+            if self.link(token).is_up() {
+                self.serve(token, EpollFlags::EPOLLIN, epoll, clients, scratch, done);
+            }
+            if self.link(token).overdue(now) {
+                self.lost(token, Loss::Silent, Vec::new(), epoll, clients, done);
+            }
+        }
+        self.expire_joins(done);
         self.reconnect(epoll);
-        self.ticks += 1;
-        if !self.ticks.is_multiple_of(RENEW_TICKS) || !self.is_ready() {
+        if now < self.next_renewal || !self.is_ready() {
             return;
         }
-        // The lease says how many clients this node has, as of its last
-        // entry: the others correct their count with it.
-        let lease = Self::lease_key(&self.node);
-        let value = format!("{} {}", self.seq, clients.online_count());
-        self.commands.request(
-            &[b"SET", &lease, value.as_bytes(), b"PX", LEASE_MS],
-            For::Nothing,
-        );
+        self.next_renewal = now + RENEW;
+        self.lease(clients);
         let nodes: Vec<String> = self.others.keys().cloned().collect();
         for node in nodes {
             let key = Self::lease_key(&node);
             self.commands.request(&[b"GET", &key], For::Alive(node));
         }
-        self.flush(epoll, clients);
+    }
+
+    /// The lease, in one transaction: clear the mark the others leave on a
+    /// node they took for dead (`DEL` says whether there was one) and set
+    /// the lease, with what it was (`SET ... GET`: nil if Redis forgot
+    /// it). It says how many clients this node has, as of its last entry:
+    /// the others correct their count with it.
+    fn lease(&mut self, clients: &Clients) {
+        let (lease, dead) = (Self::lease_key(&self.node), Self::dead_key(&self.node));
+        let value = format!("{} {}", self.outbox.seq(), clients.online_count());
+        self.commands.request(&[b"MULTI"], For::Nothing);
+        self.commands.request(&[b"DEL", &dead], For::Nothing);
+        let set: [&[u8]; 6] = [b"SET", &lease, value.as_bytes(), b"PX", LEASE_MS, b"GET"];
+        self.commands.request(&set, For::Nothing);
+        self.commands.request(&[b"EXEC"], For::Lease);
     }
 
     fn reconnect(&mut self, epoll: &Epoll) {
@@ -371,14 +470,10 @@ impl Cluster {
     /// The commands connection is up: claim the lease first. Its answer
     /// says whether Redis still knows this node, and nothing is appended
     /// before it, so appends stay in order.
-    fn on_connected(&mut self) {
+    fn on_connected(&mut self, clients: &Clients) {
         let first = self.contact == Contact::Starting;
         self.contact = Contact::Claiming { first };
-        let lease = Self::lease_key(&self.node);
-        self.commands.request(
-            &[b"SET", &lease, b"0 0", b"PX", LEASE_MS, b"NX"],
-            For::Claim,
-        );
+        self.lease(clients);
         if first {
             // One transaction: the end of the stream and every name, with
             // no other client's command between them.
@@ -389,21 +484,31 @@ impl Cluster {
         }
     }
 
-    /// A connection is gone: say so once, hand back what waited on it, and
-    /// retry after the backoff.
-    fn lost(&mut self, token: u64, why: &str, epoll: &Epoll, clients: &mut Clients) {
+    /// A connection is gone, or given up: say so once, hand back what
+    /// waited on it, and retry after the backoff.
+    fn lost(
+        &mut self,
+        token: u64,
+        why: Loss,
+        mut unanswered: Vec<For>,
+        epoll: &Epoll,
+        clients: &mut Clients,
+        done: &mut Vec<Done>,
+    ) {
         let link = self.link(token);
         let was_up = link.is_up();
-        let unanswered = link.drop_connection(epoll);
-        if was_up {
+        unanswered.extend(link.drop_connection(epoll));
+        let why = why.to_string();
+        if !was_up {
+            self.unreachable(&why);
+        } else if self.said_lost.as_ref() != Some(&why) {
             self.log(format_args!("redis: connection lost ({why})"));
-        } else {
-            self.unreachable(why);
+            self.said_lost = Some(why);
         }
         if token != COMMANDS {
             return;
         }
-        self.sent = 0; // appended again, in order, once back
+        self.outbox.send_again(); // in order, once back
         for what in unanswered {
             match what {
                 For::Number(ticket)
@@ -413,15 +518,21 @@ impl Cluster {
                         (joining.asked, joining.claimed) = (false, false);
                     }
                 }
-                For::Owner(Claim::Nick { fd, ticket, .. }) | For::Who { fd, ticket } => {
-                    if let Some(hold) = self.holds.get_mut(&fd)
-                        && hold.ticket == ticket
-                    {
-                        hold.asked = false;
-                    }
-                }
                 _ => {}
             }
+        }
+        // A client waiting for `/nick` or `/who` is answered now, not
+        // when Redis is back: it may never be.
+        for (fd, hold) in std::mem::take(&mut self.holds) {
+            if let Some(name) = &hold.name
+                && hold.asked
+            {
+                // Its claim may have taken the name: free it if so.
+                self.outbox.free(name, owner(&self.node, hold.number));
+            }
+            clients.queue_line(fd, OUT_OF_CONTACT);
+            let input = hold.input;
+            done.push(Done::Resume { fd, input });
         }
         match self.contact {
             Contact::Claiming { first: true } => self.contact = Contact::Starting,
@@ -434,29 +545,32 @@ impl Cluster {
             _ => {}
         }
     }
+
+    /// Connections that waited too long for a name are told so and
+    /// closed: their slot and their descriptor are not held for ever.
+    fn expire_joins(&mut self, done: &mut Vec<Done>) {
+        while let Some(entry) = self.joining.first_entry()
+            && entry.get().since.elapsed() >= JOIN_WAIT
+        {
+            let joining = entry.remove();
+            if let Some(number) = joining.number {
+                let name = format!("client{number}");
+                self.outbox.free(&name, owner(&self.node, number));
+            }
+            let line = "* error: the other servers cannot take a new client now; try again soon";
+            done.push(Done::Refuse {
+                fd: joining.fd,
+                line,
+            });
+        }
+    }
     // ANCHOR_END: events
 
     // ANCHOR: reply
     fn reply(&mut self, what: For, reply: Value, clients: &mut Clients, done: &mut Vec<Done>) {
-        if let Value::Error(err) = &reply {
-            self.log(format_args!(
-                "redis: {what:?}: {}",
-                String::from_utf8_lossy(err)
-            ));
-        }
         match what {
             For::Nothing => {}
-            For::Claim => {
-                let forgot = reply == Value::Simple(b"OK".to_vec());
-                let first = self.contact == Contact::Claiming { first: true };
-                if forgot && !first {
-                    self.log(format_args!("redis: it forgot this node; putting it back"));
-                    self.restore(clients);
-                }
-                if !first {
-                    self.in_contact(clients);
-                }
-            }
+            For::Lease => self.leased(&reply, clients, done),
             For::Snapshot => {
                 self.snapshot(&reply);
                 let others: usize = self.others.values().sum();
@@ -465,18 +579,7 @@ impl Cluster {
                 ));
                 self.in_contact(clients);
             }
-            For::Append(seq) => {
-                if let Some(front) = self.backlog.front()
-                    && front.seq == seq
-                {
-                    let entry = self.backlog.pop_front().unwrap();
-                    self.sent = self.sent.saturating_sub(1);
-                    if self.retained.len() == RETAIN {
-                        self.retained.pop_front();
-                    }
-                    self.retained.push_back(entry);
-                }
-            }
+            For::Write(id) => self.outbox.confirmed(id),
             For::Number(ticket) => {
                 let Value::Integer(n) = reply else { return };
                 let Some(joining) = self.joining.get_mut(&ticket) else {
@@ -509,7 +612,10 @@ impl Cluster {
                     self.node_lost(&node);
                 }
             }
-            For::Read => self.entries(&reply, clients),
+            For::Read => {
+                self.reader.healthy();
+                self.entries(&reply, clients);
+            }
             For::Who { fd, ticket } => {
                 let Some(hold) = self.answered(fd, ticket) else {
                     return;
@@ -522,16 +628,31 @@ impl Cluster {
                 });
             }
             For::Gone(node) => {
-                let mut members = names_by_number(&reply);
-                members.retain(|(_, _, owner)| *owner == node);
-                let announce = self.online(clients) + members.len() <= self.announce_limit;
-                for (number, name, _) in members {
-                    if announce {
-                        clients.broadcast(format!("* {name} left (server lost)"), None);
-                    }
-                    self.free_name(&node, number, &name);
+                self.missing.remove(&node);
+                if reply != Value::Integer(-1) {
+                    // Gone; its clients are announced when the entry of
+                    // whoever freed their names is read.
+                    self.others.remove(&node);
+                    self.gone.insert(node);
                 }
             }
+        }
+    }
+
+    /// The lease's answer: `[DEL of the dead mark, the lease before]`.
+    fn leased(&mut self, reply: &Value, clients: &mut Clients, done: &mut Vec<Done>) {
+        let [dead, before] = reply.items() else {
+            return;
+        };
+        let first = self.contact == Contact::Claiming { first: true };
+        if *dead == Value::Integer(1) {
+            self.lost_place(clients, done);
+        } else if *before == Value::Bulk(None) && !first {
+            self.log(format_args!("redis: it forgot this node; putting it back"));
+            self.restore(clients);
+        }
+        if matches!(self.contact, Contact::Claiming { first: false }) {
+            self.in_contact(clients);
         }
     }
 
@@ -543,7 +664,9 @@ impl Cluster {
         self.contact = Contact::Ready {
             since: Instant::now(),
         };
-        self.send_backlog();
+        self.said_lost = None;
+        self.commands.healthy();
+        self.send_outbox();
         self.ask_names();
     }
     // ANCHOR_END: reply
@@ -569,9 +692,10 @@ impl Cluster {
         }
     }
 
-    /// Redis restarted (or this node was away past its lease): claim our
-    /// names again, raise the counter past our numbers, append again the
-    /// last entries it may have lost, and say again who is here.
+    /// Redis restarted (or this node was away past its lease, and nobody
+    /// took it for dead): claim our names again, raise the counter past
+    /// our numbers, append again the last entries it may have lost, and
+    /// say again who is here.
     fn restore(&mut self, clients: &Clients) {
         let mut locals: Vec<(u64, String)> = clients
             .online_fds()
@@ -595,55 +719,69 @@ impl Cluster {
                 For::Nothing,
             );
         }
-        for entry in &self.retained {
+        for entry in self.outbox.retained() {
             encode_append(&mut self.commands, &self.node, entry, For::Nothing);
         }
         // Nodes that took this one for dead have forgotten its clients.
-        self.seq += 1;
-        self.backlog.push_back(Entry {
-            seq: self.seq,
-            text: None,
-            roster: Some(format!("#{}", locals.len())),
-        });
+        let _ = self.outbox.append(None, Some(format!("#{}", locals.len())));
+        self.send_outbox();
     }
 
-    /// Write the entries Redis has not confirmed, oldest first.
-    fn send_backlog(&mut self) {
+    /// The others took this node for dead (it was paused, or cut off,
+    /// past its lease): they told their clients that ours left and freed
+    /// their names, which may be someone else's by now. So our clients are
+    /// told and let go, and the node starts again with none: no ghost, and
+    /// no name held twice.
+    fn lost_place(&mut self, clients: &Clients, done: &mut Vec<Done>) {
+        self.log(format_args!(
+            "redis: the others took this node for dead; letting its clients go"
+        ));
+        for fd in clients.online_fds() {
+            let line = "* error: this server lost its place in the cluster";
+            done.push(Done::Expel { fd, line });
+        }
+        // The others read our entries again from this one on.
+        let _ = self.outbox.append(None, Some("#0".to_string()));
+        self.send_outbox();
+    }
+
+    /// Write the writes Redis has not confirmed, oldest first.
+    fn send_outbox(&mut self) {
         if !self.is_ready() {
             return;
         }
-        for entry in self.backlog.iter().skip(self.sent) {
-            encode_append(
-                &mut self.commands,
-                &self.node,
-                entry,
-                For::Append(entry.seq),
-            );
+        for (id, write) in self.outbox.unsent() {
+            let what = For::Write(*id);
+            match write {
+                Write::Append(entry) => encode_append(&mut self.commands, &self.node, entry, what),
+                Write::Free { name, owner } => {
+                    let args: [&[u8]; 6] = [
+                        b"EVAL",
+                        FREE_NAME,
+                        b"1",
+                        NAMES,
+                        name.as_bytes(),
+                        owner.as_bytes(),
+                    ];
+                    self.commands.request(&args, what);
+                }
+            }
         }
-        self.sent = self.backlog.len();
     }
 
     // ANCHOR: append
     /// Append an entry for the other nodes. Returns false when it cannot
-    /// even wait: the backlog is full.
+    /// even wait: the outbox is full.
     fn append(&mut self, text: Option<Vec<u8>>, roster: Option<String>) -> bool {
-        if self.backlog.len() >= MAX_BACKLOG {
-            self.not_forwarded += 1;
-            if self.not_forwarded == 1 || self.not_forwarded.is_multiple_of(1000) {
+        if let Err(not_forwarded) = self.outbox.append(text, roster) {
+            if not_forwarded == 1 || not_forwarded.is_multiple_of(1000) {
                 self.log(format_args!(
-                    "redis: backlog full: {} lines not forwarded",
-                    self.not_forwarded
+                    "redis: backlog full: {not_forwarded} lines not forwarded"
                 ));
             }
             return false;
         }
-        self.seq += 1;
-        self.backlog.push_back(Entry {
-            seq: self.seq,
-            text,
-            roster,
-        });
-        self.send_backlog();
+        self.send_outbox();
         true
     }
 
@@ -669,6 +807,7 @@ impl Cluster {
                 number: None,
                 asked: false,
                 claimed: false,
+                since: Instant::now(),
             },
         );
         self.ask_names();
@@ -750,17 +889,19 @@ impl Cluster {
                 let taken = !ours(number);
                 let Some(hold) = self.answered(fd, ticket) else {
                     if !taken {
-                        self.free_name(&self.node.clone(), number, &name);
+                        self.outbox.free(&name, self::owner(&self.node, number));
+                        self.send_outbox();
                     }
                     return;
                 };
                 if taken {
                     clients.queue_line(fd, NickError::Taken.reply(name.as_bytes()));
                 } else if let Ok(old) = clients.rename(fd, name.as_bytes()) {
-                    self.free_name(&self.node.clone(), number, &old);
                     let notice = format!("* {old} is now {name}");
                     clients.broadcast(&notice, None);
                     self.append(Some(notice.into_bytes()), None);
+                    self.outbox.free(&old, self::owner(&self.node, number));
+                    self.send_outbox();
                 }
                 done.push(Done::Resume {
                     fd,
@@ -798,22 +939,6 @@ impl Cluster {
         self.catching_up.front().is_some_and(|&(at, _)| at <= read)
     }
 
-    /// Free `name` in Redis if `node`'s client `number` still holds it.
-    fn free_name(&mut self, node: &str, number: u64, name: &str) {
-        let owner = owner(node, number);
-        self.commands.request(
-            &[
-                b"EVAL",
-                FREE_NAME,
-                b"1",
-                NAMES,
-                name.as_bytes(),
-                owner.as_bytes(),
-            ],
-            For::Nothing,
-        );
-    }
-
     /// `/nick NEW` for a client: refused at once while out of contact,
     /// otherwise the client waits, alone, for Redis's answer.
     pub fn nick(&mut self, fd: RawFd, number: u64, name: &str) -> Result<(), &'static str> {
@@ -828,7 +953,7 @@ impl Cluster {
 
     fn wait(&mut self, fd: RawFd, number: u64, name: Option<String>) -> Result<(), &'static str> {
         if !self.is_ready() {
-            return Err("* error: out of contact with the other servers; try again soon");
+            return Err(OUT_OF_CONTACT);
         }
         self.next_ticket += 1;
         let hold = Hold {
@@ -875,11 +1000,13 @@ impl Cluster {
         self.append(notice, Some(format!("+{number} {name}")));
     }
 
-    /// A local client left: its name is freed and the others are told.
+    /// A local client left: the others are told, and its name is freed
+    /// after (both kept until Redis confirms them).
     pub fn left(&mut self, fd: RawFd, number: u64, name: &str, notice: Option<String>) {
         self.holds.remove(&fd);
-        self.free_name(&self.node.clone(), number, name);
         self.append(notice.map(String::into_bytes), Some(format!("-{number}")));
+        self.outbox.free(name, owner(&self.node, number));
+        self.send_outbox();
     }
 
     /// Clients on every node.
@@ -897,7 +1024,8 @@ impl Cluster {
             return;
         };
         if let (Ok(seq), Ok(count)) = (seq.parse::<u64>(), count.parse::<usize>())
-            && self.seen.get(node) == Some(&seq)
+            && self.senders.last(node) == Some(seq)
+            && !self.gone.contains(node)
         {
             self.others.insert(node.to_string(), count);
         }
@@ -914,11 +1042,12 @@ impl Cluster {
             return;
         }
         let last_id = last_id.clone();
-        self.reader.request(
+        self.reader.request_blocking(
             &[
                 b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", READ_BLOCK, b"STREAMS", STREAM, &last_id,
             ],
             For::Read,
+            READ_BLOCK_TIME,
         );
     }
 
@@ -935,91 +1064,177 @@ impl Cluster {
                 if let Some(id) = id.bytes() {
                     self.last_id = Some(id.to_vec());
                 }
-                self.deliver(fields.items(), clients);
+                let fields = Fields::parse(fields.items());
+                self.deliver(fields, clients);
             }
         }
     }
 
-    /// One entry: skipped if it is ours or seen, else applied and delivered.
-    fn deliver(&mut self, fields: &[Value], clients: &mut Clients) {
-        let (mut node, mut seq, mut text, mut roster) = (None, 0, None, None);
-        for pair in fields.chunks(2) {
-            let [key, value] = pair else { continue };
-            let value = value.bytes().unwrap_or_default();
-            match key.bytes() {
-                Some(b"n") => node = Some(String::from_utf8_lossy(value).into_owned()),
-                Some(b"s") => {
-                    seq = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0)
-                }
-                Some(b"t") => text = Some(value),
-                Some(b"r") => roster = Some(String::from_utf8_lossy(value).into_owned()),
-                _ => {}
-            }
+    /// One entry: skipped if it is ours or seen, or from a node taken for
+    /// dead; else applied and delivered, after the count of what was
+    /// missed before it, if anything was.
+    fn deliver(&mut self, entry: Fields, clients: &mut Clients) {
+        if let Some(dead) = &entry.gone {
+            return self.announce_gone(dead, &entry.who, clients);
         }
-        let Some(node) = node.filter(|n| *n != self.node) else {
+        let Some(node) = entry.node.filter(|n| *n != self.node) else {
             return;
         };
-        let seen = self.seen.entry(node.clone()).or_insert(0);
-        if seq <= *seen {
+        let text = entry.text.as_deref();
+        let arrival = self
+            .senders
+            .arrive(&node, entry.seq, entry.lines, text.is_some());
+        let Arrival::New { missed } = arrival else {
             return; // appended again after a lost reply, or a restart
+        };
+        let roster = entry.roster.as_deref().unwrap_or_default();
+        if self.gone.contains(&node) {
+            if !roster.starts_with('#') {
+                return; // a node that was paused, before it found out
+            }
+            self.gone.remove(&node);
         }
-        let missed = if *seen > 0 { seq - *seen - 1 } else { 0 };
-        *seen = seq;
         if missed > 0 {
             self.log(format_args!(
-                "redis: {missed} entries of node {node} were lost"
+                "redis: {missed} lines of node {node} were lost"
             ));
+            clients.broadcast(lost_notice(missed, &node), None);
         }
-        if let Some(op) = roster {
-            let count = self.others.entry(node.clone()).or_default();
-            match op.as_bytes().first() {
-                Some(b'+') => *count += 1,
-                Some(b'-') => *count = count.saturating_sub(1),
-                Some(b'#') => *count = op[1..].parse().unwrap_or(*count),
-                _ => {}
-            }
-            if *count == 0 {
-                self.others.remove(&node);
-            }
+        let count = self.others.entry(node.clone()).or_default();
+        match roster.as_bytes().first() {
+            Some(b'+') => *count += 1,
+            Some(b'-') => *count = count.saturating_sub(1),
+            Some(b'#') => *count = roster[1..].parse().unwrap_or(*count),
+            _ => {}
+        }
+        if *count == 0 {
+            self.others.remove(&node);
         }
         if let Some(text) = text {
             clients.broadcast(text, None);
         }
     }
+
+    /// The entry of whoever freed a dead node's names: every node's
+    /// clients are told who left with it, once (the names are freed once).
+    fn announce_gone(&mut self, dead: &str, who: &str, clients: &mut Clients) {
+        if dead == self.node {
+            return; // our lease says so too, and the lease is acted on
+        }
+        self.others.remove(dead);
+        self.missing.remove(dead);
+        self.gone.insert(dead.to_string());
+        let names: Vec<&str> = who.split(' ').filter(|n| !n.is_empty()).collect();
+        self.log(format_args!(
+            "redis: node {dead} is gone ({} clients)",
+            names.len()
+        ));
+        if self.online(clients) + names.len() > self.announce_limit {
+            return;
+        }
+        for name in names {
+            clients.broadcast(format!("* {name} left (server lost)"), None);
+        }
+    }
     // ANCHOR_END: read
 
     // ANCHOR: lost
-    /// Another node's lease is gone: its clients left with it. Who they
-    /// were, Redis's names say.
+    /// Another node's lease is gone: its clients left with it. Redis frees
+    /// their names and writes who they were, for every node to read.
     fn node_lost(&mut self, node: &str) {
         self.missing.remove(node);
-        let Some(count) = self.others.remove(node) else {
-            return;
-        };
-        self.log(format_args!("redis: node {node} is gone ({count} clients)"));
-        self.commands
-            .request(&[b"HGETALL", NAMES], For::Gone(node.to_string()));
+        let (lease, dead) = (Self::lease_key(node), Self::dead_key(node));
+        self.commands.request(
+            &[
+                b"EVAL",
+                GONE,
+                b"4",
+                &lease,
+                NAMES,
+                STREAM,
+                &dead,
+                node.as_bytes(),
+                self.node.as_bytes(),
+                STREAM_LENGTH,
+                DEAD_MS,
+            ],
+            For::Gone(node.to_string()),
+        );
     }
     // ANCHOR_END: lost
 
     /// Write what was queued on either connection this round.
-    pub fn flush(&mut self, epoll: &Epoll, clients: &mut Clients) {
+    pub fn flush(&mut self, epoll: &Epoll, clients: &mut Clients, done: &mut Vec<Done>) {
         for token in [COMMANDS, READER] {
             let link = self.link(token);
             if let Err(err) = link.flush() {
-                self.lost(token, &err.to_string(), epoll, clients);
+                self.lost(token, Loss::Io(err), Vec::new(), epoll, clients, done);
             }
         }
-        redis::shrink(&mut self.backlog);
+        self.outbox.shrink();
         redis::shrink(&mut self.catching_up);
     }
 
     /// Whether every entry is appended (for a shutdown that waits for it).
     pub fn is_drained(&self) -> bool {
-        self.backlog.is_empty() || !self.is_ready()
+        self.outbox.is_empty() || !self.is_ready()
+    }
+}
+
+/// What a client waiting for Redis is told when it cannot be answered.
+const OUT_OF_CONTACT: &str = "* error: out of contact with the other servers; try again soon";
+
+/// Whether a reply says Redis did not do what was asked: an error, or a
+/// transaction with an error inside.
+fn refusal(reply: &Value) -> Option<String> {
+    match reply {
+        Value::Error(err) => Some(String::from_utf8_lossy(err).into_owned()),
+        Value::Array(Some(items)) => items.iter().find_map(|item| match item {
+            Value::Error(err) => Some(String::from_utf8_lossy(err).into_owned()),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// The fields of one entry of the stream.
+#[derive(Default)]
+struct Fields {
+    /// `n`: the node that appended it.
+    node: Option<String>,
+    /// `s` and `l`: its sequence number, and how many of its entries so
+    /// far carried a line.
+    seq: u64,
+    lines: u64,
+    /// `t`: a line for every client.
+    text: Option<Vec<u8>>,
+    /// `r`: how its node's count changes.
+    roster: Option<String>,
+    /// `g` and `w`: a node taken for dead, and its clients' names.
+    gone: Option<String>,
+    who: String,
+}
+
+impl Fields {
+    fn parse(fields: &[Value]) -> Fields {
+        let mut entry = Fields::default();
+        for pair in fields.chunks(2) {
+            let [key, value] = pair else { continue };
+            let value = value.bytes().unwrap_or_default();
+            let string = || String::from_utf8_lossy(value).into_owned();
+            let number = || string().parse().unwrap_or(0);
+            match key.bytes() {
+                Some(b"n") => entry.node = Some(string()),
+                Some(b"s") => entry.seq = number(),
+                Some(b"l") => entry.lines = number(),
+                Some(b"t") => entry.text = Some(value.to_vec()),
+                Some(b"r") => entry.roster = Some(string()),
+                Some(b"g") => entry.gone = Some(string()),
+                Some(b"w") => entry.who = string(),
+                _ => {}
+            }
+        }
+        entry
     }
 }
 
@@ -1067,9 +1282,9 @@ impl StreamId {
     }
 }
 
-/// `XADD chat:stream MAXLEN ~ 10000 * n NODE s SEQ [t TEXT] [r OP]`.
+/// `XADD chat:stream MAXLEN ~ 50000 * n NODE s SEQ l LINES [t TEXT] [r OP]`.
 fn encode_append(link: &mut Link<For>, node: &str, entry: &Entry, what: For) {
-    let seq = entry.seq.to_string();
+    let (seq, lines) = (entry.seq.to_string(), entry.lines.to_string());
     let mut args: Vec<&[u8]> = vec![
         b"XADD",
         STREAM,
@@ -1081,6 +1296,8 @@ fn encode_append(link: &mut Link<For>, node: &str, entry: &Entry, what: For) {
         node.as_bytes(),
         b"s",
         seq.as_bytes(),
+        b"l",
+        lines.as_bytes(),
     ];
     if let Some(text) = &entry.text {
         args.extend([&b"t"[..], text]);
@@ -1089,4 +1306,53 @@ fn encode_append(link: &mut Link<For>, node: &str, entry: &Entry, what: For) {
         args.extend([&b"r"[..], roster.as_bytes()]);
     }
     link.request(&args, what);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::Bulk(Some(s.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn an_error_anywhere_in_a_reply_is_a_refusal() {
+        assert_eq!(refusal(&Value::Integer(1)), None);
+        assert_eq!(refusal(&Value::Bulk(None)), None);
+        let oom = Value::Error(b"OOM command not allowed".to_vec());
+        assert_eq!(refusal(&oom).as_deref(), Some("OOM command not allowed"));
+        let exec = Value::Array(Some(vec![Value::Integer(0), oom]));
+        assert!(refusal(&exec).is_some(), "an error inside EXEC's reply");
+    }
+
+    #[test]
+    fn an_entry_names_its_fields() {
+        let fields = [
+            bulk("n"),
+            bulk("a-1"),
+            bulk("s"),
+            bulk("7"),
+            bulk("l"),
+            bulk("3"),
+            bulk("t"),
+            bulk("client1: hi"),
+        ];
+        let entry = Fields::parse(&fields);
+        assert_eq!(entry.node.as_deref(), Some("a-1"));
+        assert_eq!((entry.seq, entry.lines), (7, 3));
+        assert_eq!(entry.text.as_deref(), Some(&b"client1: hi"[..]));
+        let gone = Fields::parse(&[
+            bulk("n"),
+            bulk("b"),
+            bulk("g"),
+            bulk("a-1"),
+            bulk("w"),
+            bulk("x y"),
+        ]);
+        assert_eq!(
+            (gone.gone.as_deref(), gone.who.as_str()),
+            (Some("a-1"), "x y")
+        );
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod clients;
 pub mod cluster;
+pub mod delivery;
 pub mod framer;
 pub mod queue;
 pub mod redis;

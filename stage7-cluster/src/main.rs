@@ -362,8 +362,8 @@ fn run(args: &Args) -> Result<()> {
         server.expire_deadlines();
         // The one write per client per round, and Redis's.
         server.flush_all();
-        if let Some(cluster) = &mut server.cluster {
-            cluster.flush(&server.epoll, &mut server.clients);
+        if server.cluster.is_some() {
+            server.flush_cluster();
             server.flush_all(); // a lost Redis is told at once
         }
         if server.is_done() {
@@ -756,8 +756,12 @@ impl Server {
             && let Some(client) = self.clients.get(fd)
         {
             // A server shutting down leaves the others' clients in the
-            // chat: they are told its clients left.
-            let notice = notice.or_else(|| Why::EndOfFile.notice(name));
+            // chat: they are told its clients left. One the cluster let
+            // go, the others were told of already.
+            let notice = notice.or_else(|| match why {
+                Why::Cluster => None,
+                _ => Why::EndOfFile.notice(name),
+            });
             cluster.left(fd, client.id(), name, notice);
         }
         if !why.owes_output() {
@@ -926,13 +930,32 @@ impl Server {
                     self.handle_input(fd, &input);
                     self.unread.push(fd);
                 }
+                Done::Refuse { fd, line } => {
+                    let deadline = Instant::now() + LINGER;
+                    let fd = self.clients.refuse(fd, Why::Cluster, deadline);
+                    self.deadlines.push_back((deadline, fd));
+                    self.clients.queue_line(fd, line);
+                }
+                Done::Expel { fd, line } => {
+                    self.clients.queue_line(fd, line);
+                    self.end(fd, Why::Cluster);
+                }
             }
         }
         // The joins to Redis now, before the welcomes go out at the end of
         // the round: a client that knows it is in is in the stream too.
-        if let Some(cluster) = &mut self.cluster {
-            cluster.flush(&self.epoll, &mut self.clients);
-        }
+        self.flush_cluster();
+    }
+
+    /// Write what the cluster queued for Redis; a connection lost on the
+    /// way may answer clients that waited for it.
+    fn flush_cluster(&mut self) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let mut done = Vec::new();
+        cluster.flush(&self.epoll, &mut self.clients, &mut done);
+        self.carry_out(done);
     }
 
     /// `/nick` in a cluster: checked here, then claimed in Redis while the

@@ -135,8 +135,9 @@ impl Value {
 pub enum State {
     /// No connection: try again at `retry`.
     Down { retry: Instant },
-    /// `connect` returned `EINPROGRESS`: writable means it finished.
-    Connecting,
+    /// `connect` returned `EINPROGRESS`: writable means it finished; not
+    /// finished by `due`, it has failed.
+    Connecting { due: Instant },
     /// Connected: requests go out, replies come in.
     Up,
 }
@@ -146,6 +147,12 @@ pub enum State {
 /// that is back is found within half a second.
 const FIRST_RETRY: Duration = Duration::from_millis(20);
 const LAST_RETRY: Duration = Duration::from_millis(500);
+
+/// How long Redis may take to answer a request (or to accept a connect)
+/// before the connection counts as lost: a Redis that is stopped or hung
+/// keeps its connections open and answers nothing, and only a deadline
+/// tells that from one that is slow.
+pub const REPLY_WAIT: Duration = Duration::from_secs(3);
 
 /// A buffer or queue gives back what a burst made it grow to once it is
 /// mostly empty again: a node holding tens of thousands of idle clients
@@ -164,10 +171,16 @@ pub fn shrink<T>(queue: &mut VecDeque<T>) {
     }
 }
 
+/// A request written or queued, and when its reply is due.
+struct Pending<T> {
+    what: T,
+    due: Instant,
+}
+
 /// Pair every whole reply in the input with the oldest request.
 fn take_replies<T>(
     input: &mut Vec<u8>,
-    pending: &mut VecDeque<T>,
+    pending: &mut VecDeque<Pending<T>>,
     replies: &mut Vec<(T, Value)>,
 ) -> io::Result<()> {
     let mut used = 0;
@@ -176,7 +189,7 @@ fn take_replies<T>(
             Ok(Some((value, n))) => {
                 used += n;
                 match pending.pop_front() {
-                    Some(what) => replies.push((what, value)),
+                    Some(request) => replies.push((request.what, value)),
                     None => break Err(io::Error::other("a reply to no request")),
                 }
             }
@@ -201,7 +214,7 @@ pub struct Link<T> {
     /// Bytes read and not yet a whole reply.
     input: Vec<u8>,
     /// What each request written or queued is for, oldest first.
-    pending: VecDeque<T>,
+    pending: VecDeque<Pending<T>>,
 }
 
 /// What one readiness event on the link came to.
@@ -243,6 +256,22 @@ impl<T> Link<T> {
         self.pending.len()
     }
 
+    /// Whether Redis is late: a connect or the oldest reply past its due.
+    pub fn overdue(&self, now: Instant) -> bool {
+        match self.state {
+            State::Down { .. } => false,
+            State::Connecting { due } => due <= now,
+            State::Up => self.pending.front().is_some_and(|p| p.due <= now),
+        }
+    }
+
+    /// Redis answered as it should: the next reconnect waits the least
+    /// again. Not at connect: a Redis that accepts connections and refuses
+    /// every request would otherwise be retried at the shortest interval.
+    pub fn healthy(&mut self) {
+        self.backoff = FIRST_RETRY;
+    }
+
     /// A non-blocking `connect(2)`, if the link is down and its wait is
     /// over. `EINPROGRESS` is the usual answer: the socket is registered for
     /// `EPOLLOUT`, which fires when the handshake ends, well or badly.
@@ -274,16 +303,27 @@ impl<T> Link<T> {
             | EpollFlags::EPOLLET;
         epoll.add(&fd, EpollEvent::new(interest, self.token))?;
         self.socket = Some(fd);
-        self.state = State::Connecting;
+        self.state = State::Connecting {
+            due: Instant::now() + REPLY_WAIT,
+        };
         Ok(())
     }
 
-    /// Queue a request; it goes out with the next [`Link::flush`]. Only
-    /// while connected: a request queued on a connection that is lost
-    /// before its reply is handed back by [`Link::drop_connection`].
+    /// Queue a request; it goes out with the next [`Link::flush`], and
+    /// its reply is due within [`REPLY_WAIT`]. Only while connected: a
+    /// request queued on a connection that is lost before its reply is
+    /// handed back by [`Link::drop_connection`].
     pub fn request(&mut self, args: &[&[u8]], what: T) {
+        self.request_blocking(args, what, Duration::ZERO);
+    }
+
+    /// A request that Redis itself holds for up to `block` (`XREAD
+    /// BLOCK`): its reply is due `REPLY_WAIT` after the block ends.
+    pub fn request_blocking(&mut self, args: &[&[u8]], what: T, block: Duration) {
+        debug_assert_eq!(self.state, State::Up, "a request on a link that is not up");
         encode(&mut self.out, args);
-        self.pending.push_back(what);
+        let due = Instant::now() + block + REPLY_WAIT;
+        self.pending.push_back(Pending { what, due });
     }
 
     /// Write what is queued, until the socket is full (then `EPOLLOUT`
@@ -324,7 +364,7 @@ impl<T> Link<T> {
         let Some(socket) = &self.socket else {
             return progress;
         };
-        if self.state == State::Connecting {
+        if matches!(self.state, State::Connecting { .. }) {
             // SO_ERROR holds the result of the non-blocking connect: 0, or
             // why it failed (ECONNREFUSED when nothing listens).
             match getsockopt(socket, sockopt::SocketError) {
@@ -340,7 +380,6 @@ impl<T> Link<T> {
                 }
             }
             self.state = State::Up;
-            self.backoff = FIRST_RETRY;
             progress.connected = true;
         }
         // Replies are taken out after every read, so the input buffer holds
@@ -377,7 +416,7 @@ impl<T> Link<T> {
         self.out.clear();
         self.input.clear();
         self.wait_to_retry();
-        self.pending.drain(..).collect()
+        self.pending.drain(..).map(|p| p.what).collect()
     }
 
     fn wait_to_retry(&mut self) {
@@ -438,6 +477,26 @@ mod tests {
         assert_eq!(parse(b"hello\r\n"), Err(Malformed));
         assert_eq!(parse(b":x\r\n"), Err(Malformed));
         assert_eq!(parse(b"$1\r\nab\r\n"), Err(Malformed));
+    }
+
+    #[test]
+    fn a_request_unanswered_past_its_due_makes_the_link_overdue() {
+        let mut link: Link<&str> = Link::new("127.0.0.1:1".parse().unwrap(), 0);
+        link.state = State::Up;
+        let start = Instant::now();
+        assert!(!link.overdue(start + REPLY_WAIT * 10), "nothing asked");
+        link.request_blocking(&[b"XREAD"], "read", Duration::from_secs(1));
+        link.request(&[b"GET", b"k"], "get");
+        // The oldest is the blocking read: due a second later than a GET.
+        assert!(!link.overdue(start + REPLY_WAIT));
+        assert!(link.overdue(start + REPLY_WAIT + Duration::from_millis(1100)));
+        let mut replies = Vec::new();
+        let mut input = b"*-1\r\n".to_vec();
+        take_replies(&mut input, &mut link.pending, &mut replies).unwrap();
+        assert_eq!(replies, [("read", Value::Array(None))]);
+        assert!(link.overdue(start + REPLY_WAIT + Duration::from_millis(100)));
+        link.state = State::Connecting { due: start };
+        assert!(link.overdue(start), "a connect has a deadline too");
     }
 
     #[test]

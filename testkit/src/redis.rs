@@ -86,6 +86,23 @@ impl Redis {
         assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     }
 
+    /// Make it refuse every write that needs memory (`-OOM`), as a full
+    /// Redis does, until [`Redis::accept_writes`]: reads still work.
+    pub fn refuse_writes(&self) {
+        let policy = self.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+        let limit = self.command(&["CONFIG", "SET", "maxmemory", "1"]);
+        assert_eq!(
+            (policy.as_str(), limit.as_str()),
+            ("+OK", "+OK"),
+            "CONFIG SET"
+        );
+    }
+
+    /// Lift [`Redis::refuse_writes`].
+    pub fn accept_writes(&self) {
+        assert_eq!(self.command(&["CONFIG", "SET", "maxmemory", "0"]), "+OK");
+    }
+
     /// `HOST:PORT`, as a server's `--redis` takes it.
     pub fn arg(&self) -> String {
         self.addr.to_string()

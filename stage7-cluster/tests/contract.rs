@@ -1,0 +1,494 @@
+//! What the cluster promises, checked under the faults that break it:
+//! a node killed among three, a node paused past its lease, Redis frozen,
+//! Redis restarted empty, Redis refusing writes, and a stream trimmed
+//! under a reader. Each check starts its own `redis-server` and nodes and
+//! kills them at its end, and reads only what clients receive (and the
+//! nodes' descriptors), so `STAGE7_BIN=/path/to/yours` runs it against
+//! your build.
+//!
+//! Under traffic, every client sends a numbered line twenty times a
+//! second; at the end each must have every other's lines once, in order,
+//! except those it was told it lost (`* N lines from server NODE were
+//! lost`) or whose sender was told they could not go: **lines lost
+//! silently: 0**.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use testkit::redis::Redis;
+use testkit::{Client, Server};
+
+fn node_bin() -> PathBuf {
+    testkit::bin("STAGE7_BIN", env!("CARGO_BIN_EXE_stage7-cluster"))
+}
+
+/// A node of the cluster on a free port, logging (the default mode).
+fn node(redis: &Redis) -> Server {
+    Server::start(node_bin(), &["--redis", &redis.arg(), "127.0.0.1:0"])
+}
+
+/// Connect to `server` and read the welcome, which comes once the node is
+/// in the cluster and the client has its name; returns the client and
+/// its name.
+fn join(server: &Server, who: &str) -> (Client, String) {
+    let mut client = server.connect_named(who);
+    let welcome = client.recv_line();
+    let name = welcome
+        .strip_prefix("* welcome ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{who} expected `* welcome NAME ...`, got {welcome:?}"))
+        .to_string();
+    (client, name)
+}
+
+/// Wait until every other client's join has reached `client`.
+fn hears_joins(client: &mut Client, names: &[&str]) {
+    for name in names {
+        let joined = format!("* {name} joined");
+        client.recv_line_until(|l| l == joined);
+    }
+}
+
+/// `/who`, as a list of names.
+fn who(client: &mut Client) -> Vec<String> {
+    client.send(b"/who\n");
+    let line = client.recv_line_until(|l| l.starts_with("* online: ") || l.starts_with("* error"));
+    let names = line
+        .strip_prefix("* online: ")
+        .unwrap_or_else(|| panic!("{} asked /who and got {line:?}", client.name()));
+    names.split(", ").map(str::to_string).collect()
+}
+
+/// `/who` lists exactly `names`, each once.
+fn assert_who(client: &mut Client, names: &[&str]) {
+    let mut listed = who(client);
+    listed.sort();
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        listed,
+        want,
+        "{}: /who must list exactly the live clients, each once",
+        client.name()
+    );
+}
+
+/// The node's descriptors come back to `baseline` once its clients are
+/// gone: nothing leaked (a connection to Redis replaced is closed).
+fn assert_fds_back(server: &Server, baseline: usize, what: &str) {
+    let back = testkit::holds_within_timeout(|| server.open_fds() == baseline);
+    assert!(
+        back,
+        "{what}: the node holds {} descriptors, {baseline} before: {:?}",
+        server.open_fds(),
+        server.fds()
+    );
+}
+
+/// One client of the check's traffic.
+struct Talker {
+    client: Client,
+    name: String,
+    sent: usize,
+}
+
+/// Every talker sends one numbered line, `rounds` times, 50 ms apart:
+/// twenty lines a second each, whatever the fault meanwhile.
+fn talk(talkers: &mut [Talker], rounds: usize) {
+    for _ in 0..rounds {
+        for talker in talkers.iter_mut() {
+            let line = format!("line {}\n", talker.sent);
+            talker.client.send(line.as_bytes());
+            talker.sent += 1;
+        }
+        // Pacing the traffic, not waiting for anything.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What one client received of the others' traffic.
+#[derive(Default, Debug)]
+struct Tally {
+    /// Lines received, per sender.
+    received: HashMap<String, usize>,
+    /// Lines it was told it lost.
+    told_lost: usize,
+    /// Lines of its own it was told could not go to the other servers.
+    not_sent: usize,
+    /// Every other `* ` line.
+    notices: Vec<String>,
+}
+
+impl Tally {
+    fn count(&self, notice: &str) -> usize {
+        self.notices.iter().filter(|n| n.as_str() == notice).count()
+    }
+
+    fn any(&self, part: &str) -> bool {
+        self.notices.iter().any(|n| n.contains(part))
+    }
+}
+
+/// Every talker sends `end`, then reads until it has every other's: the
+/// lines in between are tallied, and each sender's must come in order
+/// and once (a gap is allowed, and counted, to be matched with what the
+/// clients were told).
+fn finish(talkers: &mut [Talker]) -> Vec<Tally> {
+    for talker in talkers.iter_mut() {
+        talker.client.send(b"end\n");
+    }
+    let names: Vec<String> = talkers.iter().map(|t| t.name.clone()).collect();
+    let mut tallies = Vec::new();
+    for talker in talkers.iter_mut() {
+        let mut tally = Tally::default();
+        let mut next: HashMap<String, usize> = HashMap::new();
+        let mut ended: Vec<&str> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ended.len() < names.len() - 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not get every other talker's last line within 30 s",
+                talker.name
+            );
+            let line = talker.client.recv_line();
+            if let Some((sender, text)) = line.split_once(": ")
+                && let Some(sender) = names.iter().find(|n| *n == sender)
+            {
+                if text == "end" {
+                    ended.push(sender);
+                    continue;
+                }
+                let n: usize = text
+                    .strip_prefix("line ")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("{}: a line it never sent: {line:?}", sender));
+                let want = next.entry(sender.clone()).or_default();
+                assert!(
+                    n >= *want,
+                    "{} got {line:?} after line {}: twice, or out of order",
+                    talker.name,
+                    *want - 1
+                );
+                *want = n + 1;
+                *tally.received.entry(sender.clone()).or_default() += 1;
+            } else if let Some(lost) = lost_count(&line) {
+                tally.told_lost += lost;
+            } else if line.contains("miss this line") {
+                tally.not_sent += 1;
+            } else {
+                assert!(line.starts_with("* "), "{}: {line:?}", talker.name);
+                tally.notices.push(line);
+            }
+        }
+        tallies.push(tally);
+    }
+    tallies
+}
+
+/// `* 1,287 lines from server NODE were lost` -> 1287.
+fn lost_count(line: &str) -> Option<usize> {
+    let rest = line.strip_prefix("* ")?;
+    let (count, rest) = rest.split_once(' ')?;
+    if !(rest.starts_with("line") && rest.ends_with(" lost")) {
+        return None;
+    }
+    count.replace(',', "").parse().ok()
+}
+
+/// Lines lost silently: sent by the others, neither received nor told
+/// lost, nor refused to their sender. Printed for the record.
+fn assert_nothing_lost_silently(talkers: &[Talker], tallies: &[Tally], what: &str) {
+    let not_sent: usize = tallies.iter().map(|t| t.not_sent).sum();
+    for (talker, tally) in talkers.iter().zip(tallies) {
+        let expected: usize = talkers
+            .iter()
+            .filter(|t| t.name != talker.name)
+            .map(|t| t.sent)
+            .sum();
+        let received: usize = tally.received.values().sum();
+        let silent = expected.saturating_sub(received + tally.told_lost + not_sent);
+        eprintln!(
+            "{what}: {}: others sent {expected}, received {received}, told lost {}, \
+             refused to senders {not_sent}, lost silently {silent}",
+            talker.name, tally.told_lost
+        );
+        assert_eq!(
+            silent, 0,
+            "{what}: {} missed {silent} lines without being told ({tally:?})",
+            talker.name
+        );
+    }
+}
+
+/// Two nodes and a talker on each, each having heard the other join.
+fn two_talking(redis: &Redis) -> (Server, Server, Vec<Talker>) {
+    let (a, b) = (node(redis), node(redis));
+    let (mut on_a, name_a) = join(&a, "the talker on node A");
+    let (on_b, name_b) = join(&b, "the talker on node B");
+    hears_joins(&mut on_a, &[&name_b]);
+    let talkers = vec![
+        Talker {
+            client: on_a,
+            name: name_a,
+            sent: 0,
+        },
+        Talker {
+            client: on_b,
+            name: name_b,
+            sent: 0,
+        },
+    ];
+    (a, b, talkers)
+}
+
+#[test]
+fn every_survivor_of_three_nodes_hears_a_killed_nodes_clients_leave() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis)).collect();
+    let mut clients = Vec::new();
+    let mut names = Vec::new();
+    for (i, server) in nodes.iter().enumerate() {
+        let (client, name) = join(server, &format!("the client on node {i}"));
+        clients.push(client);
+        names.push(name);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    hears_joins(&mut clients[0], &refs[1..]);
+    hears_joins(&mut clients[1], &refs[2..]);
+    let baseline = nodes[0].open_fds();
+    nodes[2].signal(libc::SIGKILL);
+    let left = format!("* {} left (server lost)", names[2]);
+    for client in &mut clients[..2] {
+        client.recv_line_until(|l| l == left);
+    }
+    for client in &mut clients[..2] {
+        assert_who(client, &refs[..2]);
+    }
+    assert_fds_back(&nodes[0], baseline, "a survivor after the kill");
+}
+
+#[test]
+fn a_node_paused_past_its_lease_comes_back_with_no_ghost() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let (mut on_a, name_a) = join(&a, "the client on node A");
+    let (mut on_b, name_b) = join(&b, "the client on node B");
+    hears_joins(&mut on_a, &[&name_b]);
+    let baseline = b.open_fds() - 1;
+    b.pause();
+    let left = format!("* {name_b} left (server lost)");
+    on_a.recv_line_until(|l| l == left);
+    // Its name is free: a new client takes it.
+    let (mut newcomer, name_new) = join(&a, "the newcomer on node A");
+    newcomer.send(format!("/nick {name_b}\n").as_bytes());
+    let renamed = format!("* {name_new} is now {name_b}");
+    newcomer.recv_line_until(|l| l == renamed);
+    // Sent while its server is stopped: read when it runs again.
+    on_b.send(b"sent from the paused node\n");
+    b.signal(libc::SIGCONT);
+    let told = on_b.recv_line_until(|l| l.starts_with("* error"));
+    eprintln!("the client of the paused node was told {told:?}");
+    on_b.recv_to_eof();
+    // The node serves again: a new client of it is heard on A.
+    let (mut later, name_later) = join(&b, "a new client on node B");
+    later.send(b"hello from node B\n");
+    let hello = format!("{name_later}: hello from node B");
+    let mut before = Vec::new();
+    loop {
+        let line = on_a.recv_line();
+        if line == hello {
+            break;
+        }
+        before.push(line);
+    }
+    assert!(
+        !before
+            .iter()
+            .any(|l| l.contains("sent from the paused node") || *l == format!("* {name_b} left")),
+        "a ghost of the paused node's client reached node A: {before:?}"
+    );
+    assert_who(&mut on_a, &[&name_a, &name_b, &name_later]);
+    drop(later);
+    assert_fds_back(&b, baseline, "the paused node once its clients left");
+}
+
+#[test]
+fn a_frozen_redis_is_noticed_within_seconds_and_nothing_is_lost_silently() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, _b, mut talkers) = two_talking(&redis);
+    let (mut asker, _) = join(&a, "a client that asks /who");
+    let baseline = a.open_fds();
+    talk(&mut talkers, 20);
+    redis.signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    talk(&mut talkers, 20);
+    // Told within the bound of a few seconds, and answered at once then.
+    asker.recv_line_until(|l| l == "* lost contact with the other servers");
+    let noticed = frozen.elapsed();
+    let answer = who_answer(&mut asker);
+    assert!(
+        noticed < Duration::from_secs(5),
+        "a frozen Redis was noticed after {noticed:?}"
+    );
+    assert!(
+        answer.starts_with("* error"),
+        "/who while frozen: {answer:?}"
+    );
+    let rest = Duration::from_secs(5).saturating_sub(frozen.elapsed());
+    talk(&mut talkers, (rest.as_millis() / 50) as usize);
+    redis.signal(libc::SIGCONT);
+    talk(&mut talkers, 20);
+    let tallies = finish(&mut talkers);
+    assert_nothing_lost_silently(&talkers, &tallies, "Redis frozen 5 s");
+    for (talker, tally) in talkers.iter().zip(&tallies) {
+        assert_eq!(
+            (
+                tally.count("* lost contact with the other servers"),
+                tally.count("* back in contact")
+            ),
+            (1, 1),
+            "{} must be told once each: {:?}",
+            talker.name,
+            tally.notices
+        );
+        assert!(!tally.any("server lost"), "{:?}", tally.notices);
+    }
+    drop(talkers);
+    drop(asker);
+    assert_fds_back(&a, baseline - 2, "node A after Redis was frozen");
+}
+
+/// The next `* online:` or `* error` line.
+fn who_answer(client: &mut Client) -> String {
+    client.send(b"/who\n");
+    client.recv_line_until(|l| l.starts_with("* online: ") || l.starts_with("* error"))
+}
+
+#[test]
+fn a_redis_restarted_empty_under_traffic_loses_nothing_silently() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let (a, _b, mut talkers) = two_talking(&redis);
+    let baseline = a.open_fds();
+    talk(&mut talkers, 20);
+    redis.stop();
+    talk(&mut talkers, 40);
+    redis.start_again();
+    talk(&mut talkers, 20);
+    let tallies = finish(&mut talkers);
+    assert_nothing_lost_silently(&talkers, &tallies, "Redis restarted empty");
+    for tally in &tallies {
+        assert_eq!(tally.count("* lost contact with the other servers"), 1);
+        assert_eq!(tally.count("* back in contact"), 1);
+        assert!(!tally.any("server lost"), "{:?}", tally.notices);
+    }
+    let names: Vec<String> = talkers.iter().map(|t| t.name.clone()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_who(&mut talkers[0].client, &refs);
+    drop(talkers);
+    assert_fds_back(&a, baseline - 1, "node A after the restart");
+}
+
+#[test]
+fn a_redis_refusing_writes_under_traffic_loses_nothing_silently() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b, mut talkers) = two_talking(&redis);
+    let (mut renamer, _) = join(&a, "a client that asks /nick");
+    let (a_base, b_base) = (a.open_fds(), b.open_fds());
+    talk(&mut talkers, 10);
+    redis.refuse_writes();
+    talk(&mut talkers, 20);
+    // A name Redis would not write is not a name someone has.
+    renamer.send(b"/nick alice\n");
+    let answer = renamer.recv_line_until(|l| l.contains("alice") || l.starts_with("* error"));
+    assert!(
+        !answer.contains("taken"),
+        "/nick while Redis refuses writes: {answer:?}"
+    );
+    let mut newcomer = b.connect_named("a client that joins meanwhile");
+    // Past every lease: a node that took the refusals for silence would
+    // now take the others for dead.
+    talk(&mut talkers, 180);
+    redis.accept_writes();
+    talk(&mut talkers, 20);
+    let tallies = finish(&mut talkers);
+    assert_nothing_lost_silently(&talkers, &tallies, "Redis refusing writes 10 s");
+    for tally in &tallies {
+        assert!(!tally.any("server lost"), "{:?}", tally.notices);
+        let (lost, back) = (
+            tally.count("* lost contact with the other servers"),
+            tally.count("* back in contact"),
+        );
+        assert!(lost <= 1 && lost == back, "{:?}", tally.notices);
+    }
+    // The newcomer was let in, or told and let go: never left waiting.
+    let first = newcomer.recv_line();
+    if first.starts_with("* error") {
+        newcomer.recv_to_eof();
+    } else {
+        assert!(first.starts_with("* welcome"), "{first:?}");
+        drop(newcomer);
+    }
+    let mut names: Vec<String> = talkers.iter().map(|t| t.name.clone()).collect();
+    let renamed: Vec<String> = who(&mut renamer)
+        .into_iter()
+        .filter(|n| !names.contains(n))
+        .collect();
+    names.extend(renamed);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_who(&mut talkers[0].client, &refs);
+    assert_eq!(refs.len(), 3, "the two talkers and the renamer: {refs:?}");
+    drop(talkers);
+    drop(renamer);
+    assert_fds_back(&a, a_base - 2, "node A after the refusals");
+    assert_fds_back(&b, b_base - 1, "node B after the refusals");
+}
+
+#[test]
+fn entries_trimmed_before_a_node_read_them_are_told_with_a_count() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let (mut on_a, _) = join(&a, "the client on node A");
+    let (mut on_b, name_b) = join(&b, "the client on node B");
+    hears_joins(&mut on_a, &[&name_b]);
+    on_b.send(b"first\n");
+    on_a.recv_line_until(|l| l.ends_with(": first"));
+    // A stops reading; B's lines are trimmed away before it reads them.
+    a.pause();
+    let lines: String = (0..20).map(|n| format!("line {n}\n")).collect();
+    on_b.send(lines.as_bytes());
+    // The joins, `first` and the twenty lines.
+    testkit::wait_until("Redis has B's twenty lines", || {
+        redis.command(&["XLEN", "chat:stream"]) == ":23"
+    });
+    assert!(
+        redis
+            .command(&["XTRIM", "chat:stream", "MAXLEN", "0"])
+            .starts_with(':')
+    );
+    a.signal(libc::SIGCONT);
+    on_b.send(b"after\n");
+    let mut received = 0;
+    let mut told = 0;
+    loop {
+        let line = on_a.recv_line();
+        if line.ends_with(": after") {
+            break;
+        }
+        if let Some(lost) = lost_count(&line) {
+            told += lost;
+        } else if line.contains(": line ") {
+            received += 1;
+        }
+    }
+    eprintln!("trimmed: sent 20, received {received}, told lost {told}");
+    assert_eq!(
+        received + told,
+        20,
+        "lines lost silently: {}",
+        20 - received - told
+    );
+    assert!(told > 0, "the trim took lines, and A's client was not told");
+}
