@@ -25,12 +25,14 @@
 //! (or removed). Lines that hold only an mdBook anchor (`// ANCHOR: name`,
 //! `// ANCHOR_END: name`) are left out, so the diff is the lesson alone.
 
+pub mod hunks;
+pub mod walk;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use similar::{Algorithm, TextDiff};
 
 /// The command that rewrites the diffs; every failure message names it.
 pub const REFRESH: &str = "cargo run -p bookgen -- diffs";
@@ -57,6 +59,24 @@ pub struct DiffSpec {
     /// Files left out of the diff, in both stages (a new program that the
     /// chapter shows in its own section).
     pub omit: &'static [&'static str],
+    /// Parts shown together with the part after them (two small hunks of
+    /// one function), by name: `main-parse_args`.
+    pub join: &'static [&'static str],
+}
+
+/// The chapters already walked through hunk by hunk: each part of the diff
+/// included once, in order, with prose around it, the whole diff folded at
+/// the end, new files shown as listings at their anchors, and no stretch of
+/// more than [`MAX_CODE_STRETCH`] code lines without prose. The list grows
+/// as chapters are reworked; the checks apply to these chapters only.
+pub const HUNK_BY_HUNK: &[&str] = &["2", "3"];
+
+/// The most code lines a reworked chapter may show without prose between.
+pub const MAX_CODE_STRETCH: usize = 60;
+
+/// Whether the chapter of stage `name` is walked through hunk by hunk.
+pub fn is_reworked(name: &str) -> bool {
+    HUNK_BY_HUNK.contains(&name)
 }
 
 /// Every stage, in order. A new stage folder must be added here (a test
@@ -74,6 +94,9 @@ pub const STAGES: [Stage; 9] = [
             base: "1",
             renames: &[],
             omit: &[],
+            // The second `parse_args` hunk only drops `-q`; the last hunk
+            // only deletes the tail of stage 1's functions.
+            join: &["main-parse_args", "main-read_line"],
         }),
     },
     Stage {
@@ -83,6 +106,8 @@ pub const STAGES: [Stage; 9] = [
             base: "1",
             renames: &[],
             omit: &[],
+            // Both hunks above the first item only add `use` lines.
+            join: &["main-top"],
         }),
     },
     Stage {
@@ -92,6 +117,7 @@ pub const STAGES: [Stage; 9] = [
             base: "3",
             renames: &[],
             omit: &[],
+            join: &[],
         }),
     },
     Stage {
@@ -101,6 +127,7 @@ pub const STAGES: [Stage; 9] = [
             base: "4",
             renames: &[("src/main.rs", "src/bin/server.rs")],
             omit: &["src/bin/client.rs"],
+            join: &[],
         }),
     },
     Stage {
@@ -110,6 +137,7 @@ pub const STAGES: [Stage; 9] = [
             base: "5a",
             renames: &[],
             omit: &["src/bin/client.rs"],
+            join: &[],
         }),
     },
     Stage {
@@ -119,6 +147,7 @@ pub const STAGES: [Stage; 9] = [
             base: "5b",
             renames: &[],
             omit: &["src/bin/client.rs"],
+            join: &[],
         }),
     },
     Stage {
@@ -133,6 +162,7 @@ pub const STAGES: [Stage; 9] = [
             base: "5",
             renames: &[("src/bin/server.rs", "src/main.rs")],
             omit: &["src/bin/client.rs"],
+            join: &[],
         }),
     },
 ];
@@ -165,30 +195,98 @@ pub fn diff_path(root: &Path, name: &str) -> PathBuf {
     root.join(format!("book/src/diffs/stage{name}.diff"))
 }
 
-/// The text a chapter must contain to show its stage's diff.
+/// The text a chapter must contain to show a one-file diff whole (the
+/// `all` anchor holds the diff without its part anchors).
 pub fn diff_include(name: &str) -> String {
-    format!("```diff\n{{{{#include diffs/stage{name}.diff}}}}\n```")
+    format!("```diff\n{{{{#include diffs/stage{name}.diff:all}}}}\n```")
 }
 
-/// The anchors of a diff that spans several files, one per file, in the
-/// order of the diff (`server` for `src/bin/server.rs`): a chapter shows
-/// such a diff a file at a time, each with its own explanation.
-pub fn diff_anchors(diff: &str) -> Vec<&str> {
-    diff.lines()
-        .filter_map(|line| line.strip_prefix("// ANCHOR: "))
-        .collect()
+/// The include line of one anchor of a stage's diff.
+pub fn part_include(name: &str, anchor: &str) -> String {
+    format!("{{{{#include diffs/stage{name}.diff:{anchor}}}}}")
 }
 
-/// What a chapter must contain to show its stage's diff `diff`: the whole
-/// file, or, when it spans several files, a block for each.
-pub fn diff_includes(name: &str, diff: &str) -> Vec<String> {
+/// One file's share of a stage's diff.
+#[derive(Debug, Clone)]
+pub struct FileDiff {
+    /// The file's stem, its anchor when the diff spans several files.
+    pub stem: String,
+    /// `--- old\n+++ new\n`.
+    pub header: String,
+    /// Its hunks, named.
+    pub parts: Vec<hunks::Part>,
+}
+
+/// A stage's diff, cut into files and parts, and the files it leaves to be
+/// shown as listings.
+#[derive(Debug, Clone, Default)]
+pub struct StageDiff {
+    /// The changed files, in order.
+    pub files: Vec<FileDiff>,
+    /// Files with no counterpart in the base stage (every file of a stage
+    /// without a base), as paths from the stage's folder: a reworked
+    /// chapter shows them as listings split at their own anchors, not as an
+    /// all-green diff.
+    pub new_files: Vec<String>,
+}
+
+impl StageDiff {
+    /// Every part's anchor name, in the order of the diff.
+    pub fn part_names(&self) -> Vec<&str> {
+        self.files
+            .iter()
+            .flat_map(|f| f.parts.iter().map(|p| p.name.as_str()))
+            .collect()
+    }
+
+    /// The `.diff` file: everything inside the anchor `all`, each file
+    /// inside an anchor of its stem when there are several, each part inside
+    /// an anchor of its name. A part starts at its `@@` line, so only the
+    /// whole view shows the `---`/`+++` header.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "// ANCHOR: all");
+        let anchored = self.files.len() > 1;
+        for file in &self.files {
+            if anchored {
+                let _ = writeln!(out, "// ANCHOR: {}", file.stem);
+            }
+            out.push_str(&file.header);
+            for part in &file.parts {
+                let _ = writeln!(out, "// ANCHOR: {}", part.name);
+                out.push_str(&part.text);
+                let _ = writeln!(out, "// ANCHOR_END: {}", part.name);
+            }
+            if anchored {
+                let _ = writeln!(out, "// ANCHOR_END: {}", file.stem);
+            }
+        }
+        let _ = writeln!(out, "// ANCHOR_END: all");
+        out
+    }
+}
+
+/// The per-file anchors of a diff that spans several files, in the order
+/// of the diff (`server` for `src/bin/server.rs`): a chapter not yet walked
+/// hunk by hunk shows such a diff a file at a time.
+pub fn diff_anchors(diff: &StageDiff) -> Vec<&str> {
+    if diff.files.len() < 2 {
+        return Vec::new();
+    }
+    diff.files.iter().map(|f| f.stem.as_str()).collect()
+}
+
+/// What a chapter not yet walked hunk by hunk must contain to show its
+/// stage's diff: the whole diff, or, when it spans several files, a block
+/// for each.
+pub fn diff_includes(name: &str, diff: &StageDiff) -> Vec<String> {
     let anchors = diff_anchors(diff);
     if anchors.is_empty() {
         return vec![diff_include(name)];
     }
     anchors
         .iter()
-        .map(|anchor| format!("```diff\n{{{{#include diffs/stage{name}.diff:{anchor}}}}}\n```"))
+        .map(|anchor| format!("```diff\n{}\n```", part_include(name, anchor)))
         .collect()
 }
 
@@ -227,12 +325,37 @@ pub fn stage_dirs(root: &Path) -> Result<Vec<String>> {
 /// The diff a stage's chapter shows, from the crates as they are now, or
 /// `None` when the stage has no diff or has not landed yet.
 pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
-    let Some(spec) = stage.diff else {
-        return Ok(None);
-    };
+    Ok(stage_diff(root, stage, is_reworked(stage.name))?
+        .filter(|_| stage.diff.is_some())
+        .map(|diff| {
+            if diff.files.is_empty() {
+                let base = stage.diff.and_then(|d| self::stage(d.base));
+                format!(
+                    "# {} has the same source as {}\n",
+                    stage.dir,
+                    base.map_or("its base", |b| b.dir)
+                )
+            } else {
+                diff.render()
+            }
+        }))
+}
+
+/// A stage's diff cut into parts, or `None` when the stage has not landed.
+/// A stage without a base has no diff, and all its files are new. With
+/// `reworked`, new files are left out of the diff (the chapter shows them
+/// as listings); otherwise they are diffed against nothing, all green.
+pub fn stage_diff(root: &Path, stage: &Stage, reworked: bool) -> Result<Option<StageDiff>> {
     if !is_present(root, stage) {
         return Ok(None);
     }
+    let mut new_files = source_files(&root.join(stage.dir))?;
+    let Some(spec) = stage.diff else {
+        return Ok(Some(StageDiff {
+            files: Vec::new(),
+            new_files,
+        }));
+    };
     let base = self::stage(spec.base).context("the base stage is not in STAGES")?;
     if !is_present(root, base) {
         bail!(
@@ -242,30 +365,44 @@ pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
             base.dir
         );
     }
-    let mut old_files = source_files(&root.join(base.dir))?;
-    let mut new_files = source_files(&root.join(stage.dir))?;
-    old_files.retain(|f| !spec.omit.contains(&f.as_str()));
-    new_files.retain(|f| !spec.omit.contains(&f.as_str()));
-
-    // Pair each new file with its old counterpart: renamed, same path, or none.
-    let mut pairs: Vec<(Option<&str>, Option<&str>)> = Vec::new();
-    for new in &new_files {
-        let old = match spec.renames.iter().find(|(_, to)| to == new) {
-            Some((from, _)) => old_files.iter().find(|f| f == from),
-            None => old_files
+    let all_old = source_files(&root.join(base.dir))?;
+    let counterpart = |new: &str| -> Option<String> {
+        match spec.renames.iter().find(|(_, to)| *to == new) {
+            Some((from, _)) => all_old.iter().find(|f| f == from).cloned(),
+            None => all_old
                 .iter()
-                .find(|f| *f == new && !spec.renames.iter().any(|(from, _)| from == f)),
-        };
-        pairs.push((old.map(String::as_str), Some(new)));
+                .find(|f| *f == new && !spec.renames.iter().any(|(from, _)| from == f))
+                .cloned(),
+        }
+    };
+    let created: Vec<String> = new_files
+        .iter()
+        .filter(|f| counterpart(f).is_none())
+        .cloned()
+        .collect();
+    // Pair each new file with its old counterpart: renamed, same path, or none.
+    let mut pairs: Vec<(Option<String>, Option<String>)> = Vec::new();
+    for new in &new_files {
+        if spec.omit.contains(&new.as_str()) {
+            continue;
+        }
+        let old = counterpart(new);
+        if old.is_none() && reworked {
+            continue;
+        }
+        pairs.push((old, Some(new.clone())));
     }
-    for old in &old_files {
-        if !pairs.iter().any(|(o, _)| *o == Some(old.as_str())) {
-            pairs.push((Some(old), None));
+    for old in all_old.iter().filter(|f| !spec.omit.contains(&f.as_str())) {
+        let paired = new_files
+            .iter()
+            .any(|n| counterpart(n).as_ref() == Some(old));
+        if !paired {
+            pairs.push((Some(old.clone()), None));
         }
     }
 
     // Each file's diff, named by its file's stem (`server`, `clients`).
-    let mut parts: Vec<(String, String)> = Vec::new();
+    let mut files: Vec<FileDiff> = Vec::new();
     for (old, new) in pairs {
         let read = |dir: &str, file: Option<&str>| -> Result<(String, String)> {
             match file {
@@ -278,55 +415,31 @@ pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
                 None => Ok(("/dev/null".to_string(), String::new())),
             }
         };
-        let (old_name, old_text) = read(base.dir, old)?;
-        let (new_name, new_text) = read(stage.dir, new)?;
-        let diff = unified_diff(&old_name, &old_text, &new_name, &new_text);
-        if diff.is_empty() {
-            continue;
-        }
+        let (old_name, old_text) = read(base.dir, old.as_deref())?;
+        let (new_name, new_text) = read(stage.dir, new.as_deref())?;
         let file = new.or(old).unwrap_or_default();
-        let stem = Path::new(file)
+        let stem = Path::new(&file)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if parts.iter().any(|(s, _)| *s == stem) {
+        let parts = hunks::split(&stem, &old_text, &new_text, spec.join);
+        if parts.is_empty() {
+            continue;
+        }
+        if files.iter().any(|f| f.stem == stem) {
             bail!(
                 "two files of stage {}'s diff are both named {stem}",
                 stage.name
             );
         }
-        parts.push((stem, diff));
+        files.push(FileDiff {
+            stem,
+            header: format!("--- {old_name}\n+++ {new_name}\n"),
+            parts,
+        });
     }
-    let mut out = String::new();
-    // Several files: an mdBook anchor around each, so the chapter can show
-    // them one at a time.
-    let anchored = parts.len() > 1;
-    for (stem, diff) in parts {
-        if anchored {
-            let _ = writeln!(out, "// ANCHOR: {stem}");
-        }
-        out.push_str(&diff);
-        if anchored {
-            let _ = writeln!(out, "// ANCHOR_END: {stem}");
-        }
-    }
-    if out.is_empty() {
-        let _ = writeln!(out, "# {} has the same source as {}", stage.dir, base.dir);
-    }
-    Ok(Some(out))
-}
-
-/// A unified diff with three lines of context; empty when nothing changed.
-pub fn unified_diff(old_name: &str, old: &str, new_name: &str, new: &str) -> String {
-    // Patience keeps whole functions together, which reads better than the
-    // shortest edit script when a function is rewritten.
-    let diff = TextDiff::configure()
-        .algorithm(Algorithm::Patience)
-        .diff_lines(old, new);
-    diff.unified_diff()
-        .context_radius(3)
-        .header(old_name, new_name)
-        .to_string()
+    new_files.retain(|f| created.contains(f));
+    Ok(Some(StageDiff { files, new_files }))
 }
 
 /// The source without the lines that only hold an mdBook anchor.
@@ -340,7 +453,7 @@ pub fn strip_anchors(text: &str) -> String {
 }
 
 /// The crate's `.rs` files under `src/`, as sorted paths relative to `dir`.
-fn source_files(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn source_files(dir: &Path) -> Result<Vec<String>> {
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
         for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
             let entry = entry?;
@@ -418,6 +531,12 @@ pub fn check_diffs(root: &Path) -> Result<Vec<String>> {
 
 /// What is missing from the book's stage chapters: one sentence per problem.
 pub fn check_chapters(root: &Path) -> Result<Vec<String>> {
+    check_chapters_for(root, HUNK_BY_HUNK)
+}
+
+/// [`check_chapters`], with `reworked` as the chapters walked hunk by hunk
+/// (their diffs are checked part by part by [`walk::check_walkthrough`]).
+pub fn check_chapters_for(root: &Path, reworked: &[&str]) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let summary_path = root.join("book/src/SUMMARY.md");
     let summary = fs::read_to_string(&summary_path)
@@ -440,7 +559,10 @@ pub fn check_chapters(root: &Path) -> Result<Vec<String>> {
         if !summary.contains(&format!("({file})")) {
             problems.push(format!("{file} is not listed in book/src/SUMMARY.md"));
         }
-        if let Some(diff) = generate(root, stage)? {
+        let walked = reworked.contains(&stage.name);
+        let diff = stage_diff(root, stage, walked)?;
+        if let Some(diff) = diff.filter(|d| stage.diff.is_some() && !walked && !d.files.is_empty())
+        {
             let missing: Vec<String> = diff_includes(stage.name, &diff)
                 .into_iter()
                 .filter(|include| !text.contains(include.as_str()))
@@ -509,7 +631,7 @@ pub fn check_includes(book_src: &Path) -> Result<Vec<String>> {
     Ok(problems)
 }
 
-fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+pub(crate) fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
         if path.is_dir() {
@@ -520,4 +642,21 @@ fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     }
     out.sort();
     Ok(())
+}
+
+/// The text of an HTML fragment without its tags and the lines mdBook
+/// hides (`class="boring"`, such as the `fn main` it wraps around Rust
+/// snippets).
+pub fn visible_text(mut html: &str) -> String {
+    let mut text = String::new();
+    while let Some(tag) = html.find('<') {
+        text.push_str(&html[..tag]);
+        html = &html[tag..];
+        if html.starts_with("<span class=\"boring\">") {
+            html = html.find("</span>").map_or("", |end| &html[end..]);
+        }
+        html = html.find('>').map_or("", |end| &html[end + 1..]);
+    }
+    text.push_str(html);
+    text
 }

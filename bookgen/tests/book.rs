@@ -125,23 +125,10 @@ fn has_empty_code(html: &str) -> bool {
         let (Some(open), Some(close)) = (rest.find('>'), rest.find("</code>")) else {
             return false;
         };
-        visible_text(&rest[open + 1..close]).trim().is_empty()
+        bookgen::visible_text(&rest[open + 1..close])
+            .trim()
+            .is_empty()
     })
-}
-
-/// The text of an HTML fragment without its tags and hidden lines.
-fn visible_text(mut html: &str) -> String {
-    let mut text = String::new();
-    while let Some(tag) = html.find('<') {
-        text.push_str(&html[..tag]);
-        html = &html[tag..];
-        if html.starts_with("<span class=\"boring\">") {
-            html = html.find("</span>").map_or("", |end| &html[end..]);
-        }
-        html = html.find('>').map_or("", |end| &html[end + 1..]);
-    }
-    text.push_str(html);
-    text
 }
 
 /// The value of `attr` in every tag of the page that starts with `tag`.
