@@ -54,6 +54,12 @@ impl Visit for Message<'_> {
 /// Build the book at `book_root` into a temporary folder and return every
 /// problem found: build errors, logged warnings, and faults in the HTML.
 fn build_and_check(book_root: &Path) -> Vec<String> {
+    build(book_root).1
+}
+
+/// Build the book at `book_root` into a temporary folder: the folder, and
+/// every problem found.
+fn build(book_root: &Path) -> (tempfile::TempDir, Vec<String>) {
     let out = tempfile::tempdir().expect("a temporary folder");
     let warnings = Warnings::default();
     let built = tracing::subscriber::with_default(warnings.clone(), || {
@@ -67,7 +73,7 @@ fn build_and_check(book_root: &Path) -> Vec<String> {
     problems.extend(warnings.0.lock().unwrap().iter().cloned());
     if let Err(err) = built {
         problems.push(format!("the book does not build: {err:#}"));
-        return problems;
+        return (out, problems);
     }
     let mut pages = Vec::new();
     html_files(out.path(), &mut pages);
@@ -102,7 +108,7 @@ fn build_and_check(book_root: &Path) -> Vec<String> {
             problems.push(format!("{page} was not built"));
         }
     }
-    problems
+    (out, problems)
 }
 
 fn html_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -178,6 +184,33 @@ fn the_book_builds_without_a_warning() {
         "the book has problems:\n{}",
         problems.join("\n")
     );
+}
+
+/// A reworked chapter reads as code and prose in turn: no more than
+/// `MAX_CODE_STRETCH` code lines without a sentence between, measured on
+/// the built page. Every chapter's longest stretch is printed.
+#[test]
+fn reworked_chapters_have_no_long_stretch_of_code() {
+    let root = bookgen::workspace_root();
+    let (out, problems) = build(&bookgen::book_root(&root));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let mut too_long = Vec::new();
+    for stage in &bookgen::STAGES {
+        let chapter = format!("stage{}.md", stage.name);
+        let html = fs::read_to_string(out.path().join(format!("stage{}.html", stage.name)))
+            .expect("the chapter was built");
+        let stretch = bookgen::walk::longest_stretch(&html);
+        let reworked = bookgen::is_reworked(stage.name);
+        println!(
+            "{chapter}: longest stretch {} code lines{}",
+            stretch.lines,
+            if reworked { "" } else { " (not yet reworked)" }
+        );
+        if reworked {
+            too_long.extend(bookgen::walk::stretch_problem(&chapter, &stretch));
+        }
+    }
+    assert!(too_long.is_empty(), "{}", too_long.join("\n"));
 }
 
 /// Copy `from` into `to`, leaving out build output.
