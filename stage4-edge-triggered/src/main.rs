@@ -62,7 +62,6 @@ struct Connection {
 }
 // ANCHOR_END: connection
 
-// ANCHOR: closed
 /// Why a connection ended: what its `closed fd N (...)` line says.
 enum Closed {
     /// The client sent end-of-file and has all its echo.
@@ -80,7 +79,6 @@ impl fmt::Display for Closed {
         }
     }
 }
-// ANCHOR_END: closed
 
 fn main() -> ExitCode {
     let args = parse_args();
@@ -265,7 +263,6 @@ fn accept_clients(
 }
 // ANCHOR_END: accept
 
-// ANCHOR: log_accepted
 /// The `accepted` line names the peer when it can: a client that reset
 /// while it waited in the accept queue has none (`getpeername` fails with
 /// `ENOTCONN`), and the first read on its socket reports the reset.
@@ -275,7 +272,6 @@ fn log_accepted(fd: RawFd) {
         Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
-// ANCHOR_END: log_accepted
 
 // ANCHOR: serve
 /// Read until `EAGAIN` (or end-of-file, or a full `pending`), echoing as we
@@ -334,7 +330,6 @@ fn update_interest(epoll: &Epoll, conn: &mut Connection) -> nix::Result<()> {
 }
 // ANCHOR_END: interest
 
-// ANCHOR: close
 /// The one way a connection ends. `EPOLL_CTL_DEL` before `close(2)`: the
 /// interest list forgets the socket while its descriptor number is still ours.
 fn close_client(
@@ -352,4 +347,3 @@ fn close_client(
         }
     }
 }
-// ANCHOR_END: close

@@ -20,7 +20,6 @@ use nix::sys::uio::writev;
 
 use crate::queue::{Chunks, Line, MAX_SLICES, OutQueue};
 
-// ANCHOR: phase
 /// Where a client is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -84,9 +83,7 @@ impl fmt::Display for Why {
         }
     }
 }
-// ANCHOR_END: phase
 
-// ANCHOR: client
 /// The client's socket as the last write left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendBuffer {
@@ -115,7 +112,6 @@ pub struct Client {
     /// In the dirty list: its queue is written at the end of this round.
     dirty: bool,
 }
-// ANCHOR_END: client
 
 impl Client {
     pub fn fd(&self) -> &OwnedFd {
@@ -461,7 +457,6 @@ impl Clients {
     }
 }
 
-// ANCHOR: sanitize
 /// Control bytes other than TAB (ESC included) become `?`, so no client can
 /// drive another's terminal; bytes from 0x80 up (UTF-8) pass unchanged.
 pub fn sanitize(b: u8) -> u8 {
@@ -471,7 +466,6 @@ pub fn sanitize(b: u8) -> u8 {
         b
     }
 }
-// ANCHOR_END: sanitize
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,6 @@ use std::ops::ControlFlow;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineTooLong;
 
-// ANCHOR: split_lines
 /// Split `input`, the next bytes of a stream, into lines.
 ///
 /// `partial` holds the unfinished line that earlier input left; the first
@@ -71,4 +70,3 @@ fn emit(
     }
     Ok(on_line(line))
 }
-// ANCHOR_END: split_lines

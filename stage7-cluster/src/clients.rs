@@ -20,7 +20,6 @@ use nix::sys::uio::writev;
 
 use crate::queue::{Chunks, Line, MAX_SLICES, OutQueue};
 
-// ANCHOR: phase
 /// Where a client is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -84,9 +83,7 @@ impl fmt::Display for Why {
         }
     }
 }
-// ANCHOR_END: phase
 
-// ANCHOR: client
 /// The client's socket as the last write left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendBuffer {
@@ -115,7 +112,6 @@ pub struct Client {
     /// In the dirty list: its queue is written at the end of this round.
     dirty: bool,
 }
-// ANCHOR_END: client
 
 impl Client {
     pub fn fd(&self) -> &OwnedFd {
@@ -165,7 +161,6 @@ impl Client {
         }
     }
 
-    // ANCHOR: write
     /// At most one `writev(2)`: every queued line in one system call.
     /// `writev` has no `MSG_NOSIGNAL` flag: the first write after a reset
     /// fails with `ECONNRESET`, a later one raises SIGPIPE, which Rust
@@ -201,7 +196,6 @@ impl Client {
             Err(err) => Err(err),
         }
     }
-    // ANCHOR_END: write
 }
 
 /// Why `/nick` was refused.
@@ -414,7 +408,6 @@ impl Clients {
         Ok(name)
     }
 
-    // ANCHOR: enqueue
     /// Queue `text` and a newline for the client `fd`, and mark it dirty.
     pub fn queue_line(&mut self, fd: RawFd, text: impl AsRef<[u8]>) {
         let line = self
@@ -467,7 +460,6 @@ impl Clients {
             }
         }
     }
-    // ANCHOR_END: enqueue
 
     /// Put the client `fd` in the dirty list (its queue is written at the
     /// end of the round).
@@ -499,7 +491,6 @@ impl Clients {
     }
 }
 
-// ANCHOR: sanitize
 /// Control bytes other than TAB (ESC included) become `?`, so no client can
 /// drive another's terminal; bytes from 0x80 up (UTF-8) pass unchanged.
 pub fn sanitize(b: u8) -> u8 {
@@ -509,7 +500,6 @@ pub fn sanitize(b: u8) -> u8 {
         b
     }
 }
-// ANCHOR_END: sanitize
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,6 @@ pub const COMMANDS: u64 = u64::MAX - 2;
 pub const READER: u64 = u64::MAX - 3;
 pub const TIMER: u64 = u64::MAX - 4;
 
-// ANCHOR: keys
 /// The stream every node appends to and reads.
 const STREAM: &[u8] = b"chat:stream";
 /// Every name in the cluster: name -> "NODE NUMBER".
@@ -63,7 +62,6 @@ const FREE_NAME: &[u8] = b"if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] th
 /// Raises the `client<N>` counter to at least ARGV[1] (after a restart).
 const RAISE_NEXT: &[u8] = b"if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) \
     then redis.call('SET', KEYS[1], ARGV[1]) end return 0";
-// ANCHOR_END: keys
 
 // ANCHOR: for
 /// What a request was for: the link keeps one per request, in order, and
@@ -292,7 +290,6 @@ impl Cluster {
         matches!(self.contact, Contact::Ready { .. })
     }
 
-    // ANCHOR: events
     /// A readiness event for one of the cluster's descriptors.
     pub fn ready(
         &mut self,
@@ -434,9 +431,7 @@ impl Cluster {
             _ => {}
         }
     }
-    // ANCHOR_END: events
 
-    // ANCHOR: reply
     fn reply(&mut self, what: For, reply: Value, clients: &mut Clients, done: &mut Vec<Done>) {
         if let Value::Error(err) = &reply {
             self.log(format_args!(
@@ -546,7 +541,6 @@ impl Cluster {
         self.send_backlog();
         self.ask_names();
     }
-    // ANCHOR_END: reply
 
     /// `EXEC`'s reply: the stream's last entry (read from the one after)
     /// and every name there is.
@@ -658,7 +652,6 @@ impl Cluster {
     }
     // ANCHOR_END: append
 
-    // ANCHOR: names
     /// A new connection waits for a cluster-wide name.
     pub fn join(&mut self, fd: OwnedFd) {
         self.next_ticket += 1;
@@ -902,9 +895,7 @@ impl Cluster {
             self.others.insert(node.to_string(), count);
         }
     }
-    // ANCHOR_END: names
 
-    // ANCHOR: read
     /// Keep one `XREAD BLOCK` waiting on the reader connection.
     fn read_stream(&mut self) {
         let Some(last_id) = &self.last_id else {
@@ -989,9 +980,7 @@ impl Cluster {
             clients.broadcast(text, None);
         }
     }
-    // ANCHOR_END: read
 
-    // ANCHOR: lost
     /// Another node's lease is gone: its clients left with it. Who they
     /// were, Redis's names say.
     fn node_lost(&mut self, node: &str) {
@@ -1003,7 +992,6 @@ impl Cluster {
         self.commands
             .request(&[b"HGETALL", NAMES], For::Gone(node.to_string()));
     }
-    // ANCHOR_END: lost
 
     /// Write what was queued on either connection this round.
     pub fn flush(&mut self, epoll: &Epoll, clients: &mut Clients) {

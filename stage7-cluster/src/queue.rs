@@ -29,7 +29,6 @@ struct Chunk {
     bytes: OnceCell<Vec<u8>>,
 }
 
-// ANCHOR: line
 /// One line, newline included: a range of a chunk.
 #[derive(Clone)]
 pub struct Line {
@@ -100,9 +99,7 @@ impl Chunks {
         }
     }
 }
-// ANCHOR_END: line
 
-// ANCHOR: queue
 /// The most ranges a queue holds. A client that keeps up has a few per
 /// round and writes them all; past this many it is falling behind, and
 /// gets its own copy of what follows, so a slow client keeps at most this
@@ -207,7 +204,6 @@ impl OutQueue {
         }
     }
 }
-// ANCHOR_END: queue
 
 #[cfg(test)]
 mod tests {

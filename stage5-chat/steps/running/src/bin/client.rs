@@ -167,7 +167,6 @@ struct Client {
     terminal: Option<Terminal>,
 }
 
-// ANCHOR: client_loop
 fn run(args: &Args) -> Result<ExitCode> {
     let socket_fd = connect_any(&args.addrs)?;
     // epoll_create1(2): one set for both sides, so neither blocks the other.
@@ -254,7 +253,6 @@ fn run(args: &Args) -> Result<ExitCode> {
         client.update_interest()?;
     }
 }
-// ANCHOR_END: client_loop
 
 impl Client {
     /// Whether stdin may be read: not while much is still unsent.
@@ -386,7 +384,6 @@ fn exit_code(signal: Signal) -> ExitCode {
     ExitCode::from(128 + signal as u8)
 }
 
-// ANCHOR: raw_mode
 /// Raw mode for as long as this lives: dropping it restores the terminal,
 /// on a normal return, an error return, and while a panic unwinds.
 struct RawMode {
@@ -441,9 +438,7 @@ fn restore(saved: &Termios) {
     let _ = stdout.flush();
     let _ = tcsetattr(io::stdin(), SetArg::TCSANOW, saved);
 }
-// ANCHOR_END: raw_mode
 
-// ANCHOR: signals
 /// Block SIGINT, SIGTERM and SIGHUP and receive them from a `signalfd(2)`
 /// in the epoll set: a `kill` ends the loop like any other event, and the
 /// terminal is restored on the way out. (Raw mode makes Ctrl-C a byte, but
@@ -460,7 +455,6 @@ fn watch_signals() -> Result<SignalFd> {
         .map_err(io::Error::from)
         .context("signalfd failed")
 }
-// ANCHOR_END: signals
 
 /// What the keys read from the terminal ask of the loop.
 enum Keys {
@@ -481,7 +475,6 @@ enum Escape {
     Sequence,
 }
 
-// ANCHOR: terminal
 /// The terminal when stdin and stdout are one: raw mode, the signals that
 /// must not leave it raw, and the input line drawn under what arrives.
 struct Terminal {
@@ -499,7 +492,6 @@ struct Terminal {
     /// connection ends).
     prompt: bool,
 }
-// ANCHOR_END: terminal
 
 impl Terminal {
     /// Signals first, then raw mode: a signal from here on ends the loop
@@ -535,7 +527,6 @@ impl Terminal {
         Ok(info.map(|info| ExitCode::from(128 + info.ssi_signo as u8)))
     }
 
-    // ANCHOR: keys
     /// Edit the input line with the keys just read; Enter moves the line
     /// to `unsent`.
     fn keys(&mut self, keys: &[u8], unsent: &mut Vec<u8>) -> io::Result<Keys> {
@@ -585,9 +576,7 @@ impl Terminal {
         unsent.append(&mut self.typed);
         unsent.push(b'\n');
     }
-    // ANCHOR_END: keys
 
-    // ANCHOR: print_received
     /// Print the whole lines received so far above the input line. Once the
     /// connection has `closed`, print the rest too, and no prompt after it.
     fn print_received(&mut self, received: &[u8], closed: bool) -> io::Result<()> {
@@ -644,7 +633,6 @@ impl Terminal {
         stdout.write_all(&screen)?;
         stdout.flush()
     }
-    // ANCHOR_END: print_received
 
     fn prompt_text(&self) -> String {
         format!("{}> ", self.name)

@@ -153,7 +153,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-// ANCHOR: listen
 /// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
 /// listening socket.
 fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
@@ -181,7 +180,6 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(listen_fd)
 }
-// ANCHOR_END: listen
 
 // ANCHOR: limits
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit: every client is a
@@ -211,7 +209,6 @@ fn watch_signals() -> Result<SignalFd> {
 }
 // ANCHOR_END: limits
 
-// ANCHOR: log_accepted
 /// The `accepted` line names the peer when it can: a client that reset
 /// while it waited in the accept queue has none (`getpeername` fails with
 /// `ENOTCONN`), and the first read on its socket reports the reset.
@@ -221,7 +218,6 @@ fn log_accepted(fd: RawFd) {
         Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
-// ANCHOR_END: log_accepted
 
 // ANCHOR: server
 /// Whether, and how, the listener is being served.
@@ -553,7 +549,6 @@ impl Server {
     }
     // ANCHOR_END: serve
 
-    // ANCHOR: input
     /// Frame what was read into lines and act on each.
     fn handle_input(&mut self, fd: RawFd, input: &[u8]) {
         let max_line = self.args.max_line;
@@ -636,7 +631,6 @@ impl Server {
         self.clients.queue_line(fd, reply);
         ControlFlow::Continue(())
     }
-    // ANCHOR_END: input
 
     // ANCHOR: end
     /// The one way a client ends: out of the chat, the others told why
@@ -720,7 +714,6 @@ impl Server {
     }
     // ANCHOR_END: end
 
-    // ANCHOR: flush
     /// Write every dirty client's queue. Closing a client can queue `left`
     /// notices for others, so this goes on until no client is dirty.
     fn flush_all(&mut self) {
@@ -757,7 +750,6 @@ impl Server {
         }
         self.finish(fd);
     }
-    // ANCHOR_END: flush
 
     // ANCHOR: shutdown
     /// SIGINT or SIGTERM: stop accepting, tell everyone, and let the main
