@@ -24,6 +24,14 @@
 //! unless the table renames it; a file with no counterpart is shown as added
 //! (or removed). Lines that hold only an mdBook anchor (`// ANCHOR: name`,
 //! `// ANCHOR_END: name`) are left out, so the diff is the lesson alone.
+//!
+//! Each `.diff` file holds the whole diff inside the anchor `all` (for the
+//! folded view at the end of a chapter), each file inside an anchor of its
+//! stem when there are several, and each hunk inside an anchor of its own
+//! ([`hunks`] says how parts are cut and named: `main-run`). A chapter
+//! listed in [`HUNK_BY_HUNK`] includes every part once, in order, where its
+//! prose explains it, and shows a file new in its stage as a listing cut at
+//! the file's own anchors ([`walk`] checks both).
 
 pub mod hunks;
 pub mod walk;

@@ -3,13 +3,16 @@
 
 use std::process::ExitCode;
 
-use bookgen::{REFRESH, check_chapters, check_diffs, workspace_root, write_diffs};
+use bookgen::walk::{check_anchors, check_walkthrough};
+use bookgen::{HUNK_BY_HUNK, REFRESH, check_chapters, check_diffs, workspace_root, write_diffs};
 
 const USAGE: &str = "\
 usage: bookgen [diffs|check]
 
   diffs       rewrite book/src/diffs/stageN.diff from the stage crates (default)
-  check       report stale diffs and stages without a chapter; exit 1 if any
+  check       report stale diffs, stages without a chapter, parts a reworked
+              chapter does not show once and in order, and unused anchors;
+              exit 1 if any
   -h, --help  print this help";
 
 fn main() -> ExitCode {
@@ -27,6 +30,8 @@ fn main() -> ExitCode {
         }),
         ["check"] => check_diffs(&root).and_then(|mut problems| {
             problems.extend(check_chapters(&root)?);
+            problems.extend(check_walkthrough(&root, HUNK_BY_HUNK)?);
+            problems.extend(check_anchors(&root)?);
             for problem in &problems {
                 eprintln!("{problem}");
             }
