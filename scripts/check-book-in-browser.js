@@ -1,12 +1,17 @@
 // The browser half of scripts/check-book-in-browser (run that, not this):
 // open every chapter of a built book in headless Chromium and measure each
 // table and image against the text column.
+//
+// It drives Chromium through the DevTools protocol over a pipe
+// (--remote-debugging-pipe: JSON messages ended by a NUL byte, Chromium
+// reading descriptor 3 and writing descriptor 4), so it needs Node.js alone:
+// no driver package, no npm.
 "use strict";
 
+const { spawn } = require("child_process");
 const fs = require("fs");
 const os = require("os");
 const path = require("path");
-const { chromium } = require("playwright-core");
 
 const USAGE = "usage: check-book-in-browser BOOK_HTML_DIR [--width PX] [--screenshots DIR]";
 
@@ -95,6 +100,136 @@ function measure() {
   return { column, problems, notes };
 }
 
+// One Chromium, spoken to over its DevTools pipe. `send` resolves with a
+// command's result; `once` waits for an event of the page's session.
+class Browser {
+  constructor(executable, profile) {
+    this.child = spawn(
+      executable,
+      [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        // A phone's scrollbars overlay the page: the page gets the whole width.
+        "--hide-scrollbars",
+        "--remote-debugging-pipe",
+        `--user-data-dir=${profile}`,
+        "about:blank",
+      ],
+      { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe"] },
+    );
+    this.nextId = 1;
+    this.pending = new Map();
+    this.waiters = [];
+    this.stderr = "";
+    this.child.stdio[2].on("data", (d) => (this.stderr = (this.stderr + d).slice(-4000)));
+    // Bytes, not text, until a whole message is in: a chunk may end inside
+    // a UTF-8 sequence.
+    let buffered = Buffer.alloc(0);
+    this.child.stdio[4].on("data", (chunk) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      let end;
+      while ((end = buffered.indexOf(0)) >= 0) {
+        this.dispatch(JSON.parse(buffered.subarray(0, end).toString("utf8")));
+        buffered = buffered.subarray(end + 1);
+      }
+    });
+    this.exited = new Promise((resolve) => this.child.on("exit", resolve));
+    this.exited.then(() => {
+      const err = new Error(`chromium exited; its last words:\n${this.stderr}`);
+      for (const { reject } of this.pending.values()) reject(err);
+      for (const w of this.waiters) w.reject(err);
+    });
+  }
+
+  dispatch(msg) {
+    if (msg.id !== undefined) {
+      const call = this.pending.get(msg.id);
+      this.pending.delete(msg.id);
+      if (msg.error) call.reject(new Error(`${call.method}: ${msg.error.message}`));
+      else call.resolve(msg.result);
+      return;
+    }
+    if (msg.method === "Fetch.requestPaused") {
+      // Nothing but the book's own files: a page that reaches out is a fault
+      // of its own, and the network here is closed anyway.
+      this.send("Fetch.failRequest", { requestId: msg.params.requestId, errorReason: "BlockedByClient" }, msg.sessionId);
+      return;
+    }
+    this.waiters = this.waiters.filter((w) => {
+      if (w.method !== msg.method) return true;
+      w.resolve(msg.params);
+      return false;
+    });
+  }
+
+  send(method, params = {}, sessionId = this.session) {
+    const id = this.nextId++;
+    const message = { id, method, params };
+    if (sessionId) message.sessionId = sessionId;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { method, resolve, reject });
+      this.child.stdio[3].write(JSON.stringify(message) + "\0");
+    });
+  }
+
+  once(method, ms) {
+    return new Promise((resolve, reject) => {
+      const waiter = { method, resolve, reject };
+      this.waiters.push(waiter);
+      setTimeout(() => reject(new Error(`no ${method} within ${ms / 1000} s`)), ms).unref();
+    });
+  }
+
+  // A page of its own, `width` CSS pixels wide, with remote requests refused.
+  async open(width) {
+    const { targetId } = await this.send("Target.createTarget", { url: "about:blank" }, null);
+    const { sessionId } = await this.send("Target.attachToTarget", { targetId, flatten: true }, null);
+    this.session = sessionId;
+    await this.send("Page.enable");
+    await this.send("Emulation.setDeviceMetricsOverride", { width, height: 900, deviceScaleFactor: 1, mobile: false });
+    await this.send("Fetch.enable", { patterns: [{ urlPattern: "http*" }, { urlPattern: "ws*" }] });
+  }
+
+  async goto(url) {
+    const loaded = this.once("Page.loadEventFired", 30000);
+    const { errorText } = await this.send("Page.navigate", { url });
+    if (errorText) throw new Error(`cannot open ${url}: ${errorText}`);
+    await loaded;
+  }
+
+  async evaluate(fn) {
+    const { result, exceptionDetails } = await this.send("Runtime.evaluate", {
+      expression: `(${fn.toString()})()`,
+      returnByValue: true,
+    });
+    if (exceptionDetails) throw new Error(`in the page: ${exceptionDetails.text}`);
+    return result.value;
+  }
+
+  async screenshot(file) {
+    const { cssContentSize } = await this.send("Page.getLayoutMetrics");
+    const { data } = await this.send("Page.captureScreenshot", {
+      format: "png",
+      captureBeyondViewport: true,
+      clip: { x: 0, y: 0, width: cssContentSize.width, height: cssContentSize.height, scale: 1 },
+    });
+    fs.writeFileSync(file, Buffer.from(data, "base64"));
+  }
+
+  async close() {
+    const closed = this.send("Browser.close", {}, null).catch(() => {});
+    const timeout = new Promise((resolve) => setTimeout(resolve, 5000).unref());
+    await Promise.race([closed.then(() => this.exited), timeout]);
+    if (this.child.exitCode === null) this.child.kill("SIGKILL");
+  }
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const pages = chapters(args.dir);
@@ -105,42 +240,24 @@ async function main() {
   if (args.screenshots) fs.mkdirSync(args.screenshots, { recursive: true });
   // A new, empty profile every run; no network, no background services.
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "book-check-"));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-    viewport: { width: args.width, height: 900 },
-  });
+  const browser = new Browser(process.env.CHROMIUM || "/usr/bin/chromium", profile);
   let failures = 0;
   try {
-    const page = await context.newPage();
-    // Nothing but the book's own files: a page that reaches out is a fault
-    // of its own, and the network here is closed anyway.
-    await page.route(/^(?!file:)/, (route) => route.abort());
+    await browser.open(args.width);
     for (const file of pages) {
       const name = path.relative(args.dir, file);
-      await page.goto("file://" + path.resolve(file), { waitUntil: "load", timeout: 30000 });
-      const { column, problems, notes } = await page.evaluate(measure);
+      await browser.goto("file://" + path.resolve(file));
+      const { column, problems, notes } = await browser.evaluate(measure);
       for (const p of problems) console.log(`${name}: ${p}`);
       for (const n of notes) console.log(`${name}: note: ${n}`);
       failures += problems.length;
       if (args.screenshots) {
-        const png = path.join(args.screenshots, name.replace(/[\\/]/g, "_").replace(/\.html$/, `-${args.width}.png`));
-        await page.screenshot({ path: png, fullPage: true });
+        await browser.screenshot(path.join(args.screenshots, name.replace(/[\\/]/g, "_").replace(/\.html$/, `-${args.width}.png`)));
       }
       if (column !== null && problems.length === 0) console.log(`${name}: ok (text column ${Math.round(column)} px)`);
     }
   } finally {
-    await context.close();
+    await browser.close();
     fs.rmSync(profile, { recursive: true, force: true });
   }
   if (failures > 0) {

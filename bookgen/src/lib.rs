@@ -45,6 +45,20 @@ use anyhow::{Context, Result, bail};
 /// The command that rewrites the diffs; every failure message names it.
 pub const REFRESH: &str = "cargo run -p bookgen -- diffs";
 
+/// What a stale diff means, for the two readers who meet one: a learner
+/// trying an exercise, and a maintainer who changed a stage for good.
+pub fn stale_diffs_advice() -> String {
+    format!(
+        "The book's diffs no longer match the crates: a stage's code changed.\n\
+         - Trying an exercise? This check only says the book no longer shows your code. \
+         Undo the change when you are done (`git stash`, or switch back to your branch), \
+         and meanwhile run the stage's own checks (`cargo test -p STAGE`) or leave this one out \
+         (`cargo test --workspace -- --skip committed_diffs_match_the_crates`).\n\
+         - Changed a stage for good? Regenerate the diffs with `{REFRESH}`, \
+         explain the change in its chapter, and commit book/src/diffs with it."
+    )
+}
+
 /// One stage crate of the workbook, or one step of stage 5.
 #[derive(Debug, Clone, Copy)]
 pub struct Stage {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use bookgen::walk::{check_anchors, check_walkthrough};
-use bookgen::{HUNK_BY_HUNK, REFRESH, check_chapters, check_diffs, workspace_root, write_diffs};
+use bookgen::{HUNK_BY_HUNK, check_chapters, check_diffs, workspace_root, write_diffs};
 
 const USAGE: &str = "\
 usage: bookgen [diffs|check]
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
                 eprintln!("{problem}");
             }
             if !problems.is_empty() {
-                eprintln!("refresh the diffs with `{REFRESH}`");
+                eprintln!("{}", bookgen::stale_diffs_advice());
             }
             Ok(problems.is_empty())
         }),

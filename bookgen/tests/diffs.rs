@@ -4,17 +4,16 @@
 use std::fs;
 use std::path::Path;
 
-use bookgen::{
-    REFRESH, check_chapters, check_chapters_for, check_diffs, diff_include, generate, stage,
-};
+use bookgen::{check_chapters, check_chapters_for, check_diffs, diff_include, generate, stage};
 
 #[test]
 fn committed_diffs_match_the_crates() {
     let problems = check_diffs(&bookgen::workspace_root()).unwrap();
     assert!(
         problems.is_empty(),
-        "{}\nrefresh the diffs with `{REFRESH}` and commit book/src/diffs",
-        problems.join("\n")
+        "{}\n{}",
+        problems.join("\n"),
+        bookgen::stale_diffs_advice()
     );
 }
 

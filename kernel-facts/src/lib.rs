@@ -7,10 +7,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, accept4, bind, connect, getsockname,
-    listen, setsockopt, socket, sockopt,
+    getsockopt, listen, setsockopt, socket, sockopt,
 };
 
 /// How long any wait lasts before a check gives up: far longer than
@@ -28,16 +29,25 @@ pub fn listener(flags: SockFlag, backlog: Backlog) -> (OwnedFd, SocketAddrV4) {
     (listen_fd, SocketAddrV4::from(local))
 }
 
-/// A blocking client connected to `addr`.
+/// A blocking client connected to `addr`. The connect itself is made
+/// non-blocking and waited for with [`TIMEOUT_MS`]: a blocking `connect`
+/// whose SYN the kernel drops (a full accept queue) would wait for the SYN
+/// retries, about two minutes, where this fails within seconds.
 pub fn connect_to(addr: SocketAddrV4) -> OwnedFd {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
-    connect(fd.as_raw_fd(), &SockaddrIn::from(addr)).expect("connect");
+    let (fd, started) = connect_nonblocking(addr);
+    match started {
+        Ok(()) | Err(Errno::EINPROGRESS) => {}
+        Err(err) => panic!("connect to {addr}: {err}"),
+    }
+    let revents = poll_for(&fd, PollFlags::POLLOUT, TIMEOUT_MS);
+    assert!(
+        !revents.is_empty(),
+        "connect to {addr} neither completed nor failed within {TIMEOUT_MS} ms"
+    );
+    let error = getsockopt(&fd, sockopt::SocketError).expect("getsockopt(SO_ERROR)");
+    assert_eq!(error, 0, "connect to {addr}: {}", Errno::from_raw(error));
+    let status = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL).expect("F_GETFL"));
+    fcntl(&fd, FcntlArg::F_SETFL(status - OFlag::O_NONBLOCK)).expect("F_SETFL");
     fd
 }
 

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use kernel_facts::{TIMEOUT_MS, accept_one, connect_to, listener, wait_for};
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::PollFlags;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{
@@ -213,4 +214,194 @@ fn epollpri_clears_once_a_read_passes_the_urgent_byte() {
         vec![],
         "EPOLLPRI is gone once the reads passed it"
     );
+}
+
+/// A connected loopback pair: (client, the server's accepted socket).
+fn tcp_pair() -> (OwnedFd, OwnedFd) {
+    let (listen_fd, addr) = listener(SockFlag::SOCK_CLOEXEC, Backlog::MAXCONN);
+    let client = connect_to(addr);
+    let server = accept_one(&listen_fd, SockFlag::SOCK_CLOEXEC);
+    (client, server)
+}
+
+/// `EPOLL_CTL_ADD` and `EPOLL_CTL_MOD` both ask the socket for its
+/// readiness at once: a socket with data already waiting, added
+/// edge-triggered, is reported at the next `epoll_wait` without any new
+/// data, and so it is again after each `MOD` (adding `EPOLLOUT`, then
+/// dropping it as stage 4 does), although nothing arrived and nothing was
+/// read in between. So no event is lost between accepting a connection and
+/// registering it, and a `MOD` re-reports input a handler left unread.
+///
+/// Book: stage 4, "What its checks prove" (the `EPOLL_CTL_MOD` that removes
+/// `EPOLLOUT`); stage 6, "Connecting without waiting"; Appendix B,
+/// "`EPOLL_CTL_ADD`: hooking the callback".
+#[test]
+fn epoll_ctl_add_and_mod_recheck_readiness_at_once() {
+    let (client, server) = tcp_pair();
+    send(client.as_raw_fd(), b"hello", MsgFlags::MSG_NOSIGNAL).expect("send");
+    wait_for(&server, PollFlags::POLLIN); // the data is there before the ADD
+
+    let epoll = new_epoll();
+    let edge = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+    epoll
+        .add(&server, EpollEvent::new(edge, 7))
+        .expect("EPOLL_CTL_ADD");
+    assert_eq!(
+        ready_now(&epoll),
+        vec![(EpollFlags::EPOLLIN, 7)],
+        "ADD reports the data already waiting"
+    );
+    assert_eq!(ready_now(&epoll), vec![], "edge-triggered: reported once");
+
+    let with_out = edge | EpollFlags::EPOLLOUT;
+    epoll
+        .modify(&server, &mut EpollEvent::new(with_out, 7))
+        .expect("EPOLL_CTL_MOD adding EPOLLOUT");
+    assert_eq!(
+        ready_now(&epoll),
+        vec![(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT, 7)],
+        "MOD adding EPOLLOUT reports the socket again, input and room"
+    );
+    assert_eq!(ready_now(&epoll), vec![]);
+
+    epoll
+        .modify(&server, &mut EpollEvent::new(edge, 7))
+        .expect("EPOLL_CTL_MOD dropping EPOLLOUT");
+    assert_eq!(
+        ready_now(&epoll),
+        vec![(EpollFlags::EPOLLIN, 7)],
+        "MOD dropping EPOLLOUT reports the unread input again"
+    );
+    assert_eq!(ready_now(&epoll), vec![]);
+}
+
+/// How many times `epoll_wait` reports `EPOLLOUT` (in the mode `flags`
+/// sets) over 1,000 sends of 10 bytes, one wait after each, on a fresh
+/// connection whose peer never reads: 10,000 bytes, far less than the send
+/// and receive buffers hold. The report for the registration itself is not
+/// counted.
+fn epollout_reports_over_1000_small_sends(flags: EpollFlags) -> usize {
+    let (_client, server) = tcp_pair();
+    let epoll = new_epoll();
+    epoll
+        .add(&server, EpollEvent::new(EpollFlags::EPOLLOUT | flags, 1))
+        .expect("EPOLL_CTL_ADD");
+    assert_eq!(ready_now(&epoll).len(), 1, "a fresh socket is writable");
+    let mut reports = 0;
+    for _ in 0..1_000 {
+        assert_eq!(
+            send(server.as_raw_fd(), b"0123456789", MsgFlags::MSG_NOSIGNAL),
+            Ok(10)
+        );
+        reports += ready_now(&epoll).len();
+    }
+    reports
+}
+
+/// `EPOLLOUT` on a socket whose send buffer never fills: level-triggered,
+/// every one of 1,000 waits reports it (the socket is writable, so a loop
+/// that keeps `EPOLLOUT` registered spins); edge-triggered, none does after
+/// the first report, because writes that fit change nothing epoll is told
+/// about.
+///
+/// Book: stage 4, "`EPOLLOUT` only while something is pending" and exercise
+/// 4; stage 6, "One registration, edge-triggered, for both directions";
+/// Appendix C, "Busy loops".
+#[test]
+fn epollout_lt_reports_at_every_wait_et_not_while_writes_fit() {
+    assert_eq!(
+        epollout_reports_over_1000_small_sends(EpollFlags::empty()),
+        1_000
+    );
+    assert_eq!(
+        epollout_reports_over_1000_small_sends(EpollFlags::EPOLLET),
+        0
+    );
+}
+
+/// Edge-triggered `EPOLLOUT` comes back once the send buffer has been full
+/// (`send` said `EAGAIN`) and the peer's reads have made room again: that
+/// is the edge a server waiting to flush is woken by. While the buffer is
+/// full nothing is reported, and the room is reported once.
+///
+/// Book: stage 4, "Serving a connection: read and write until `EAGAIN`" and
+/// "`EPOLLOUT` only while something is pending"; stage 6, "Reading and
+/// writing until `EAGAIN`".
+#[test]
+fn epollout_et_fires_again_once_a_full_send_buffer_drains() {
+    let (client, server) = tcp_pair();
+    let status = OFlag::from_bits_truncate(fcntl(&server, FcntlArg::F_GETFL).expect("F_GETFL"));
+    fcntl(&server, FcntlArg::F_SETFL(status | OFlag::O_NONBLOCK)).expect("F_SETFL");
+    let epoll = new_epoll();
+    let edge = EpollFlags::EPOLLOUT | EpollFlags::EPOLLET;
+    epoll
+        .add(&server, EpollEvent::new(edge, 1))
+        .expect("EPOLL_CTL_ADD");
+    assert_eq!(ready_now(&epoll).len(), 1, "a fresh socket is writable");
+
+    let chunk = [b'x'; 65_536];
+    let mut sent = 0;
+    loop {
+        match send(server.as_raw_fd(), &chunk, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(Errno::EAGAIN) => break,
+            Err(err) => panic!("send: {err}"),
+        }
+    }
+    assert_eq!(
+        ready_now(&epoll),
+        vec![],
+        "nothing while the buffer is full"
+    );
+
+    let mut received = 0;
+    let mut buf = vec![0u8; 65_536];
+    while received < sent {
+        wait_for(&client, PollFlags::POLLIN);
+        received += recv(client.as_raw_fd(), &mut buf, MsgFlags::empty()).expect("recv");
+    }
+    let mut events = [EpollEvent::empty(); 1];
+    assert_eq!(
+        epoll.wait(&mut events, TIMEOUT_MS),
+        Ok(1),
+        "room again after the peer read all {sent} bytes"
+    );
+    assert_eq!(events[0].events(), EpollFlags::EPOLLOUT);
+    assert_eq!(ready_now(&epoll), vec![], "reported once");
+}
+
+/// An event reports the socket's whole state within its mask: with one
+/// edge-triggered `EPOLLIN | EPOLLOUT` registration (stage 6's), every
+/// arrival of input on a writable socket is reported with `EPOLLOUT` set
+/// too, although the room did not change; small sends in between are
+/// reported not at all. A loop that dispatches on the bits must not take
+/// that `EPOLLOUT` for news.
+///
+/// Book: stage 4, "`EPOLLOUT` only while something is pending"; stage 6,
+/// "One registration, edge-triggered, for both directions".
+#[test]
+fn et_epollin_events_of_a_writable_socket_carry_epollout() {
+    let (client, server) = tcp_pair();
+    let epoll = new_epoll();
+    let both = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLET;
+    epoll
+        .add(&server, EpollEvent::new(both, 1))
+        .expect("EPOLL_CTL_ADD");
+    assert_eq!(ready_now(&epoll), vec![(EpollFlags::EPOLLOUT, 1)]);
+    let mut buf = [0u8; 16];
+    for round in 0..100 {
+        assert_eq!(
+            send(server.as_raw_fd(), b"0123456789", MsgFlags::MSG_NOSIGNAL),
+            Ok(10)
+        );
+        assert_eq!(ready_now(&epoll), vec![], "round {round}: after a send");
+        send(client.as_raw_fd(), b"x", MsgFlags::MSG_NOSIGNAL).expect("send");
+        wait_for(&server, PollFlags::POLLIN);
+        assert_eq!(
+            ready_now(&epoll),
+            vec![(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT, 1)],
+            "round {round}: input arrived"
+        );
+        assert_eq!(recv(server.as_raw_fd(), &mut buf, MsgFlags::empty()), Ok(1));
+    }
 }

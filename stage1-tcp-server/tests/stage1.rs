@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use testkit::conventions::echo_probe;
+use testkit::conventions::{echo_probe, try_echo_probe};
 use testkit::{Client, Server};
 
 fn bin() -> PathBuf {
@@ -21,23 +21,39 @@ fn echoes_exactly_the_bytes_it_receives() {
     // Not line-based: no newline, every byte value, more than one read's worth.
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
     client.send(&data);
-    assert_eq!(client.recv_exact(data.len()), data);
+    let echo = client.try_recv_echo(&data);
+    assert!(
+        echo.is_ok(),
+        "{}: does the server write back all of every read, whatever the bytes, \
+         with write_all (a write may take less than it is given)?",
+        echo.unwrap_err()
+    );
 }
 
 #[test]
 fn serves_one_client_at_a_time() {
     let server = Server::start(bin(), &["127.0.0.1:0"]);
-    let mut a = server.connect();
+    let mut a = server.connect_named("client A");
     echo_probe(&mut a);
 
     // B's connect succeeds (the kernel queues it) but nobody reads its bytes.
-    let mut b = server.connect();
+    let mut b = server.connect_named("client B");
     b.send(b"hello from B");
-    b.expect_silence(Duration::from_millis(300));
+    let silence = b.try_expect_silence(Duration::from_millis(300));
+    assert!(
+        silence.is_ok(),
+        "{} while A was still connected: stage 1 serves one client at a time",
+        silence.unwrap_err()
+    );
 
     // Once A hangs up, the server accepts B and echoes what was waiting.
     drop(a);
-    assert_eq!(b.recv_exact(12), b"hello from B");
+    let echo = b.try_recv_echo(b"hello from B");
+    assert!(
+        echo.is_ok(),
+        "{} after A hung up: does the server go back to accept(2) when its client leaves?",
+        echo.unwrap_err()
+    );
 }
 
 #[test]
@@ -45,10 +61,19 @@ fn queues_a_burst_of_connects_while_busy() {
     // With a small backlog (the classic 5, or 128) most of these would time
     // out; with SOMAXCONN they all wait in the accept queue.
     let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
-    let mut busy = server.connect();
+    let mut busy = server.connect_named("the busy client");
     echo_probe(&mut busy);
-    let waiting: Vec<Client> = (0..300).map(|_| server.connect()).collect();
+    // A connect that finds the accept queue full times out (the kernel
+    // drops its handshake): the failure names the backlog.
+    let waiting: Vec<Client> = (0..300)
+        .map(|i| server.connect_named(format!("client {} of 300", i + 1)))
+        .collect();
     drop(busy);
     let mut first = waiting.into_iter().next().unwrap();
-    echo_probe(&mut first);
+    let echo = try_echo_probe(&mut first);
+    assert!(
+        echo.is_ok(),
+        "{} after the busy client left: were the queued connections accepted?",
+        echo.unwrap_err()
+    );
 }

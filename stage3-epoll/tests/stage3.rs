@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use testkit::conventions::echo_probe;
-use testkit::{Client, Server};
+use testkit::conventions::{echo_probe, try_echo_probe};
+use testkit::{Client, Server, interest_list};
 
 fn bin() -> PathBuf {
     testkit::bin("STAGE3_BIN", env!("CARGO_BIN_EXE_stage3-epoll"))
@@ -16,56 +16,89 @@ testkit::fault_checks!(bin(), echo_probe);
 #[test]
 fn serves_an_idle_client_and_a_busy_one_together() {
     let server = Server::start(bin(), &["127.0.0.1:0"]);
-    let mut idle = server.connect();
-    let mut busy = server.connect();
+    let mut idle = server.connect_named("the idle client");
+    let mut busy = server.connect_named("the busy client");
     // In stage 1, `busy` would wait for `idle` to leave; here it is served at once.
     for round in 0..50 {
         let msg = format!("round {round}\n");
         busy.send(msg.as_bytes());
-        assert_eq!(busy.recv_exact(msg.len()), msg.as_bytes());
+        let echo = busy.try_recv_echo(msg.as_bytes());
+        assert!(
+            echo.is_ok(),
+            "{} in round {round}, while the idle client sent nothing: \
+             was it accepted, and does the server wait in epoll_wait for both instead of \
+             blocking on one?",
+            echo.unwrap_err()
+        );
     }
-    echo_probe(&mut idle);
+    let echo = try_echo_probe(&mut idle);
+    assert!(
+        echo.is_ok(),
+        "{} after 50 rounds with the busy one: is it still in the interest list?",
+        echo.unwrap_err()
+    );
 }
 
 #[test]
 fn hundred_concurrent_clients_each_get_their_own_bytes() {
     let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
-    let mut clients: Vec<Client> = (0..100).map(|_| server.connect()).collect();
+    let mut clients: Vec<Client> = (0..100)
+        .map(|i| server.connect_named(format!("client {} of 100", i + 1)))
+        .collect();
     let payload = |i: usize| format!("client {i} says {}\n", "x".repeat(i * 10)).into_bytes();
     for (i, client) in clients.iter_mut().enumerate() {
         client.send(&payload(i));
     }
     for (i, client) in clients.iter_mut().enumerate() {
-        assert_eq!(client.recv_exact(payload(i).len()), payload(i));
+        let echo = client.try_recv_echo(&payload(i));
+        assert!(
+            echo.is_ok(),
+            "{}: was every client accepted, and does each echo go to its own client's fd?",
+            echo.unwrap_err()
+        );
     }
 }
 
 #[test]
 fn a_reset_client_is_removed_and_disturbs_no_one() {
     let server = Server::start(bin(), &["127.0.0.1:0"]);
-    let mut stays = server.connect();
+    let mut stays = server.connect_named("the client that stays");
     echo_probe(&mut stays);
     let interest_before = server.epoll_interest();
     let fds_before = server.open_fds();
 
-    let mut leaves = server.connect();
+    let mut leaves = server.connect_named("the client that resets");
     echo_probe(&mut leaves);
     let fd = server.fd_of(&leaves);
+    let interest = server.epoll_interest();
     assert!(
-        server
-            .epoll_interest()
-            .iter()
-            .any(|&(watched, _)| watched == fd)
+        interest.iter().any(|&(watched, _)| watched == fd),
+        "client fd {fd} is not in the interest list ({}): is each accepted client \
+         added with EPOLL_CTL_ADD?",
+        interest_list(&interest)
     );
     leaves.send(b"unread echo");
     leaves.reset();
 
     server.wait_stderr(&format!("closed fd {fd} (ECONNRESET)\n"));
-    assert_eq!(
-        server.epoll_interest(),
-        interest_before,
-        "the fd left the interest list"
+    let interest_after = server.epoll_interest();
+    assert!(
+        interest_after == interest_before,
+        "after fd {fd} reset, the interest list is {} (before it came: {}): \
+         is the fd taken out (EPOLL_CTL_DEL) when its read fails?",
+        interest_list(&interest_after),
+        interest_list(&interest_before)
     );
-    assert_eq!(server.open_fds(), fds_before, "the fd was closed");
-    echo_probe(&mut stays);
+    let fds_after = server.open_fds();
+    assert!(
+        fds_after == fds_before,
+        "after fd {fd} reset, the server has {fds_after} descriptors open, {fds_before} \
+         before it came: is the fd closed when its read fails?"
+    );
+    let echo = try_echo_probe(&mut stays);
+    assert!(
+        echo.is_ok(),
+        "{} after another client reset: does one client's error end only its connection?",
+        echo.unwrap_err()
+    );
 }

@@ -312,8 +312,9 @@ fn flush(conn: &mut Connection) -> nix::Result<()> {
 // ANCHOR_END: serve
 
 // ANCHOR: interest
-/// Ask for `EPOLLOUT` only while echo is pending: a socket with room to
-/// write is almost always writable, and would wake us for nothing.
+/// Ask for `EPOLLOUT` only while echo is pending: the interest list then
+/// shows who waits to write, and the loop stays correct without `EPOLLET`,
+/// where a socket with room to write would be reported on every wait.
 fn update_interest(epoll: &Epoll, conn: &mut Connection) -> nix::Result<()> {
     let want_write = !conn.pending.is_empty();
     if want_write == conn.want_write {

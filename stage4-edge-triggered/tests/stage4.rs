@@ -9,8 +9,8 @@ use std::thread;
 
 use nix::poll::{PollFd, PollFlags, poll};
 
-use testkit::conventions::echo_probe;
-use testkit::{Client, Server};
+use testkit::conventions::{echo_probe, try_echo_probe};
+use testkit::{Client, Server, count, epoll_flags, interest_list};
 
 fn bin() -> PathBuf {
     testkit::bin("STAGE4_BIN", env!("CARGO_BIN_EXE_stage4-edge-triggered"))
@@ -28,6 +28,14 @@ const EPOLLET: u32 = libc::EPOLLET as u32;
 /// offset `start` on, so a lost or repeated chunk shows up as a mismatch.
 fn pattern(start: usize, len: usize) -> Vec<u8> {
     (start..start + len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Where `a` and `b` first differ.
+fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
 }
 
 /// Send `data` from a thread while the caller reads the echo (and, with
@@ -83,9 +91,11 @@ fn returns_a_one_mib_burst_whole() {
     // Nothing is read until everything is sent: the server's writes hit
     // EAGAIN and it must keep the rest until EPOLLOUT.
     client.send(&data);
+    let echo = client.try_recv_echo(&data);
     assert!(
-        client.recv_exact(MIB) == data,
-        "the echo differs from the burst"
+        echo.is_ok(),
+        "{}: was the output that hit EAGAIN kept, and written on EPOLLOUT?",
+        echo.unwrap_err()
     );
 }
 
@@ -99,10 +109,18 @@ fn registers_each_client_edge_triggered() {
         .epoll_interest()
         .into_iter()
         .find_map(|(watched, events)| (watched == fd).then_some(events))
-        .unwrap_or_else(|| panic!("client fd {fd} is not in the interest list"));
+        .unwrap_or_else(|| {
+            panic!(
+                "client fd {fd} is not in the interest list ({}): \
+                 is each accepted client added with EPOLL_CTL_ADD?",
+                interest_list(&server.epoll_interest())
+            )
+        });
     assert!(
         events & (EPOLLIN | EPOLLET) == EPOLLIN | EPOLLET,
-        "client fd {fd} is registered for {events:#x}, not EPOLLIN | EPOLLET"
+        "client fd {fd} is registered for {}, not EPOLLIN|EPOLLET: \
+         is it added to the interest list edge-triggered?",
+        epoll_flags(events)
     );
 }
 
@@ -114,10 +132,28 @@ fn flushes_everything_before_closing_after_end_of_file() {
     let mut client = Client::connect_small_window(server.addr);
     let data = pattern(0, 8 * MIB);
     let sender = send_in_background(&client, &data, true);
-    let echo = client.recv_to_eof();
+    let echo = client.try_recv_to_eof();
+    assert!(
+        echo.is_ok(),
+        "{}: does the server close a connection once it has read end-of-file \
+         and written out all it owes?",
+        echo.as_ref().unwrap_err()
+    );
+    let echo = echo.unwrap();
     sender.join().unwrap().unwrap();
-    assert_eq!(echo.len(), data.len(), "the server closed before flushing");
-    assert!(echo == data, "the echo differs from what was sent");
+    assert!(
+        echo.len() == data.len(),
+        "the client got {} of {} bytes back before the server closed the connection: \
+         was output that hit EAGAIN dropped, or the connection closed at end-of-file \
+         while echo was still owed?",
+        count(echo.len()),
+        count(data.len())
+    );
+    assert!(
+        echo == data,
+        "the echo differs from what was sent from byte {} on: is the output kept in order?",
+        count(first_difference(&echo, &data))
+    );
 }
 
 #[test]
@@ -127,10 +163,18 @@ fn accepts_a_whole_burst_reported_by_one_edge() {
     // resumes, the listener becomes ready once, and a server that accepts one
     // connection per event never hears about the other 299.
     server.signal(libc::SIGSTOP);
-    let mut clients: Vec<Client> = (0..300).map(|_| server.connect()).collect();
+    let mut clients: Vec<Client> = (0..300)
+        .map(|i| server.connect_named(format!("client {} of 300", i + 1)))
+        .collect();
     server.signal(libc::SIGCONT);
     for client in &mut clients {
-        echo_probe(client);
+        let echo = try_echo_probe(client);
+        assert!(
+            echo.is_ok(),
+            "{}: were the queued connections accepted? (one edge for the listener: \
+             accept until EAGAIN)",
+            echo.unwrap_err()
+        );
     }
 }
 
@@ -143,13 +187,30 @@ fn keeps_what_the_socket_cannot_take_until_epollout() {
     // must hit EAGAIN: it then keeps the rest and asks for EPOLLOUT.
     let data = pattern(0, 8 * MIB);
     let sender = send_in_background(&client, &data, false);
-    testkit::wait_until("the server registers EPOLLOUT", || {
+    let mut registered = None;
+    let asked = testkit::holds_within_timeout(|| {
         let interest = server.epoll_interest();
-        interest
+        registered = interest
             .iter()
-            .any(|&(watched, events)| watched == fd && events & EPOLLOUT != 0)
+            .find_map(|&(watched, events)| (watched == fd).then_some(events));
+        registered.is_some_and(|events| events & EPOLLOUT != 0)
     });
-    assert!(client.recv_exact(data.len()) == data, "the echo differs");
+    assert!(
+        asked,
+        "client fd {fd} stayed registered for {} for {} while its echo could not be sent: \
+         does the server ask for EPOLLOUT (EPOLL_CTL_MOD) when send(2) hits EAGAIN?",
+        registered.map_or(
+            "nothing (it is not in the interest list)".to_string(),
+            epoll_flags
+        ),
+        testkit::duration(testkit::TIMEOUT)
+    );
+    let echo = client.try_recv_echo(&data);
+    assert!(
+        echo.is_ok(),
+        "{}: was the output that hit EAGAIN kept, and written on EPOLLOUT?",
+        echo.unwrap_err()
+    );
     sender.join().unwrap().unwrap();
 }
 
@@ -162,9 +223,18 @@ fn sleeps_once_the_echo_is_delivered() {
     // EPOLLOUT level-triggered is woken at every epoll_wait.
     let data = pattern(0, 8 * MIB);
     let sender = send_in_background(&client, &data, false);
-    assert!(client.recv_exact(data.len()) == data, "the echo differs");
+    let echo = client.try_recv_echo(&data);
+    assert!(
+        echo.is_ok(),
+        "{}: was the output that hit EAGAIN kept, and written on EPOLLOUT?",
+        echo.unwrap_err()
+    );
     sender.join().unwrap().unwrap();
-    server.assert_sleeps("with an idle client whose echo is all delivered", 0.5);
+    server.assert_sleeps(
+        "with an idle client whose echo is all delivered (does it still ask for EPOLLOUT \
+         level-triggered?)",
+        0.5,
+    );
 }
 
 #[test]
@@ -176,9 +246,12 @@ fn reads_again_once_the_client_takes_its_echo() {
     // left unread makes no new EPOLLIN edge: the server must read it again
     // when EPOLLOUT says the client took some echo.
     let sent = push_until_jammed(&client, 64 * MIB);
+    let echo = client.try_recv_echo(&pattern(0, sent));
     assert!(
-        client.recv_exact(sent) == pattern(0, sent),
-        "the echo differs"
+        echo.is_ok(),
+        "{}: does the server read the input it left unread once EPOLLOUT says the client \
+         took some echo (no new EPOLLIN edge comes for it)?",
+        echo.unwrap_err()
     );
 }
 
@@ -190,9 +263,15 @@ fn a_client_that_never_reads_stalls_no_one() {
     // send(2) to the hog is stuck from then on.
     let hog = Client::connect_small_window(server.addr);
     push_until_jammed(&hog, 256 * MIB);
-    let mut other = server.connect();
-    for _ in 0..20 {
-        echo_probe(&mut other);
+    let mut other = server.connect_named("another client");
+    for round in 0..20 {
+        let echo = try_echo_probe(&mut other);
+        assert!(
+            echo.is_ok(),
+            "{} in round {round}, while a client that never reads stays connected: \
+             does the server block in send(2) to it (is every socket non-blocking)?",
+            echo.unwrap_err()
+        );
     }
 }
 
@@ -207,7 +286,8 @@ fn holds_a_bounded_amount_for_a_client_that_never_reads() {
     let grown = server.rss().saturating_sub(before) as usize;
     assert!(
         grown < 64 * MIB,
-        "the server grew by {} MiB while a client sent {} MiB without reading",
+        "the server grew by {} MiB while a client sent {} MiB without reading: \
+         does it stop reading from a client while it owes that client too much echo?",
         grown / MIB,
         sent / MIB
     );
@@ -216,16 +296,22 @@ fn holds_a_bounded_amount_for_a_client_that_never_reads() {
 #[test]
 fn a_client_that_resets_before_reading_stops_nothing() {
     let server = Server::start(bin(), &["127.0.0.1:0"]);
-    let mut stays = server.connect();
+    let mut stays = server.connect_named("the client that stays");
     echo_probe(&mut stays);
-    let mut leaves = server.connect();
+    let mut leaves = server.connect_named("the client that resets");
     leaves.send(&pattern(0, MIB));
     let peer = leaves.stream.local_addr().unwrap();
     server.wait_stderr(&format!("from {peer}\n"));
     leaves.reset();
     server.wait_stderr("closed fd");
-    echo_probe(&mut stays);
-    echo_probe(&mut server.connect());
+    let echo = try_echo_probe(&mut stays);
+    assert!(
+        echo.is_ok(),
+        "{} after another client reset with echo owed: does one client's error \
+         (ECONNRESET, EPIPE) end only that connection?",
+        echo.unwrap_err()
+    );
+    echo_probe(&mut server.connect_named("a client that came after the reset"));
 }
 
 #[test]
@@ -247,7 +333,12 @@ fn every_ended_connection_gives_back_its_descriptor() {
             1 => client.reset(),
             2 => {
                 client.shutdown_write();
-                assert!(client.recv_to_eof().is_empty(), "unexpected echo");
+                let rest = client.recv_to_eof();
+                assert!(
+                    rest.is_empty(),
+                    "after its probe was echoed, the client got {} more before the close",
+                    count(rest.len())
+                );
             }
             _ => {
                 client.send(&pattern(0, MIB));
@@ -255,9 +346,17 @@ fn every_ended_connection_gives_back_its_descriptor() {
             }
         }
     }
-    testkit::wait_until("every connection's descriptor is closed", || {
-        server.open_fds() <= idle
+    let mut open = 0;
+    let closed = testkit::holds_within_timeout(|| {
+        open = server.open_fds();
+        open <= idle
     });
+    assert!(
+        closed,
+        "after 40 clients came and went, the server has {open} descriptors open, \
+         {idle} with none: is every connection's fd closed however it ends \
+         (close, reset, end-of-file, a reset with echo owed)?"
+    );
 }
 
 #[test]
@@ -292,8 +391,14 @@ fn running_out_of_descriptors_does_not_stop_the_server() {
     echo_probe(&mut clients[0]);
     // The last client is still in the queue. When the others leave, the
     // server must go back to the queue and serve it, not close it.
-    let mut queued = clients.pop().unwrap();
+    let mut queued = clients.pop().unwrap().named("the last of 30 clients");
     drop(clients);
-    echo_probe(&mut queued);
-    echo_probe(&mut server.connect());
+    let echo = try_echo_probe(&mut queued);
+    assert!(
+        echo.is_ok(),
+        "{} once the others left: after EMFILE, does the server accept again when \
+         descriptors are free?",
+        echo.unwrap_err()
+    );
+    echo_probe(&mut server.connect_named("a client that came after the others left"));
 }

@@ -87,10 +87,25 @@ fn echo_checks_every_byte_from_stage4() {
         "--size",
         "3000",
     ]);
-    assert_eq!(report["round_trips"], 400);
-    assert_eq!(report["bytes_checked"], 400 * 3000);
-    assert_eq!(report["latency"]["samples"], 400);
-    assert_eq!(report["faults"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        report["round_trips"], 400,
+        "8 clients sent 50 messages each: does every client send all its messages \
+         and count each echo once? {report}"
+    );
+    assert_eq!(
+        report["bytes_checked"],
+        400 * 3000,
+        "every byte of the 400 echoes of 3,000 bytes is checked: {report}"
+    );
+    assert_eq!(
+        report["latency"]["samples"], 400,
+        "one latency sample per round trip: {report}"
+    );
+    assert_eq!(
+        report["faults"].as_array().unwrap().len(),
+        0,
+        "stage 4 returns every byte, so a fault means the tester misread an echo: {report}"
+    );
 }
 
 #[test]
@@ -191,11 +206,21 @@ fn echo_names_a_corrupted_byte() {
 fn connect_counts_every_connection_to_stage3() {
     let (_server, addr) = start_quiet(stage3());
     let report = run_json(&["connect", &addr, "--count", "300", "--concurrency", "16"]);
-    assert_eq!(report["attempts"], 300);
-    assert_eq!(report["connections"], 300);
-    assert_eq!(report["latency"]["samples"], 300);
-    assert_eq!(report["errors"]["refused"], 0);
-    assert_eq!(report["errors"]["timeout"], 0);
+    assert_eq!(
+        report["attempts"], 300,
+        "--count 300 makes 300 attempts: {report}"
+    );
+    assert_eq!(
+        report["connections"], 300,
+        "stage 3 accepts every connection: is each completed connect(2) counted \
+         (EPOLLOUT, then SO_ERROR 0)? {report}"
+    );
+    assert_eq!(
+        report["latency"]["samples"], 300,
+        "one latency sample per connection: {report}"
+    );
+    assert_eq!(report["errors"]["refused"], 0, "{report}");
+    assert_eq!(report["errors"]["timeout"], 0, "{report}");
 }
 
 #[test]
@@ -250,21 +275,36 @@ fn hold_keeps_connections_open_on_stage3() {
         .spawn()
         .unwrap();
     // While the tester holds, the server really has all 150 connections.
-    testkit::wait_until("the server sees 150 connections", || {
-        sockets(server.pid()) >= idle_fds + 150
+    let mut seen = 0;
+    let held = testkit::holds_within_timeout(|| {
+        seen = sockets(server.pid()).saturating_sub(idle_fds);
+        seen >= 150
     });
+    assert!(
+        held,
+        "the server had {seen} of the 150 connections the tester was to hold: \
+         does the tester keep every connection open for --duration?"
+    );
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
+    assert!(
+        output.status.success(),
+        "tester hold failed: {}",
+        output.status
+    );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["open"], 150);
-    assert_eq!(report["open_at_end"], 150);
-    assert_eq!(report["closed_by_server"], 0);
+    assert_eq!(report["open"], 150, "{report}");
+    assert_eq!(
+        report["open_at_end"], 150,
+        "stage 3 closes no connection: are the held ones checked at the end? {report}"
+    );
+    assert_eq!(report["closed_by_server"], 0, "{report}");
     assert!(report["server_rss_after"].as_u64().unwrap() > 0);
     assert!(report["server_bytes_per_connection"].is_number());
     // Closed again afterwards.
-    testkit::wait_until("the server closes the connections", || {
-        sockets(server.pid()) <= idle_fds
-    });
+    testkit::wait_until(
+        "the server closes the held connections (does the tester close them at the end?)",
+        || sockets(server.pid()) <= idle_fds,
+    );
 }
 
 /// The sockets a process has open (`/proc/PID/fd` links named `socket:[..]`):
@@ -284,8 +324,13 @@ fn hold_spreads_over_worker_processes() {
         .args(["--duration", "200ms"])
         .output()
         .unwrap();
-    assert!(output.status.success());
     let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tester hold failed ({}): {summary}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(summary.contains("120 of 120 open"), "{summary}");
     assert!(summary.contains("3 worker processes"), "{summary}");
     assert!(summary.contains("120 still open after 200ms"), "{summary}");
@@ -301,8 +346,13 @@ fn hold_moves_to_the_next_source_address_past_one_port_range() {
         .args(["--duration", "100ms"])
         .output()
         .unwrap();
-    assert!(output.status.success());
     let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tester hold failed ({}): {summary}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(summary.contains("100 of 100 open"), "{summary}");
     assert!(
         summary.contains("source addresses 127.0.0.1-127.0.0.3"),
@@ -348,11 +398,22 @@ fn hold_on_ipv6_stops_at_one_port_range_and_says_so() {
 fn chat_through_stage5_loses_nothing() {
     let (_server, addr) = start_quiet(stage5());
     let report = run_json(&["chat", &addr, "--clients", "6", "--messages", "40"]);
-    assert_eq!(report["sent"], 240);
-    assert_eq!(report["delivered"], 6 * 5 * 40);
-    assert_eq!(report["lost"], 0);
-    assert_eq!(report["duplicated"], 0);
-    assert_eq!(report["reordered"], 0);
+    assert_eq!(
+        report["sent"], 240,
+        "6 clients send 40 lines each: {report}"
+    );
+    assert_eq!(
+        report["delivered"],
+        6 * 5 * 40,
+        "each line reaches the 5 other clients: does every receiver count every \
+         other client's lines? {report}"
+    );
+    assert_eq!(
+        report["lost"], 0,
+        "stage 5 loses nothing, so a loss means the tester miscounted: {report}"
+    );
+    assert_eq!(report["duplicated"], 0, "{report}");
+    assert_eq!(report["reordered"], 0, "{report}");
     // At a set rate too, and the summary says the rate it was asked for.
     cmd(&[
         "chat",

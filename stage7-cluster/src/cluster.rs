@@ -647,7 +647,7 @@ impl Cluster {
         let mut line = Vec::with_capacity(name.len() + 2 + text.len());
         line.extend_from_slice(name.as_bytes());
         line.extend_from_slice(b": ");
-        line.extend(text.iter().map(|&b| sanitize(b)));
+        sanitize(text, &mut line);
         self.append(Some(line), None)
     }
     // ANCHOR_END: append

@@ -11,7 +11,7 @@ use std::thread;
 use assert_cmd::Command;
 use predicates::prelude::*;
 
-use crate::{Client, Server, TIMEOUT, closed_port};
+use crate::{Client, ReadFailure, Server, TIMEOUT, closed_port};
 
 /// What proves a server is serving a fresh client: an echo for stages 1-4,
 /// the welcome line for the chat.
@@ -20,7 +20,11 @@ pub type Probe = fn(&mut Client);
 /// Port 0 lets the kernel pick; the `listening on` line names the real port.
 pub fn port_zero_prints_the_real_port(bin: &Path, probe: Probe) {
     let server = Server::start(bin, &["127.0.0.1:0"]);
-    assert_ne!(server.addr.port(), 0, "the line must name the real port");
+    assert_ne!(
+        server.addr.port(),
+        0,
+        "the `listening on` line must name the port the kernel picked (getsockname), not 0"
+    );
     probe(&mut server.connect());
 }
 
@@ -115,7 +119,10 @@ pub fn logs_each_connection(bin: &Path, probe: Probe) {
         .and_then(|fd| fd.parse().ok())
         .unwrap_or_else(|| panic!("expected `accepted fd N from {peer}`, got {line:?}"));
     drop(client);
-    server.wait_stderr(&format!("closed fd {fd}"));
+    server.wait_log(
+        &format!("`closed fd {fd} (REASON)` after the client hung up"),
+        |log| log.contains(&format!("closed fd {fd}")),
+    );
 }
 
 /// `-q` silences the connection log.
@@ -123,7 +130,10 @@ pub fn quiet_silences_the_log(bin: &Path, probe: Probe) {
     let server = Server::start(bin, &["-q", "127.0.0.1:0"]);
     probe(&mut server.connect());
     let log = server.stop();
-    assert!(!log.contains("accepted"), "-q still logged: {log}");
+    assert!(
+        !log.contains("accepted"),
+        "with -q the server still logged its connections:\n{log}"
+    );
 }
 
 /// A refused connection is one clear line on stderr and exit 1.
@@ -240,12 +250,21 @@ macro_rules! client_conventions {
 
 /// The probe for echo servers: a few bytes come back unchanged.
 pub fn echo_probe(client: &mut Client) {
+    try_echo_probe(client).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// [`echo_probe`] for a test that says what a failure means.
+pub fn try_echo_probe(client: &mut Client) -> Result<(), ReadFailure> {
     client.send(b"ping\n");
-    assert_eq!(client.recv_exact(5), b"ping\n");
+    client.try_recv_echo(b"ping\n")
 }
 
 /// The probe for chat servers: a fresh client is welcomed by name.
 pub fn welcome_probe(client: &mut Client) {
     let line = client.recv_line();
-    assert!(line.starts_with("* welcome client"), "got {line:?}");
+    assert!(
+        line.starts_with("* welcome client"),
+        "{} expected `* welcome clientN ...` as its first line, got {line:?}",
+        client.name()
+    );
 }

@@ -56,9 +56,8 @@ fn close_lines(log: &str) -> impl Iterator<Item = &str> {
 /// After a fault: the server logged why each of the `closed` connections
 /// ended, is still running, and serves a fresh client.
 fn still_serving(server: &mut Server, probe: Probe, closed: usize) {
-    server.wait_log(&format!("{closed} `closed fd` lines"), |log| {
-        close_lines(log).count() >= closed
-    });
+    let what = format!("{closed} `closed fd N (REASON)` lines, one per client that left");
+    server.wait_log(&what, |log| close_lines(log).count() >= closed);
     for line in close_lines(&server.stderr()) {
         let reason = line
             .split_once(" (")
@@ -69,7 +68,7 @@ fn still_serving(server: &mut Server, probe: Probe, closed: usize) {
         );
     }
     server.assert_running();
-    probe(&mut server.connect());
+    probe(&mut server.connect_named("a fresh client, after the faults,"));
     server.assert_running();
 }
 
@@ -129,7 +128,7 @@ pub fn half_close_gets_its_answer_then_the_close(bin: &Path, probe: Probe, reply
     let mut server = start(bin);
     // A small receive window, so the echo backs up in the server: when
     // end-of-file arrives, it still owes most of the payload.
-    let mut client = Client::connect_small_window(server.addr);
+    let mut client = Client::connect_small_window(server.addr).named("the half-closed client");
     probe(&mut client);
     let fd = server.fd_of(&client);
     let (payload, owed) = match reply {
@@ -155,9 +154,10 @@ pub fn half_close_gets_its_answer_then_the_close(bin: &Path, probe: Probe, reply
         .expect("send the payload, then shut down");
     assert!(
         got == owed,
-        "expected {} bytes before the close, got {}",
-        owed.len(),
-        got.len()
+        "the half-closed client got {} of the {} it was owed before the close: \
+         does the server write out what it owes after it reads end-of-file?",
+        crate::count(got.len()),
+        crate::bytes(owed.len())
     );
     server.wait_stderr(&format!("closed fd {fd} (end of file)\n"));
     still_serving(&mut server, probe, 1);
@@ -195,7 +195,7 @@ pub fn log_reader_gone(bin: &Path, probe: Probe) {
     }
     // Accepted after every client above, so served only once their
     // `accepted` lines (and most `closed` ones) met the broken pipe.
-    probe(&mut server.connect());
+    probe(&mut server.connect_named("a client after the log's reader left"));
     server.assert_running();
 }
 

@@ -28,6 +28,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc};
 
+use stage5_chat::clients::sanitize;
+
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and
 /// stderr piped into a program that has quit fails every write with `EPIPE`.
@@ -607,16 +609,9 @@ async fn handle_line(
         return Ok(Next::Continue);
     }
     // No client may send another's terminal control sequences.
-    let text: Vec<u8> = text
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_control() && b != b'\t' {
-                b'?'
-            } else {
-                b
-            }
-        })
-        .collect();
+    let mut clean = Vec::with_capacity(text.len());
+    sanitize(text, &mut clean);
+    let text = clean;
 
     let reply = if let Some(command) = text.strip_prefix(b"/") {
         let command = String::from_utf8_lossy(command);

@@ -58,6 +58,24 @@ fn relays_a_line_to_everyone_but_its_sender() {
 }
 
 #[test]
+fn c1_controls_become_question_marks_in_utf8_and_as_lone_bytes() {
+    let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
+    let (mut a, _) = join(&server);
+    let (mut b, name_b) = join(&server);
+    a.recv_line(); // b joined
+
+    // U+009B (CSI) in UTF-8 and a lone byte 0x9B are both `ESC [` to a
+    // terminal that honours 8-bit controls; `é`, C2 A0 and an emoji pass.
+    b.send(b"caf\xc3\xa9 \xc2\x9b31mred \x9b2J \xc2\xa0\xf0\x9f\x98\x80\n");
+    let expected = [
+        name_b.as_bytes(),
+        b": caf\xc3\xa9 ?31mred ?2J \xc2\xa0\xf0\x9f\x98\x80\n",
+    ]
+    .concat();
+    assert_eq!(a.recv_exact(expected.len()), expected);
+}
+
+#[test]
 fn nick_renames_for_everyone_and_refuses_bad_or_taken_names() {
     let server = Server::start(bin(), &["-q", "127.0.0.1:0"]);
     let (mut a, name_a) = join(&server);

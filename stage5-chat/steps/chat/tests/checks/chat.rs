@@ -159,10 +159,11 @@ fn nick_refuses_a_name_that_is_taken() {
     assert_eq!(c[0].recv_line(), "* client1 is now bob");
     assert_eq!(c[1].recv_line(), "* client1 is now bob");
     c[1].send(b"/nick bob\n");
+    // The protocol fixes `* error: ` and leaves the words after it free.
     let reply = c[1].recv_line();
     assert!(
-        reply.starts_with("* error: ") && reply.contains("taken"),
-        "got {reply:?}"
+        reply.starts_with("* error: "),
+        "client2 asked for bob, which client1 holds, and got {reply:?} instead of a `* error: ...` line"
     );
     c[1].send(b"/who\n");
     assert_eq!(c[1].recv_line(), "* online: bob, client2");
@@ -322,6 +323,61 @@ fn control_bytes_become_question_marks_and_other_bytes_pass() {
     c[0].send(b"\xff\xfe caf\xc3\xa9 \x1b[2J\x07bell\ttab\x7f\x00end\n");
     let expected: &[u8] = b"client1: \xff\xfe caf\xc3\xa9 ?[2J?bell\ttab??end\n";
     assert_eq!(c[1].recv_exact(expected.len()), expected);
+}
+
+#[test]
+fn c1_controls_become_question_marks_in_utf8_and_as_lone_bytes() {
+    let server = start(&[]);
+    let mut c = join(&server, 2);
+    // U+009B (CSI) in UTF-8, then a lone byte 0x9B: on a terminal that
+    // honours 8-bit controls each is `ESC [`. Around them, UTF-8 that must
+    // pass: `é`, a no-break space (C2 A0, just past the C1 range), an emoji.
+    c[0].send(b"caf\xc3\xa9 \xc2\x9b31mred \x9b2J \xc2\xa0\xf0\x9f\x98\x80 end\n");
+    let line = recv_raw_line(&mut c[1]);
+    if let Some(c1) = first_c1_control(&line) {
+        panic!("relayed a C1 control, {c1}: {line:x?}");
+    }
+    for utf8 in ["caf\u{e9} ", "31mred ", "2J \u{a0}\u{1f600} end"] {
+        assert!(
+            line.windows(utf8.len()).any(|w| w == utf8.as_bytes()),
+            "{utf8:?} did not arrive unchanged: {line:x?}"
+        );
+    }
+    let expected: &[u8] = b"client1: caf\xc3\xa9 ?31mred ?2J \xc2\xa0\xf0\x9f\x98\x80 end";
+    assert_eq!(line, expected);
+}
+
+/// One line as bytes, without its `\n`, whether or not it is UTF-8.
+fn recv_raw_line(client: &mut Client) -> Vec<u8> {
+    let mut line = Vec::new();
+    loop {
+        match client.recv_exact(1)[0] {
+            b'\n' => return line,
+            b => line.push(b),
+        }
+        assert!(line.len() <= 4096, "no newline in {line:x?}");
+    }
+}
+
+/// Where `bytes` hold a C1 control: U+0080-U+009F in valid UTF-8, or a
+/// byte 0x80-0x9F outside a valid sequence, which some terminals obey too.
+fn first_c1_control(bytes: &[u8]) -> Option<String> {
+    let mut at = 0;
+    for chunk in bytes.utf8_chunks() {
+        for (i, c) in chunk.valid().char_indices() {
+            if ('\u{80}'..='\u{9f}').contains(&c) {
+                return Some(format!("U+{:04X} at byte {}", c as u32, at + i));
+            }
+        }
+        at += chunk.valid().len();
+        for (i, &b) in chunk.invalid().iter().enumerate() {
+            if (0x80..=0x9f).contains(&b) {
+                return Some(format!("lone byte {b:#04x} at byte {}", at + i));
+            }
+        }
+        at += chunk.invalid().len();
+    }
+    None
 }
 
 // ---------------------------------------------------------------------
@@ -495,8 +551,8 @@ fn fill(server: &Server, talker: &mut Client, fd: i32) -> usize {
     while !asked() {
         assert!(
             sent < 640_000,
-            "{sent} lines owed to a client that reads nothing, and no EPOLLOUT: {:?}",
-            server.epoll_interest()
+            "{sent} lines owed to a client that reads nothing, and no EPOLLOUT: {}",
+            testkit::interest_list(&server.epoll_interest())
         );
         burst(talker, sent..sent + BURST);
         sent += BURST;

@@ -27,18 +27,24 @@ use nix::sys::termios::{
 use nix::unistd::{isatty, read};
 
 const USAGE: &str = "\
-usage: client [ADDR]
+usage: client [--max-line BYTES] [ADDR]
 
 Connects to the chat server, sends each line of stdin and prints every line
 the server sends. At the end of stdin it waits briefly for the last lines
 and exits.
 
+A line over the server's limit, 4096 bytes unless --max-line says otherwise
+(not counting its \\n or \\r\\n), is not sent, since the server would close
+the connection: the client prints `* line too long (max 4096 bytes): not
+sent` (to stderr when stdin is not a terminal) and goes on.
+
 On a terminal it keeps its own input line under the lines it prints:
 Enter sends, Backspace and Ctrl-U edit, Ctrl-D on an empty line ends the
-input, Ctrl-C quits.
+input, Ctrl-C quits. A line refused as too long stays in the input line.
 
-  ADDR        HOST:PORT of the server (default 127.0.0.1:8080)
-  -h, --help  print this help";
+  ADDR              HOST:PORT of the server (default 127.0.0.1:8080)
+  --max-line BYTES  the longest line the server takes (default 4096, as the server)
+  -h, --help        print this help";
 
 /// After the end of stdin: how long to wait for more lines from a server
 /// that does not close the connection.
@@ -53,6 +59,9 @@ const SIGNALS: u64 = 2;
 struct Args {
     /// Every address ADDR resolved to, tried in turn.
     addrs: Vec<SocketAddr>,
+    /// The server's `--max-line`: a longer line would get us disconnected,
+    /// so it is not sent.
+    max_line: usize,
 }
 
 fn main() -> ExitCode {
@@ -66,18 +75,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// `BIN [ADDR]`; exits 0 after `--help` and 2 after a bad argument.
+/// `BIN [--max-line BYTES] [ADDR]`; exits 0 after `--help` and 2 after a
+/// bad argument.
 fn parse_args() -> Args {
     let mut args = Args {
         addrs: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+        max_line: 4096,
     };
     let mut addr_given = false;
-    for arg in std::env::args().skip(1) {
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
         match arg.as_str() {
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
+            "--max-line" => match argv.next().map(|value| value.parse::<usize>()) {
+                Some(Ok(n)) if n > 0 => args.max_line = n,
+                _ => usage_error("--max-line needs a positive number"),
+            },
             _ if !addr_given && !arg.starts_with('-') => match parse_addr(&arg) {
                 Ok(addrs) => (args.addrs, addr_given) = (addrs, true),
                 Err(msg) => usage_error(&msg),
@@ -155,8 +171,13 @@ struct Client {
     stdin_open: bool,
     /// Stdin is in the interest list.
     stdin_watched: bool,
-    /// Stdin's last byte, to end a last line that has no `\n`.
-    last_byte: u8,
+    /// The server's line limit.
+    max_line: usize,
+    /// The start of stdin's current line, held until its `\n` shows that
+    /// it is within the limit (at most `max_line` + 2 bytes).
+    line: Vec<u8>,
+    /// The current line is over the limit: the rest of it is dropped.
+    too_long: bool,
     /// Bytes read from stdin that the socket has not taken yet.
     unsent: Vec<u8>,
     /// `EPOLLOUT` is in the interest list for the socket.
@@ -187,7 +208,7 @@ fn run(args: &Args) -> Result<ExitCode> {
     // sent to a file, the prompt and escape codes would land in the file.)
     let on_terminal = isatty(io::stdin()).unwrap_or(false) && isatty(io::stdout()).unwrap_or(false);
     let terminal = if on_terminal {
-        Some(Terminal::start(&epoll_fd)?)
+        Some(Terminal::start(&epoll_fd, args.max_line)?)
     } else {
         None
     };
@@ -197,7 +218,9 @@ fn run(args: &Args) -> Result<ExitCode> {
         stdin_is_file,
         stdin_open: true,
         stdin_watched: !stdin_is_file,
-        last_byte: b'\n',
+        max_line: args.max_line,
+        line: Vec::new(),
+        too_long: false,
         unsent: Vec::new(),
         want_write: false,
         sent_eof: false,
@@ -228,7 +251,7 @@ fn run(args: &Args) -> Result<ExitCode> {
             match event.data() {
                 STDIN => stdin_ready = true,
                 SIGNALS => {
-                    if let Some(terminal) = &client.terminal
+                    if let Some(terminal) = &mut client.terminal
                         && let Some(code) = terminal.signalled()?
                     {
                         return Ok(code); // SIGINT, SIGTERM or SIGHUP
@@ -290,8 +313,8 @@ impl Client {
         match read(io::stdin(), buf) {
             Ok(0) => {
                 self.stdin_open = false;
-                if self.last_byte != b'\n' {
-                    self.unsent.push(b'\n'); // the last line of a file may lack its newline
+                if !self.line.is_empty() || self.too_long {
+                    self.take_lines(b"\n"); // the last line of a file may lack its newline
                 }
             }
             Ok(n) => match &mut self.terminal {
@@ -300,16 +323,39 @@ impl Client {
                     Keys::EndOfInput => self.stdin_open = false,
                     Keys::Interrupt => return Ok(Some(exit_code(Signal::SIGINT))),
                 },
-                None => {
-                    self.unsent.extend_from_slice(&buf[..n]);
-                    self.last_byte = buf[n - 1];
-                }
+                None => self.take_lines(&buf[..n]),
             },
             Err(Errno::EAGAIN | Errno::EINTR) => {}
             Err(err) => return Err(io::Error::from(err)).context("cannot read stdin"),
         }
         self.send_unsent()?;
         Ok(None)
+    }
+
+    /// Move the whole lines of `input` to `unsent`. A line over the limit is
+    /// not sent but reported on stderr: the server would answer it by
+    /// closing the connection, and every line after it would be lost.
+    fn take_lines(&mut self, input: &[u8]) {
+        for piece in input.split_inclusive(|&b| b == b'\n') {
+            if !self.too_long {
+                self.line.extend_from_slice(piece);
+                // Counted as the server counts: without the `\n`, and
+                // without a `\r` that is (or may yet be) part of `\r\n`.
+                let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+                let text = text.strip_suffix(b"\r").unwrap_or(text);
+                if text.len() > self.max_line {
+                    self.too_long = true;
+                    self.line = Vec::new();
+                }
+            }
+            if piece.ends_with(b"\n") {
+                if std::mem::take(&mut self.too_long) {
+                    eprintln!("{}", too_long(self.max_line));
+                } else {
+                    self.unsent.append(&mut self.line);
+                }
+            }
+        }
     }
 
     /// Send as much as the socket takes; once stdin has ended and all is
@@ -379,6 +425,11 @@ impl Client {
     }
 }
 
+/// What the client says instead of sending a line over the limit.
+fn too_long(max_line: usize) -> String {
+    format!("* line too long (max {max_line} bytes): not sent")
+}
+
 /// The exit code a shell shows for a process ended by `signal`.
 fn exit_code(signal: Signal) -> ExitCode {
     ExitCode::from(128 + signal as u8)
@@ -442,12 +493,14 @@ fn restore(saved: &Termios) {
 /// Block SIGINT, SIGTERM and SIGHUP and receive them from a `signalfd(2)`
 /// in the epoll set: a `kill` ends the loop like any other event, and the
 /// terminal is restored on the way out. (Raw mode makes Ctrl-C a byte, but
-/// not a signal sent by another process.)
+/// not a signal sent by another process.) SIGWINCH, which the kernel sends
+/// when the window's size changes, comes the same way, to redraw the line.
 fn watch_signals() -> Result<SignalFd> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGHUP);
+    mask.add(Signal::SIGWINCH);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
         .map_err(io::Error::from)
         .context("sigprocmask failed")?;
@@ -491,18 +544,22 @@ struct Terminal {
     /// The prompt and input line are drawn (until the input or the
     /// connection ends).
     prompt: bool,
+    /// The columns the last drawing of the prompt and input line took.
+    drawn: usize,
+    /// The server's line limit: a longer line is refused at Enter.
+    max_line: usize,
 }
 
 impl Terminal {
     /// Signals first, then raw mode: a signal from here on ends the loop
     /// with the terminal restored.
-    fn start(epoll_fd: &Epoll) -> Result<Terminal> {
+    fn start(epoll_fd: &Epoll, max_line: usize) -> Result<Terminal> {
         let signal_fd = watch_signals()?;
         epoll_fd
             .add(&signal_fd, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))
             .map_err(io::Error::from)
             .context("epoll_ctl ADD signalfd failed")?;
-        let terminal = Terminal {
+        let mut terminal = Terminal {
             _raw: RawMode::enter()?,
             signal_fd,
             name: "you".to_string(), // until the welcome names us
@@ -510,21 +567,32 @@ impl Terminal {
             escape: Escape::None,
             partial: Vec::new(),
             prompt: true,
+            drawn: 0,
+            max_line,
         };
         terminal.draw(b"")?;
         Ok(terminal)
     }
 
-    /// Take the signal waiting in the signalfd: the exit code it asks for,
-    /// the one a shell shows for a process it ended (`None` if there was
-    /// none after all).
-    fn signalled(&self) -> Result<Option<ExitCode>> {
+    /// Take the signal waiting in the signalfd. SIGWINCH redraws the input
+    /// line for the window's new size; any other asks for an exit, with the
+    /// code a shell shows for a process it ended (`None`: no exit).
+    fn signalled(&mut self) -> Result<Option<ExitCode>> {
         let info = self
             .signal_fd
             .read_signal()
             .map_err(io::Error::from)
             .context("cannot read the signalfd")?;
-        Ok(info.map(|info| ExitCode::from(128 + info.ssi_signo as u8)))
+        match info {
+            Some(info) if info.ssi_signo == Signal::SIGWINCH as u32 => {
+                if self.prompt {
+                    self.draw(b"")?;
+                }
+                Ok(None)
+            }
+            Some(info) => Ok(Some(ExitCode::from(128 + info.ssi_signo as u8))),
+            None => Ok(None),
+        }
     }
 
     /// Edit the input line with the keys just read; Enter moves the line
@@ -561,9 +629,15 @@ impl Terminal {
     }
 
     /// Enter: send the line and show it as the others will see it, or a
-    /// command as it was typed. An empty line is not sent.
+    /// command as it was typed. An empty line is not sent, nor one over the
+    /// server's limit, which stays in the input line to be cut.
     fn enter(&mut self, above: &mut Vec<u8>, unsent: &mut Vec<u8>) {
         if self.typed.is_empty() {
+            return;
+        }
+        if self.typed.len() > self.max_line {
+            above.extend_from_slice(too_long(self.max_line).as_bytes());
+            above.push(b'\n');
             return;
         }
         if self.typed.starts_with(b"/") {
@@ -620,15 +694,30 @@ impl Terminal {
 
     /// Erase the input line, print `above` (whole lines), then draw the
     /// prompt and what has been typed under them again.
-    fn draw(&self, above: &[u8]) -> io::Result<()> {
-        // `\r` goes to the start of the line, `ESC [ 2K` erases all of it.
+    fn draw(&mut self, above: &[u8]) -> io::Result<()> {
+        let width = terminal_width();
+        // `\r` goes to the start of the row, `ESC [ 2K` erases all of it.
         let mut screen = b"\r\x1b[2K".to_vec();
+        // The last drawing fitted on one row, but a window made narrower
+        // since rewraps it onto several, with the cursor after its end:
+        // each row above is erased too, going up (`ESC [ A`) to the first.
+        // (`ESC [ J` from the first would erase them all at once, but from
+        // the top row it clears the screen, which tmux keeps in its
+        // history, one copy of the input line at a time.)
+        for _ in 0..self.drawn.saturating_sub(1) / width {
+            screen.extend_from_slice(b"\x1b[A\x1b[2K");
+        }
         screen.extend_from_slice(above);
+        let mut drawn = 0;
         if self.prompt {
             let prompt = self.prompt_text();
+            let prompt_width = prompt.chars().count();
+            let visible = self.visible(prompt_width, width);
             screen.extend_from_slice(prompt.as_bytes());
-            screen.extend_from_slice(self.visible(prompt.chars().count()));
+            screen.extend_from_slice(visible);
+            drawn = prompt_width + visible.iter().filter(|&&b| !is_continuation(b)).count();
         }
+        self.drawn = drawn;
         let mut stdout = io::stdout().lock();
         stdout.write_all(&screen)?;
         stdout.flush()
@@ -638,11 +727,12 @@ impl Terminal {
         format!("{}> ", self.name)
     }
 
-    /// The end of the typed line that fits on the row after the prompt: a
-    /// line that wrapped onto a second row could not be erased with one
-    /// `ESC [ 2K`.
-    fn visible(&self, prompt_width: usize) -> &[u8] {
-        let room = terminal_width().saturating_sub(prompt_width + 1).max(1);
+    /// The end of the typed line that fits on the row after the prompt, in
+    /// a terminal `width` columns wide: a line wrapped onto more rows than
+    /// the screen has could not be erased, as the cursor cannot go above
+    /// the top row.
+    fn visible(&self, prompt_width: usize, width: usize) -> &[u8] {
+        let room = width.saturating_sub(prompt_width + 1).max(1);
         let starts: Vec<usize> = (0..self.typed.len())
             .filter(|&i| !is_continuation(self.typed[i]))
             .collect();
@@ -656,8 +746,8 @@ fn is_continuation(byte: u8) -> bool {
     byte & 0xc0 == 0x80
 }
 
-/// The terminal's width in columns (`TIOCGWINSZ`), asked at every redraw
-/// so that resizing the window needs no signal; 80 if it cannot say.
+/// The terminal's width in columns (`TIOCGWINSZ`), asked at every redraw,
+/// the one for SIGWINCH too; 80 if it cannot say.
 fn terminal_width() -> usize {
     let mut size = libc::winsize {
         ws_row: 0,

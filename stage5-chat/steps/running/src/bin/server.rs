@@ -582,8 +582,9 @@ impl Server {
             return ControlFlow::Continue(());
         }
         if let Some(command) = text.strip_prefix(b"/") {
-            let command: Vec<u8> = command.iter().map(|&b| sanitize(b)).collect();
-            return self.command(fd, &command);
+            let mut clean = Vec::with_capacity(command.len());
+            sanitize(command, &mut clean);
+            return self.command(fd, &clean);
         }
         self.clients.relay(fd, text);
         ControlFlow::Continue(())
@@ -733,8 +734,8 @@ impl Server {
         if let Err(err) = client.write() {
             return self.end(fd, Why::Error(err));
         }
-        // Ask for EPOLLOUT only while the socket is full: a socket with room
-        // to write is almost always writable, and would wake us for nothing.
+        // Ask for EPOLLOUT only while the socket is full, so the interest
+        // list shows who is waiting to write (the checks read it).
         if client.wants_epollout() != registered {
             let mut flags = CLIENT_EVENTS;
             if client.wants_epollout() {

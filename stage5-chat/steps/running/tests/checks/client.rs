@@ -4,7 +4,8 @@
 //! `server_bin()` and `client_bin()`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -301,13 +302,12 @@ fn on_a_terminal_sigterm_restores_the_terminal() {
 }
 
 #[test]
-fn on_a_terminal_a_long_line_is_sent_whole() {
+fn on_a_terminal_a_line_over_the_limit_is_refused_and_kept() {
     // A terminal in its usual (canonical) mode cuts a typed line at 4095
-    // bytes without a word; the client's own input line does not, so the
-    // server sees the whole line and answers that it is too long.
-    let server = start_server();
-    let mut client = PtyClient::start(&server);
-    client.wait_for_prompt("client1> ");
+    // bytes without a word; the client's own input line does not. The
+    // server closes a client whose line is over its limit, 4096 bytes, so
+    // the client refuses such a line itself and stays connected.
+    let (_server, mut other, mut client) = chat_on_a_terminal();
     let mut line = vec![b'x'; 4990];
     line.extend_from_slice(b"0123456789");
     client.type_keys(&line);
@@ -317,17 +317,125 @@ fn on_a_terminal_a_long_line_is_sent_whole() {
         rows.last().is_some_and(|r| r.ends_with("x0123456789"))
     });
     let prompt_row = rows.last().unwrap();
-    assert!(prompt_row.starts_with("client1> x") && prompt_row.chars().count() < 80);
+    assert!(prompt_row.starts_with("client2> x") && prompt_row.chars().count() < 80);
     client.type_keys(b"\r");
-    let rows = client.wait_for_screen("the end of the connection", |rows| {
-        rows.iter().any(|r| r == "* disconnected")
+    let rows = client.wait_for_screen("the refusal, over the line still typed", |rows| {
+        rows.len() >= 2
+            && rows[rows.len() - 2] == "* line too long (max 4096 bytes): not sent"
+            && rows[rows.len() - 1] == *prompt_row
     });
     assert!(
-        rows.iter()
-            .any(|r| r == "* error: line too long (max 4096 bytes)"),
+        !rows.iter().any(|r| r.contains("error")),
+        "the line reached the server: {rows:#?}"
+    );
+
+    // Still connected: a line of exactly the limit goes through, and so
+    // does a short one after it.
+    client.type_keys(b"\x15");
+    client.type_keys(&[b'y'; 4096]);
+    client.type_keys(b"\r");
+    let line = other
+        .try_recv_line()
+        .unwrap_or_else(|e| panic!("a line of 4096 bytes, the server's limit, must be sent: {e}"));
+    assert_eq!(line, format!("client2: {}", "y".repeat(4096)));
+    client.type_keys(b"still here\r");
+    assert_eq!(other.recv_line(), "client2: still here");
+    client.type_keys(b"\x04");
+    assert_eq!(client.wait_exit_restored(), Some(0));
+    assert_eq!(other.recv_line(), "* client2 left");
+}
+
+#[test]
+fn a_piped_line_over_the_limit_is_reported_and_the_next_ones_are_sent() {
+    let server = start_server();
+    let mut other = server.connect();
+    assert!(
+        other
+            .recv_line()
+            .starts_with("* welcome client1 (1 online)")
+    );
+    // 4096 bytes before a `\r\n` are within the limit, 4097 are not; the
+    // last line is over it and has no `\n`.
+    let mut input = b"before\n".to_vec();
+    input.extend_from_slice(&[b'z'; 5000]);
+    input.extend_from_slice(b"\nbetween\n");
+    input.extend_from_slice(&[b'w'; 4096]);
+    input.extend_from_slice(b"\r\n");
+    input.extend_from_slice(&[b'v'; 4097]);
+    input.extend_from_slice(b"\r\nafter\n");
+    input.extend_from_slice(&[b'u'; 4097]);
+    let output = AssertCommand::new(client_bin())
+        .arg(server.addr.to_string())
+        .write_stdin(input)
+        .timeout(TIMEOUT)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let refusal = "* line too long (max 4096 bytes): not sent\n";
+    assert_eq!(String::from_utf8_lossy(&output.stderr), refusal.repeat(3));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.starts_with("* welcome client2 (2 online)") && !stdout.contains("error"),
+        "stdout: {stdout:?}"
+    );
+    assert_eq!(other.recv_line(), "* client2 joined");
+    assert_eq!(other.recv_line(), "client2: before");
+    assert_eq!(other.recv_line(), "client2: between");
+    assert_eq!(other.recv_line(), format!("client2: {}", "w".repeat(4096)));
+    assert_eq!(other.recv_line(), "client2: after");
+    assert_eq!(other.recv_line(), "* client2 left");
+
+    // `--max-line` sets the limit for a server started with another one.
+    let output = AssertCommand::new(client_bin())
+        .args(["--max-line", "8", &server.addr.to_string()])
+        .write_stdin("12345678\n123456789\n")
+        .timeout(TIMEOUT)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "* line too long (max 8 bytes): not sent\n"
+    );
+    assert_eq!(other.recv_line(), "* client3 joined");
+    assert_eq!(other.recv_line(), "client3: 12345678");
+    assert_eq!(other.recv_line(), "* client3 left");
+}
+
+#[test]
+fn on_a_terminal_a_resize_redraws_the_input_line() {
+    let (_server, mut other, mut client) = chat_on_a_terminal();
+    client.resize(120);
+    let half: String = (0..10).map(|n| format!("{n}-half-row")).collect();
+    client.type_keys(half.as_bytes());
+    client.wait_for_prompt(&format!("client2> {half}"));
+    // Narrower than the prompt and the half line (109 columns): the
+    // terminal rewraps the row onto three, the cursor after their end, and
+    // the kernel sends the client SIGWINCH.
+    client.resize(40);
+    let redrawn = |rows: &[String]| {
+        rows.last()
+            .is_some_and(|r| r.starts_with("client2> ") && r.ends_with("9-half-row"))
+            && !rows[..rows.len() - 1]
+                .iter()
+                .any(|r| r.contains("half-row"))
+    };
+    client.wait_for_screen(
+        "the input line drawn again on one row, with no row left of the old one",
+        redrawn,
+    );
+    // Drawn for 40 columns, the next redraw erases one row, as before.
+    other.send(b"after the resize\n");
+    let rows = client.wait_for_screen("the incoming line", |rows| {
+        rows.iter().any(|r| r == "client1: after the resize") && redrawn(rows)
+    });
+    assert_eq!(
+        rows[rows.len() - 2],
+        "client1: after the resize",
         "screen: {rows:#?}"
     );
-    assert_eq!(client.wait_exit_restored(), Some(0));
+    client.type_keys(b"\r");
+    assert_eq!(other.recv_line(), format!("client2: {half}"));
 }
 
 /// The client on a pseudo-terminal, as a user runs it in a terminal window:
@@ -342,6 +450,11 @@ struct PtyClient {
     before: Termios,
     /// Everything the client has written to the terminal.
     output: Vec<u8>,
+    /// The window's width as the client started.
+    width: u16,
+    /// Each change of width since: the length of `output` when it came,
+    /// and the new width.
+    resizes: Vec<(usize, u16)>,
 }
 
 impl PtyClient {
@@ -359,20 +472,67 @@ impl PtyClient {
         }
         let before = tcgetattr(&pty.slave).unwrap();
         let on_slave = || Stdio::from(pty.slave.try_clone().unwrap());
-        let child = Command::new(client_bin())
+        let mut command = Command::new(client_bin());
+        command
             .arg(server.addr.to_string())
             .stdin(on_slave())
             .stdout(on_slave())
-            .stderr(on_slave())
-            .spawn()
-            .expect("start the client");
+            .stderr(on_slave());
+        // As a terminal window starts its shell: a new session whose
+        // controlling terminal is the pty, so the kernel sends it SIGWINCH
+        // when the window's size changes.
+        // SAFETY: between fork and exec the child only makes two system
+        // calls, which are async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start the client");
         PtyClient {
             child,
             master: pty.master,
             slave: pty.slave,
             before,
             output: Vec::new(),
+            width: size.ws_col,
+            resizes: Vec::new(),
         }
+    }
+
+    /// Make the window `cols` wide, as a user dragging its edge does. The
+    /// screen model rewraps what it has read so far; the client must have
+    /// drawn everything before the resize by then (the caller waited for
+    /// it), or the model would rewrap too little.
+    fn resize(&mut self, cols: u16) {
+        let size = libc::winsize {
+            ws_row: 24,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which
+        // points to a `winsize` that lives through the call.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+        self.resizes.push((self.output.len(), cols));
+    }
+
+    /// The rows the terminal shows now.
+    fn screen(&self) -> Vec<String> {
+        let mut screen = Screen::new(self.width);
+        let mut at = 0;
+        for &(end, cols) in &self.resizes {
+            screen.feed(&self.output[at..end]);
+            screen.resize(cols);
+            at = end;
+        }
+        screen.feed(&self.output[at..]);
+        screen.rows()
     }
 
     fn type_keys(&mut self, keys: &[u8]) {
@@ -388,7 +548,7 @@ impl PtyClient {
     fn wait_for_screen(&mut self, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let rows = screen(&self.output);
+            let rows = self.screen();
             if done(&rows) {
                 return rows;
             }
@@ -437,51 +597,148 @@ impl Drop for PtyClient {
     }
 }
 
-/// The rows a terminal shows after `output`, for the controls a line editor
-/// uses: `\r`, `\n`, backspace, `ESC [ K` (erase to the end of the row) and
-/// `ESC [ 2K` (erase the row). The last row is the cursor's.
-fn screen(output: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(output);
-    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
-    let (mut row, mut col) = (0usize, 0usize);
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => col = 0,
-            '\n' => {
-                row += 1;
-                if row == rows.len() {
-                    rows.push(Vec::new());
+/// A terminal, for the controls a line editor uses: `\r`, `\n`, backspace,
+/// `ESC [ K` (erase to the end of the row), `ESC [ 2K` (erase the row),
+/// `ESC [ nA` (up n rows) and `ESC [ J` (erase to the end of the screen).
+/// A row is `width` columns: a character past the last column goes to the
+/// start of the next row, as the terminal wraps it. Rows are never
+/// dropped, so the screen is also what scrolled off it.
+struct Screen {
+    width: usize,
+    /// Each row's characters, and whether it wraps into the next (its
+    /// line goes on there).
+    rows: Vec<(Vec<char>, bool)>,
+    row: usize,
+    col: usize,
+}
+
+impl Screen {
+    fn new(width: u16) -> Screen {
+        Screen {
+            width: usize::from(width),
+            rows: vec![(Vec::new(), false)],
+            row: 0,
+            col: 0,
+        }
+    }
+
+    /// The rows it shows, down to the cursor's or to the last that is not
+    /// blank: the last is the cursor's unless something is left below it.
+    fn rows(&self) -> Vec<String> {
+        let last = (self.row + 1..self.rows.len())
+            .rev()
+            .find(|&row| !self.rows[row].0.iter().all(|&c| c == ' '))
+            .unwrap_or(self.row);
+        self.rows[..=last]
+            .iter()
+            .map(|(cells, _)| cells.iter().collect())
+            .collect()
+    }
+
+    fn down(&mut self) {
+        self.row += 1;
+        if self.row == self.rows.len() {
+            self.rows.push((Vec::new(), false));
+        }
+    }
+
+    fn feed(&mut self, output: &[u8]) {
+        let text = String::from_utf8_lossy(output);
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\r' => self.col = 0,
+                '\n' => {
+                    self.down();
+                    self.col = self.col.min(self.width - 1);
                 }
-            }
-            '\x08' => col = col.saturating_sub(1),
-            '\x1b' => {
-                let mut sequence = String::new();
-                for c in chars.by_ref() {
-                    sequence.push(c);
-                    if c.is_ascii_alphabetic() {
-                        break;
+                '\x08' => self.col = self.col.min(self.width - 1).saturating_sub(1),
+                '\x1b' => {
+                    let mut sequence = String::new();
+                    for c in chars.by_ref() {
+                        sequence.push(c);
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
                     }
+                    self.control(&sequence);
                 }
-                match sequence.as_str() {
-                    "[K" | "[0K" => rows[row].truncate(col),
-                    "[2K" => rows[row].clear(),
-                    other => panic!("the screen model knows no ESC {other:?}"),
+                c => {
+                    if self.col >= self.width {
+                        self.rows[self.row].1 = true;
+                        self.down();
+                        self.col = 0;
+                    }
+                    let cells = &mut self.rows[self.row].0;
+                    if cells.len() < self.col {
+                        cells.resize(self.col, ' ');
+                    }
+                    if self.col < cells.len() {
+                        cells[self.col] = c;
+                    } else {
+                        cells.push(c);
+                    }
+                    self.col += 1;
                 }
-            }
-            c => {
-                let line = &mut rows[row];
-                if line.len() < col {
-                    line.resize(col, ' ');
-                }
-                if col < line.len() {
-                    line[col] = c;
-                } else {
-                    line.push(c);
-                }
-                col += 1;
             }
         }
     }
-    rows.into_iter().map(|r| r.into_iter().collect()).collect()
+
+    fn control(&mut self, sequence: &str) {
+        let col = self.col.min(self.width);
+        match sequence {
+            "[K" | "[0K" => self.rows[self.row].0.truncate(col),
+            "[2K" => self.rows[self.row] = (Vec::new(), false),
+            "[J" | "[0J" => {
+                self.rows.truncate(self.row + 1);
+                self.rows[self.row].0.truncate(col);
+                self.rows[self.row].1 = false;
+            }
+            up if up.starts_with('[') && up.ends_with('A') => {
+                let n: usize = match &up[1..up.len() - 1] {
+                    "" => 1,
+                    n => n.parse().expect("a number of rows"),
+                };
+                self.row = self.row.saturating_sub(n);
+                self.col = self.col.min(self.width - 1);
+            }
+            other => panic!("the screen model knows no ESC {other:?}"),
+        }
+    }
+
+    /// A new width: each line (a row and the rows it wraps into) is wrapped
+    /// again at the new width, and the cursor stays on the same character,
+    /// as most terminals do today.
+    fn resize(&mut self, cols: u16) {
+        let width = usize::from(cols);
+        let mut rows = Vec::new();
+        let (mut row, mut col) = (0, 0);
+        let mut line: Vec<char> = Vec::new();
+        let mut cursor = None;
+        for (index, (cells, wraps)) in std::mem::take(&mut self.rows).into_iter().enumerate() {
+            if index == self.row {
+                cursor = Some(line.len() + self.col);
+            }
+            line.extend_from_slice(&cells);
+            if wraps {
+                line.resize(line.len().div_ceil(self.width) * self.width, ' ');
+                continue;
+            }
+            let count = line.len().div_ceil(width).max(1);
+            if let Some(at) = cursor.take() {
+                row = rows.len() + (at / width).min(count - 1);
+                col = at - (at / width).min(count - 1) * width;
+            }
+            let mut chunks: Vec<(Vec<char>, bool)> =
+                line.chunks(width).map(|c| (c.to_vec(), true)).collect();
+            if chunks.is_empty() {
+                chunks.push((Vec::new(), true));
+            }
+            chunks.last_mut().unwrap().1 = false;
+            rows.extend(chunks);
+            line.clear();
+        }
+        self.rows = rows;
+        (self.width, self.row, self.col) = (width, row, col);
+    }
 }

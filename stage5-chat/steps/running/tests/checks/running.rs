@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testkit::{Client, Server};
 
@@ -142,11 +142,18 @@ fn join_and_leave_notices_stop_above_the_announce_limit() {
     // after the server has handled the leave; anything it announced would
     // then be queued for client1 before the next line.
     drop(third);
+    let deadline = Instant::now() + testkit::TIMEOUT;
     loop {
         c[1].send(b"/who\n");
-        if c[1].recv_line() == "* online: client1, client2" {
+        let who = c[1].recv_line();
+        if who == "* online: client1, client2" {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "client2's /who still answers {who:?} 10 s after client3 closed its connection: \
+             does the server read end-of-file and remove the client?"
+        );
     }
     c[1].send(b"ping again\n");
     assert_eq!(c[0].recv_line(), "client2: ping again");
