@@ -93,6 +93,11 @@ pub struct DiffSpec {
 /// as chapters are reworked; the checks apply to these chapters only.
 pub const HUNK_BY_HUNK: &[&str] = &["2", "3"];
 
+/// The stages whose new files are shown in excerpts, not whole: the tester
+/// is a program of thousands of lines, and its chapter shows the parts it
+/// explains (see [`walk::Listing`]).
+pub const EXCERPTS: &[&str] = &["6"];
+
 /// The most code lines a reworked chapter may show without prose between.
 pub const MAX_CODE_STRETCH: usize = 60;
 

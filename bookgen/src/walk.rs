@@ -76,16 +76,32 @@ fn sequence_problems(
     problems
 }
 
+/// How much of a new file its chapter must show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// Every line but the unit tests, each once: the regions cover the file
+    /// down to its `#[cfg(test)]` module, which `cargo test` checks and
+    /// the chapter leaves out.
+    Whole,
+    /// Only the regions, each once and in order: for a program too large to
+    /// show whole (the tester), whose chapter picks what it explains.
+    Excerpts,
+}
+
 /// The top-level `// ANCHOR:` regions of a source file, in order, and what
-/// is wrong with them for a listing: a region inside another, or a
-/// non-blank line outside every region (a listing must show the whole file,
-/// each line once).
-pub fn listing_regions(source: &str) -> (Vec<String>, Vec<String>) {
+/// is wrong with them for a listing: a region inside another, or, for a
+/// [`Listing::Whole`], a non-blank line outside every region above the
+/// unit tests.
+pub fn listing_regions(source: &str, listing: Listing) -> (Vec<String>, Vec<String>) {
     let mut regions = Vec::new();
     let mut problems = Vec::new();
     let mut open: Option<String> = None;
+    let mut tests = false;
     for (n, line) in source.lines().enumerate() {
         let t = line.trim_start();
+        if open.is_none() && line == "#[cfg(test)]" {
+            tests = true;
+        }
         if let Some(name) = t.strip_prefix("// ANCHOR: ") {
             match &open {
                 Some(outer) => problems.push(format!(
@@ -102,7 +118,7 @@ pub fn listing_regions(source: &str) -> (Vec<String>, Vec<String>) {
             if open.as_deref() == Some(name.trim()) {
                 open = None;
             }
-        } else if open.is_none() && !t.is_empty() {
+        } else if open.is_none() && !t.is_empty() && !tests && listing == Listing::Whole {
             problems.push(format!(
                 "line {} is in no region: put it inside an `// ANCHOR:` region so the chapter shows it",
                 n + 1
@@ -161,7 +177,12 @@ pub fn check_walkthrough(root: &Path, reworked: &[&str]) -> Result<Vec<String>> 
             let source = fs::read_to_string(&source_path)
                 .with_context(|| format!("cannot read {}", source_path.display()))?;
             let shown_file = format!("{}/{new}", stage.dir);
-            let (regions, region_problems) = listing_regions(&source);
+            let listing = if crate::EXCERPTS.contains(&stage.name) {
+                Listing::Excerpts
+            } else {
+                Listing::Whole
+            };
+            let (regions, region_problems) = listing_regions(&source, listing);
             for problem in region_problems {
                 problems.push(format!("{shown_file}, a new file of {chapter}: {problem}"));
             }

@@ -7,7 +7,9 @@ use std::fs;
 use std::path::Path;
 
 use bookgen::hunks::{apply, item_decl, split};
-use bookgen::walk::{Stretch, check_anchors, check_walkthrough, listing_regions, longest_stretch};
+use bookgen::walk::{
+    Listing, Stretch, check_anchors, check_walkthrough, listing_regions, longest_stretch,
+};
 use bookgen::{HUNK_BY_HUNK, STAGES, stage, stage_diff, strip_anchors, workspace_root};
 
 #[test]
@@ -308,6 +310,7 @@ fn a_new_file_is_shown_at_its_regions_once_and_in_order() {
     // A line outside every region, and a region inside another.
     let (regions, problems) = listing_regions(
         "use std::io;\n// ANCHOR: a\n// ANCHOR: b\nfn b() {}\n// ANCHOR_END: b\n// ANCHOR_END: a\n",
+        Listing::Whole,
     );
     assert_eq!(regions, ["a"]);
     assert!(
@@ -318,6 +321,22 @@ fn a_new_file_is_shown_at_its_regions_once_and_in_order() {
         problems[1].contains("region b is inside region a"),
         "{problems:?}"
     );
+}
+
+#[test]
+fn a_listing_leaves_out_the_unit_tests_and_excerpts_leave_out_the_rest() {
+    let source =
+        "// ANCHOR: a\nfn a() {}\n// ANCHOR_END: a\nfn b() {}\n\n#[cfg(test)]\nmod tests {}\n";
+    let (regions, problems) = listing_regions(source, Listing::Whole);
+    assert_eq!(regions, ["a"]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("line 4 is in no region"),
+        "{problems:?}"
+    );
+    let (regions, problems) = listing_regions(source, Listing::Excerpts);
+    assert_eq!(regions, ["a"]);
+    assert!(problems.is_empty(), "{problems:?}");
 }
 
 #[test]
