@@ -195,19 +195,29 @@ fn reworked_chapters_have_no_long_stretch_of_code() {
     let (out, problems) = build(&bookgen::book_root(&root));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     let mut too_long = Vec::new();
-    for stage in &bookgen::STAGES {
-        let chapter = format!("stage{}.md", stage.name);
-        let html = fs::read_to_string(out.path().join(format!("stage{}.html", stage.name)))
-            .expect("the chapter was built");
+    // Every chapter of the book: the stages' (held to the rule once they are
+    // reworked) and the others (introduction, Measuring, the appendices),
+    // which are held to it always.
+    let summary = fs::read_to_string(root.join("book/src/SUMMARY.md")).unwrap();
+    for chapter in summary
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+    {
+        let page = chapter.replace(".md", ".html");
+        let html = fs::read_to_string(out.path().join(&page)).expect("the chapter was built");
         let stretch = bookgen::walk::longest_stretch(&html);
-        let reworked = bookgen::is_reworked(stage.name);
+        let stage = bookgen::STAGES
+            .iter()
+            .find(|s| format!("stage{}.md", s.name) == chapter);
+        let held = stage.is_none_or(|s| bookgen::is_reworked(s.name));
         println!(
             "{chapter}: longest stretch {} code lines{}",
             stretch.lines,
-            if reworked { "" } else { " (not yet reworked)" }
+            if held { "" } else { " (not yet reworked)" }
         );
-        if reworked {
-            too_long.extend(bookgen::walk::stretch_problem(&chapter, &stretch));
+        if held {
+            too_long.extend(bookgen::walk::stretch_problem(chapter, &stretch));
         }
     }
     assert!(too_long.is_empty(), "{}", too_long.join("\n"));
