@@ -15,10 +15,15 @@
 //! | 3 | stage 1 | `src/main.rs` → `src/main.rs` (stage 2 is a client; stage 3 grows from the last server) |
 //! | 4 | stage 3 | `src/main.rs` → `src/main.rs` |
 //! | 5a | stage 4 | `src/main.rs` → `src/bin/server.rs`; every other file under `src/` shown as added, but the client (`src/bin/client.rs`), a new program shown in its own section |
-//! | 5b | stage 5a | same paths |
-//! | 5 (5c) | stage 5b | same paths |
+//! | 5b | stage 5a | same paths; the client and the framer are 5a's, used by path |
+//! | 5 (5c) | stage 5b | same paths; the client and the framer are 5a's, used by path |
 //! | 6 | none | the tester is a new program, so its chapter shows its code, not a diff |
-//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client left out (stage 7 uses it unchanged) |
+//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client left out (stage 7 has none: its readers use stage 5's); the framer and the queue are stage 5's, used by path |
+//!
+//! A file a stage uses from an earlier one by path (a `[[bin]]` whose `path`
+//! leaves the crate's `src/`, a module with `#[path]`) is read where it is and
+//! compared under its own name, so an unchanged shared file shows no change;
+//! a file copied unchanged instead fails a check ([`check_copies`]).
 //!
 //! Within a pair of stages, a file is compared with the file of the same path
 //! unless the table renames it; a file with no counterpart is shown as added
@@ -163,7 +168,7 @@ pub const STAGES: [Stage; 9] = [
         diff: Some(DiffSpec {
             base: "5a",
             renames: &[],
-            omit: &["src/bin/client.rs"],
+            omit: &[],
             join: &[],
         }),
     },
@@ -173,7 +178,7 @@ pub const STAGES: [Stage; 9] = [
         diff: Some(DiffSpec {
             base: "5b",
             renames: &[],
-            omit: &["src/bin/client.rs"],
+            omit: &[],
             join: &[],
         }),
     },
@@ -376,7 +381,8 @@ pub fn stage_diff(root: &Path, stage: &Stage, reworked: bool) -> Result<Option<S
     if !is_present(root, stage) {
         return Ok(None);
     }
-    let mut new_files = source_files(&root.join(stage.dir))?;
+    let new_paths = crate_files(&root.join(stage.dir))?;
+    let mut new_files: Vec<String> = new_paths.iter().map(|(name, _)| name.clone()).collect();
     let Some(spec) = stage.diff else {
         return Ok(Some(StageDiff {
             files: Vec::new(),
@@ -392,7 +398,8 @@ pub fn stage_diff(root: &Path, stage: &Stage, reworked: bool) -> Result<Option<S
             base.dir
         );
     }
-    let all_old = source_files(&root.join(base.dir))?;
+    let old_paths = crate_files(&root.join(base.dir))?;
+    let all_old: Vec<String> = old_paths.iter().map(|(name, _)| name.clone()).collect();
     let counterpart = |new: &str| -> Option<String> {
         match spec.renames.iter().find(|(_, to)| *to == new) {
             Some((from, _)) => all_old.iter().find(|f| f == from).cloned(),
@@ -431,19 +438,20 @@ pub fn stage_diff(root: &Path, stage: &Stage, reworked: bool) -> Result<Option<S
     // Each file's diff, named by its file's stem (`server`, `clients`).
     let mut files: Vec<FileDiff> = Vec::new();
     for (old, new) in pairs {
-        let read = |dir: &str, file: Option<&str>| -> Result<(String, String)> {
-            match file {
-                Some(file) => {
-                    let path = root.join(dir).join(file);
-                    let text = fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    Ok((format!("{dir}/{file}"), strip_anchors(&text)))
-                }
-                None => Ok(("/dev/null".to_string(), String::new())),
-            }
+        // A file is read where it really is: a shared one in the crate it
+        // belongs to.
+        let read = |paths: &[(String, PathBuf)], file: Option<&str>| -> Result<(String, String)> {
+            let Some(path) = file.and_then(|f| paths.iter().find(|(name, _)| name == f)) else {
+                return Ok(("/dev/null".to_string(), String::new()));
+            };
+            let path = &path.1;
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let shown = path.strip_prefix(root).unwrap_or(path);
+            Ok((shown.display().to_string(), strip_anchors(&text)))
         };
-        let (old_name, old_text) = read(base.dir, old.as_deref())?;
-        let (new_name, new_text) = read(stage.dir, new.as_deref())?;
+        let (old_name, old_text) = read(&old_paths, old.as_deref())?;
+        let (new_name, new_text) = read(&new_paths, new.as_deref())?;
         let file = new.or(old).unwrap_or_default();
         let stem = Path::new(&file)
             .file_stem()
@@ -480,6 +488,117 @@ pub fn strip_anchors(text: &str) -> String {
 }
 
 /// The crate's `.rs` files under `src/`, as sorted paths relative to `dir`.
+/// The files a crate uses from another crate by path, as `(path as this
+/// crate names it, real path)`: a `[[bin]]` or `[lib]` whose `path` lies
+/// outside this crate's `src/` (`path = "../chat/src/bin/client.rs"`), and
+/// a module declared with `#[path = "../../chat/src/framer.rs"]`. The name is
+/// the shared file's own path from its crate's `src/` on (`src/framer.rs`),
+/// so the diff pairs it with the base's file of that name, and an unchanged
+/// file shows no change.
+pub fn shared_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    fn name_of(path: &str) -> Option<String> {
+        path.rfind("src/").map(|i| path[i..].to_string())
+    }
+    let mut shared = Vec::new();
+    let manifest = dir.join("Cargo.toml");
+    let text = fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    for line in text.lines() {
+        let Some(path) = line
+            .trim()
+            .strip_prefix("path = \"")
+            .and_then(|rest| rest.strip_suffix('"'))
+        else {
+            continue;
+        };
+        if !path.starts_with("src/")
+            && let Some(name) = name_of(path)
+        {
+            shared.push((name, normalize(&dir.join(path))));
+        }
+    }
+    for file in source_files(dir)? {
+        let path = dir.join(&file);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        for line in text.lines() {
+            let Some(target) = line
+                .trim()
+                .strip_prefix("#[path = \"")
+                .and_then(|rest| rest.strip_suffix("\"]"))
+            else {
+                continue;
+            };
+            let real = normalize(&path.parent().unwrap_or(dir).join(target));
+            if let Some(name) = name_of(target) {
+                shared.push((name, real));
+            }
+        }
+    }
+    shared.sort();
+    Ok(shared)
+}
+
+/// `a/b/../c` as `a/c`, without asking the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Every source file a crate builds from, as `(name, real path)`: its own
+/// files under `src/`, and the files it shares by path.
+pub fn crate_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut files: Vec<(String, PathBuf)> = source_files(dir)?
+        .into_iter()
+        .map(|f| {
+            let path = dir.join(&f);
+            (f, path)
+        })
+        .collect();
+    files.extend(shared_files(dir)?);
+    files.sort();
+    Ok(files)
+}
+
+/// The files a stage copies unchanged from the stage before (its anchors
+/// aside) instead of using the earlier file by path: a copy can drift from
+/// the file it repeats, and a reader cannot tell it is the same.
+pub fn check_copies(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for stage in STAGES.iter().filter(|s| is_present(root, s)) {
+        let Some(spec) = stage.diff else { continue };
+        let Some(base) = self::stage(spec.base).filter(|b| is_present(root, b)) else {
+            continue;
+        };
+        let old = crate_files(&root.join(base.dir))?;
+        for file in source_files(&root.join(stage.dir))? {
+            let Some((_, old_path)) = old.iter().find(|(name, _)| *name == file) else {
+                continue;
+            };
+            let new_text = fs::read_to_string(root.join(stage.dir).join(&file))?;
+            let old_text = fs::read_to_string(old_path)?;
+            if strip_anchors(&new_text) == strip_anchors(&old_text) {
+                let shared = old_path.strip_prefix(root).unwrap_or(old_path);
+                problems.push(format!(
+                    "{}/{file} is a copy of {}: use that file by path (`#[path = \"...\"]` on the module, or `path = \"...\"` in the [[bin]]), so the two cannot drift",
+                    stage.dir,
+                    shared.display()
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
 pub(crate) fn source_files(dir: &Path) -> Result<Vec<String>> {
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
         for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {

@@ -18,6 +18,58 @@ fn committed_diffs_match_the_crates() {
 }
 
 #[test]
+fn unchanged_files_are_shared_not_copied() {
+    let problems = bookgen::check_copies(&bookgen::workspace_root()).unwrap();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn a_shared_file_shows_no_change_and_a_copy_fails() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let framer = "// ANCHOR: split\npub fn split() {}\n// ANCHOR_END: split\n";
+    let a = "stage5-chat/steps/chat";
+    write(root, &format!("{a}/Cargo.toml"), "");
+    write(root, &format!("{a}/src/bin/server.rs"), "fn main() {}\n");
+    write(root, &format!("{a}/src/lib.rs"), "pub mod framer;\n");
+    write(root, &format!("{a}/src/framer.rs"), framer);
+    let b = "stage5-chat/steps/running";
+    write(
+        root,
+        &format!("{b}/Cargo.toml"),
+        "[[bin]]\nname = \"client\"\npath = \"../chat/src/bin/client.rs\"\n",
+    );
+    write(root, &format!("{a}/src/bin/client.rs"), "fn main() {}\n");
+    write(root, &format!("{b}/src/bin/server.rs"), "fn main() { run() }\n");
+    write(
+        root,
+        &format!("{b}/src/lib.rs"),
+        "#[path = \"../../chat/src/framer.rs\"]\npub mod framer;\n",
+    );
+
+    let shared = bookgen::shared_files(&root.join(b)).unwrap();
+    let names: Vec<&str> = shared.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["src/bin/client.rs", "src/framer.rs"]);
+    assert_eq!(shared[1].1, root.join(a).join("src/framer.rs"));
+    // Only lib.rs changed (the #[path] line): the shared files show nothing.
+    let diff = generate(root, stage("5b").unwrap()).unwrap().unwrap();
+    assert!(diff.contains("+#[path"), "{diff}");
+    assert!(!diff.contains("framer.rs\n+++"), "{diff}");
+    assert!(!diff.contains("client.rs"), "{diff}");
+    assert!(bookgen::check_copies(root).unwrap().is_empty());
+
+    // The same framer copied instead: a copy, which the check names.
+    write(root, &format!("{b}/src/lib.rs"), "pub mod framer;\npub mod queue;\n");
+    write(root, &format!("{b}/src/framer.rs"), "pub fn split() {}\n");
+    let problems = bookgen::check_copies(root).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("stage5-chat/steps/running/src/framer.rs is a copy of stage5-chat/steps/chat/src/framer.rs"),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn every_stage_has_its_chapter() {
     let problems = check_chapters(&bookgen::workspace_root()).unwrap();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
