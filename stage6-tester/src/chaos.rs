@@ -136,7 +136,6 @@ impl Rng {
     }
 }
 
-// ANCHOR: deck
 /// Hands out every kind once, in a random order, then again: a short run
 /// still injects every kind.
 struct Deck {
@@ -156,7 +155,6 @@ impl Deck {
         self.cards.pop().expect("refilled above")
     }
 }
-// ANCHOR_END: deck
 
 /// What a misbehaving client does once its bytes are out.
 #[derive(Clone, Copy, Debug)]
@@ -352,8 +350,6 @@ impl Misfit {
                 Phase::Sending
             };
         }
-        // ANCHOR_END: misfit_step
-        // ANCHOR: misfit_greeting
         loop {
             match self.phase {
                 Phase::Connecting => unreachable!("handled above"),
@@ -372,8 +368,6 @@ impl Misfit {
                     }
                     self.phase = Phase::Sending;
                 }
-                // ANCHOR_END: misfit_greeting
-                // ANCHOR: misfit_sending
                 Phase::Sending => {
                     let end = if self.deaf {
                         ReadEnd::WouldBlock
@@ -392,8 +386,6 @@ impl Misfit {
                         Ok(true) => self.phase = Phase::Pausing(now + self.pause),
                     }
                 }
-                // ANCHOR_END: misfit_sending
-                // ANCHOR: misfit_ending
                 Phase::Pausing(until) => {
                     if !self.deaf {
                         match self.discard(buf) {
@@ -425,7 +417,7 @@ impl Misfit {
             }
         }
     }
-    // ANCHOR_END: misfit_ending
+    // ANCHOR_END: misfit_step
 
     /// Read and throw away until `EAGAIN`, end-of-file or an error.
     fn discard(&self, buf: &mut [u8]) -> ReadEnd {
