@@ -49,7 +49,6 @@ struct Args {
     quiet: bool,
 }
 
-// ANCHOR: connection
 /// What the server keeps per client.
 struct Connection {
     fd: OwnedFd,
@@ -60,7 +59,6 @@ struct Connection {
     /// `EPOLLOUT` is in the interest list (only while `pending` is not empty).
     want_write: bool,
 }
-// ANCHOR_END: connection
 
 /// Why a connection ended: what its `closed fd N (...)` line says.
 enum Closed {
@@ -124,7 +122,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-// ANCHOR: listen
 /// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
 /// listening socket.
 fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
@@ -152,9 +149,7 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(listen_fd)
 }
-// ANCHOR_END: listen
 
-// ANCHOR: run
 fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
@@ -213,9 +208,7 @@ fn run(args: &Args) -> Result<()> {
         }
     }
 }
-// ANCHOR_END: run
 
-// ANCHOR: accept
 /// Accept until `EAGAIN`: an edge-triggered listener is reported once for a
 /// burst of connections, and any left in the queue would wait for the next
 /// newcomer. Returns whether the queue was drained.
@@ -261,7 +254,6 @@ fn accept_clients(
         }
     }
 }
-// ANCHOR_END: accept
 
 /// The `accepted` line names the peer when it can: a client that reset
 /// while it waited in the accept queue has none (`getpeername` fails with
@@ -273,7 +265,6 @@ fn log_accepted(fd: RawFd) {
     }
 }
 
-// ANCHOR: serve
 /// Read until `EAGAIN` (or end-of-file, or a full `pending`), echoing as we
 /// go. `Err` means the connection is broken.
 fn serve(conn: &mut Connection, scratch: &mut [u8]) -> nix::Result<()> {
@@ -309,9 +300,7 @@ fn flush(conn: &mut Connection) -> nix::Result<()> {
     }
     Ok(())
 }
-// ANCHOR_END: serve
 
-// ANCHOR: interest
 /// Ask for `EPOLLOUT` only while echo is pending: the interest list then
 /// shows who waits to write, and the loop stays correct without `EPOLLET`,
 /// where a socket with room to write would be reported on every wait.
@@ -329,7 +318,6 @@ fn update_interest(epoll: &Epoll, conn: &mut Connection) -> nix::Result<()> {
     conn.want_write = want_write;
     Ok(())
 }
-// ANCHOR_END: interest
 
 /// The one way a connection ends. `EPOLL_CTL_DEL` before `close(2)`: the
 /// interest list forgets the socket while its descriptor number is still ours.

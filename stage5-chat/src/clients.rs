@@ -152,7 +152,6 @@ impl Client {
         }
     }
 
-    // ANCHOR: write
     /// At most one `writev(2)`: every queued line in one system call.
     /// `writev` has no `MSG_NOSIGNAL` flag: the first write after a reset
     /// fails with `ECONNRESET`, a later one raises SIGPIPE, which Rust
@@ -188,7 +187,6 @@ impl Client {
             Err(err) => Err(err),
         }
     }
-    // ANCHOR_END: write
 }
 
 /// Why `/nick` was refused.
@@ -372,7 +370,6 @@ impl Clients {
         Ok(old)
     }
 
-    // ANCHOR: enqueue
     /// Queue `text` and a newline for the client `fd`, and mark it dirty.
     pub fn queue_line(&mut self, fd: RawFd, text: impl AsRef<[u8]>) {
         let line = self
@@ -425,7 +422,6 @@ impl Clients {
             }
         }
     }
-    // ANCHOR_END: enqueue
 
     /// Put the client `fd` in the dirty list (its queue is written at the
     /// end of the round).

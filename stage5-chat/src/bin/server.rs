@@ -155,7 +155,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-// ANCHOR: listen
 /// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
 /// listening socket.
 fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
@@ -190,7 +189,6 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(listen_fd)
 }
-// ANCHOR_END: listen
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit: every client is a
 /// descriptor, and the soft default (often 1024) would cap the chat.
@@ -714,7 +712,6 @@ impl Server {
         self.resume_accepting();
     }
 
-    // ANCHOR: flush
     /// Write every dirty client's queue. Closing a client can queue `left`
     /// notices for others, so this goes on until no client is dirty.
     fn flush_all(&mut self) {
@@ -751,7 +748,6 @@ impl Server {
         }
         self.finish(fd);
     }
-    // ANCHOR_END: flush
 
     /// SIGINT or SIGTERM: stop accepting, tell everyone, and let the main
     /// loop flush (bounded by `SHUTDOWN_FLUSH`). Returns true on a second

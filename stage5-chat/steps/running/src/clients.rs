@@ -16,7 +16,6 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, send};
 
-// ANCHOR: phase
 /// Where a client is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -80,7 +79,6 @@ impl fmt::Display for Why {
         }
     }
 }
-// ANCHOR_END: phase
 
 /// The client's socket as the last write left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
