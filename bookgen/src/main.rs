@@ -29,13 +29,14 @@ fn main() -> ExitCode {
             true
         }),
         ["check"] => check_diffs(&root).and_then(|mut problems| {
+            let stale = !problems.is_empty();
             problems.extend(check_chapters(&root)?);
             problems.extend(check_walkthrough(&root, HUNK_BY_HUNK)?);
             problems.extend(check_anchors(&root)?);
             for problem in &problems {
                 eprintln!("{problem}");
             }
-            if !problems.is_empty() {
+            if stale {
                 eprintln!("{}", bookgen::stale_diffs_advice());
             }
             Ok(problems.is_empty())

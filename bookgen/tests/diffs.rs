@@ -40,7 +40,11 @@ fn a_shared_file_shows_no_change_and_a_copy_fails() {
         "[[bin]]\nname = \"client\"\npath = \"../chat/src/bin/client.rs\"\n",
     );
     write(root, &format!("{a}/src/bin/client.rs"), "fn main() {}\n");
-    write(root, &format!("{b}/src/bin/server.rs"), "fn main() { run() }\n");
+    write(
+        root,
+        &format!("{b}/src/bin/server.rs"),
+        "fn main() { run() }\n",
+    );
     write(
         root,
         &format!("{b}/src/lib.rs"),
@@ -59,7 +63,11 @@ fn a_shared_file_shows_no_change_and_a_copy_fails() {
     assert!(bookgen::check_copies(root).unwrap().is_empty());
 
     // The same framer copied instead: a copy, which the check names.
-    write(root, &format!("{b}/src/lib.rs"), "pub mod framer;\npub mod queue;\n");
+    write(
+        root,
+        &format!("{b}/src/lib.rs"),
+        "pub mod framer;\npub mod queue;\n",
+    );
     write(root, &format!("{b}/src/framer.rs"), "pub fn split() {}\n");
     let problems = bookgen::check_copies(root).unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
