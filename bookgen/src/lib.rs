@@ -15,22 +15,37 @@
 //! | 3 | stage 1 | `src/main.rs` → `src/main.rs` (stage 2 is a client; stage 3 grows from the last server) |
 //! | 4 | stage 3 | `src/main.rs` → `src/main.rs` |
 //! | 5a | stage 4 | `src/main.rs` → `src/bin/server.rs`; every other file under `src/` shown as added, but the client (`src/bin/client.rs`), a new program shown in its own section |
-//! | 5b | stage 5a | same paths |
-//! | 5 (5c) | stage 5b | same paths |
+//! | 5b | stage 5a | same paths; the client and the framer are 5a's, used by path |
+//! | 5 (5c) | stage 5b | same paths; the client and the framer are 5a's, used by path |
 //! | 6 | none | the tester is a new program, so its chapter shows its code, not a diff |
-//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client left out (stage 7 uses it unchanged) |
+//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client left out (stage 7 has none: its readers use stage 5's); the framer and the queue are stage 5's, used by path |
+//!
+//! A file a stage uses from an earlier one by path (a `[[bin]]` whose `path`
+//! leaves the crate's `src/`, a module with `#[path]`) is read where it is and
+//! compared under its own name, so an unchanged shared file shows no change;
+//! a file copied unchanged instead fails a check ([`check_copies`]).
 //!
 //! Within a pair of stages, a file is compared with the file of the same path
 //! unless the table renames it; a file with no counterpart is shown as added
 //! (or removed). Lines that hold only an mdBook anchor (`// ANCHOR: name`,
 //! `// ANCHOR_END: name`) are left out, so the diff is the lesson alone.
+//!
+//! Each `.diff` file holds the whole diff inside the anchor `all` (for the
+//! folded view at the end of a chapter), each file inside an anchor of its
+//! stem when there are several, and each hunk inside an anchor of its own
+//! ([`hunks`] says how parts are cut and named: `main-run`). A chapter
+//! listed in [`HUNK_BY_HUNK`] includes every part once, in order, where its
+//! prose explains it, and shows a file new in its stage as a listing cut at
+//! the file's own anchors ([`walk`] checks both).
+
+pub mod hunks;
+pub mod walk;
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use similar::{Algorithm, TextDiff};
 
 /// The command that rewrites the diffs; every failure message names it.
 pub const REFRESH: &str = "cargo run -p bookgen -- diffs";
@@ -71,6 +86,29 @@ pub struct DiffSpec {
     /// Files left out of the diff, in both stages (a new program that the
     /// chapter shows in its own section).
     pub omit: &'static [&'static str],
+    /// Parts shown together with the part after them (two small hunks of
+    /// one function), by name: `main-parse_args`.
+    pub join: &'static [&'static str],
+}
+
+/// The chapters already walked through hunk by hunk: each part of the diff
+/// included once, in order, with prose around it, the whole diff folded at
+/// the end, new files shown as listings at their anchors, and no stretch of
+/// more than [`MAX_CODE_STRETCH`] code lines without prose. The list grows
+/// as chapters are reworked; the checks apply to these chapters only.
+pub const HUNK_BY_HUNK: &[&str] = &["1", "2", "3", "4", "5", "5b", "6"];
+
+/// The stages whose new files are shown in excerpts, not whole: the tester
+/// is a program of thousands of lines, and its chapter shows the parts it
+/// explains (see [`walk::Listing`]).
+pub const EXCERPTS: &[&str] = &["6"];
+
+/// The most code lines a reworked chapter may show without prose between.
+pub const MAX_CODE_STRETCH: usize = 60;
+
+/// Whether the chapter of stage `name` is walked through hunk by hunk.
+pub fn is_reworked(name: &str) -> bool {
+    HUNK_BY_HUNK.contains(&name)
 }
 
 /// Every stage, in order. A new stage folder must be added here (a test
@@ -88,6 +126,9 @@ pub const STAGES: [Stage; 9] = [
             base: "1",
             renames: &[],
             omit: &[],
+            // The second `parse_args` hunk only drops `-q`; the last hunk
+            // only deletes the tail of stage 1's functions.
+            join: &["main-parse_args", "main-read_line"],
         }),
     },
     Stage {
@@ -97,6 +138,8 @@ pub const STAGES: [Stage; 9] = [
             base: "1",
             renames: &[],
             omit: &[],
+            // Both hunks above the first item only add `use` lines.
+            join: &["main-top"],
         }),
     },
     Stage {
@@ -106,6 +149,7 @@ pub const STAGES: [Stage; 9] = [
             base: "3",
             renames: &[],
             omit: &[],
+            join: &[],
         }),
     },
     Stage {
@@ -115,6 +159,7 @@ pub const STAGES: [Stage; 9] = [
             base: "4",
             renames: &[("src/main.rs", "src/bin/server.rs")],
             omit: &["src/bin/client.rs"],
+            join: &[],
         }),
     },
     Stage {
@@ -123,7 +168,8 @@ pub const STAGES: [Stage; 9] = [
         diff: Some(DiffSpec {
             base: "5a",
             renames: &[],
-            omit: &["src/bin/client.rs"],
+            omit: &[],
+            join: &[],
         }),
     },
     Stage {
@@ -132,7 +178,8 @@ pub const STAGES: [Stage; 9] = [
         diff: Some(DiffSpec {
             base: "5b",
             renames: &[],
-            omit: &["src/bin/client.rs"],
+            omit: &[],
+            join: &[],
         }),
     },
     Stage {
@@ -147,6 +194,7 @@ pub const STAGES: [Stage; 9] = [
             base: "5",
             renames: &[("src/bin/server.rs", "src/main.rs")],
             omit: &["src/bin/client.rs"],
+            join: &[],
         }),
     },
 ];
@@ -179,30 +227,98 @@ pub fn diff_path(root: &Path, name: &str) -> PathBuf {
     root.join(format!("book/src/diffs/stage{name}.diff"))
 }
 
-/// The text a chapter must contain to show its stage's diff.
+/// The text a chapter must contain to show a one-file diff whole (the
+/// `all` anchor holds the diff without its part anchors).
 pub fn diff_include(name: &str) -> String {
-    format!("```diff\n{{{{#include diffs/stage{name}.diff}}}}\n```")
+    format!("```diff\n{{{{#include diffs/stage{name}.diff:all}}}}\n```")
 }
 
-/// The anchors of a diff that spans several files, one per file, in the
-/// order of the diff (`server` for `src/bin/server.rs`): a chapter shows
-/// such a diff a file at a time, each with its own explanation.
-pub fn diff_anchors(diff: &str) -> Vec<&str> {
-    diff.lines()
-        .filter_map(|line| line.strip_prefix("// ANCHOR: "))
-        .collect()
+/// The include line of one anchor of a stage's diff.
+pub fn part_include(name: &str, anchor: &str) -> String {
+    format!("{{{{#include diffs/stage{name}.diff:{anchor}}}}}")
 }
 
-/// What a chapter must contain to show its stage's diff `diff`: the whole
-/// file, or, when it spans several files, a block for each.
-pub fn diff_includes(name: &str, diff: &str) -> Vec<String> {
+/// One file's share of a stage's diff.
+#[derive(Debug, Clone)]
+pub struct FileDiff {
+    /// The file's stem, its anchor when the diff spans several files.
+    pub stem: String,
+    /// `--- old\n+++ new\n`.
+    pub header: String,
+    /// Its hunks, named.
+    pub parts: Vec<hunks::Part>,
+}
+
+/// A stage's diff, cut into files and parts, and the files it leaves to be
+/// shown as listings.
+#[derive(Debug, Clone, Default)]
+pub struct StageDiff {
+    /// The changed files, in order.
+    pub files: Vec<FileDiff>,
+    /// Files with no counterpart in the base stage (every file of a stage
+    /// without a base), as paths from the stage's folder: a reworked
+    /// chapter shows them as listings split at their own anchors, not as an
+    /// all-green diff.
+    pub new_files: Vec<String>,
+}
+
+impl StageDiff {
+    /// Every part's anchor name, in the order of the diff.
+    pub fn part_names(&self) -> Vec<&str> {
+        self.files
+            .iter()
+            .flat_map(|f| f.parts.iter().map(|p| p.name.as_str()))
+            .collect()
+    }
+
+    /// The `.diff` file: everything inside the anchor `all`, each file
+    /// inside an anchor of its stem when there are several, each part inside
+    /// an anchor of its name. A part starts at its `@@` line, so only the
+    /// whole view shows the `---`/`+++` header.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "// ANCHOR: all");
+        let anchored = self.files.len() > 1;
+        for file in &self.files {
+            if anchored {
+                let _ = writeln!(out, "// ANCHOR: {}", file.stem);
+            }
+            out.push_str(&file.header);
+            for part in &file.parts {
+                let _ = writeln!(out, "// ANCHOR: {}", part.name);
+                out.push_str(&part.text);
+                let _ = writeln!(out, "// ANCHOR_END: {}", part.name);
+            }
+            if anchored {
+                let _ = writeln!(out, "// ANCHOR_END: {}", file.stem);
+            }
+        }
+        let _ = writeln!(out, "// ANCHOR_END: all");
+        out
+    }
+}
+
+/// The per-file anchors of a diff that spans several files, in the order
+/// of the diff (`server` for `src/bin/server.rs`): a chapter not yet walked
+/// hunk by hunk shows such a diff a file at a time.
+pub fn diff_anchors(diff: &StageDiff) -> Vec<&str> {
+    if diff.files.len() < 2 {
+        return Vec::new();
+    }
+    diff.files.iter().map(|f| f.stem.as_str()).collect()
+}
+
+/// What a chapter not yet walked hunk by hunk must contain to show its
+/// stage's diff: the whole diff, or, when it spans several files, a block
+/// for each.
+pub fn diff_includes(name: &str, diff: &StageDiff) -> Vec<String> {
     let anchors = diff_anchors(diff);
     if anchors.is_empty() {
         return vec![diff_include(name)];
     }
     anchors
         .iter()
-        .map(|anchor| format!("```diff\n{{{{#include diffs/stage{name}.diff:{anchor}}}}}\n```"))
+        .map(|anchor| format!("```diff\n{}\n```", part_include(name, anchor)))
         .collect()
 }
 
@@ -241,12 +357,38 @@ pub fn stage_dirs(root: &Path) -> Result<Vec<String>> {
 /// The diff a stage's chapter shows, from the crates as they are now, or
 /// `None` when the stage has no diff or has not landed yet.
 pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
-    let Some(spec) = stage.diff else {
-        return Ok(None);
-    };
+    Ok(stage_diff(root, stage, is_reworked(stage.name))?
+        .filter(|_| stage.diff.is_some())
+        .map(|diff| {
+            if diff.files.is_empty() {
+                let base = stage.diff.and_then(|d| self::stage(d.base));
+                format!(
+                    "# {} has the same source as {}\n",
+                    stage.dir,
+                    base.map_or("its base", |b| b.dir)
+                )
+            } else {
+                diff.render()
+            }
+        }))
+}
+
+/// A stage's diff cut into parts, or `None` when the stage has not landed.
+/// A stage without a base has no diff, and all its files are new. With
+/// `reworked`, new files are left out of the diff (the chapter shows them
+/// as listings); otherwise they are diffed against nothing, all green.
+pub fn stage_diff(root: &Path, stage: &Stage, reworked: bool) -> Result<Option<StageDiff>> {
     if !is_present(root, stage) {
         return Ok(None);
     }
+    let new_paths = crate_files(&root.join(stage.dir))?;
+    let mut new_files: Vec<String> = new_paths.iter().map(|(name, _)| name.clone()).collect();
+    let Some(spec) = stage.diff else {
+        return Ok(Some(StageDiff {
+            files: Vec::new(),
+            new_files,
+        }));
+    };
     let base = self::stage(spec.base).context("the base stage is not in STAGES")?;
     if !is_present(root, base) {
         bail!(
@@ -256,91 +398,83 @@ pub fn generate(root: &Path, stage: &Stage) -> Result<Option<String>> {
             base.dir
         );
     }
-    let mut old_files = source_files(&root.join(base.dir))?;
-    let mut new_files = source_files(&root.join(stage.dir))?;
-    old_files.retain(|f| !spec.omit.contains(&f.as_str()));
-    new_files.retain(|f| !spec.omit.contains(&f.as_str()));
-
-    // Pair each new file with its old counterpart: renamed, same path, or none.
-    let mut pairs: Vec<(Option<&str>, Option<&str>)> = Vec::new();
-    for new in &new_files {
-        let old = match spec.renames.iter().find(|(_, to)| to == new) {
-            Some((from, _)) => old_files.iter().find(|f| f == from),
-            None => old_files
+    let old_paths = crate_files(&root.join(base.dir))?;
+    let all_old: Vec<String> = old_paths.iter().map(|(name, _)| name.clone()).collect();
+    let counterpart = |new: &str| -> Option<String> {
+        match spec.renames.iter().find(|(_, to)| *to == new) {
+            Some((from, _)) => all_old.iter().find(|f| f == from).cloned(),
+            None => all_old
                 .iter()
-                .find(|f| *f == new && !spec.renames.iter().any(|(from, _)| from == f)),
-        };
-        pairs.push((old.map(String::as_str), Some(new)));
+                .find(|f| *f == new && !spec.renames.iter().any(|(from, _)| from == f))
+                .cloned(),
+        }
+    };
+    let created: Vec<String> = new_files
+        .iter()
+        .filter(|f| counterpart(f).is_none())
+        .cloned()
+        .collect();
+    // Pair each new file with its old counterpart: renamed, same path, or none.
+    let mut pairs: Vec<(Option<String>, Option<String>)> = Vec::new();
+    for new in &new_files {
+        if spec.omit.contains(&new.as_str()) {
+            continue;
+        }
+        let old = counterpart(new);
+        if old.is_none() && reworked {
+            continue;
+        }
+        pairs.push((old, Some(new.clone())));
     }
-    for old in &old_files {
-        if !pairs.iter().any(|(o, _)| *o == Some(old.as_str())) {
-            pairs.push((Some(old), None));
+    for old in all_old.iter().filter(|f| !spec.omit.contains(&f.as_str())) {
+        let paired = new_files
+            .iter()
+            .any(|n| counterpart(n).as_ref() == Some(old));
+        if !paired {
+            pairs.push((Some(old.clone()), None));
         }
     }
 
     // Each file's diff, named by its file's stem (`server`, `clients`).
-    let mut parts: Vec<(String, String)> = Vec::new();
+    let mut files: Vec<FileDiff> = Vec::new();
     for (old, new) in pairs {
-        let read = |dir: &str, file: Option<&str>| -> Result<(String, String)> {
-            match file {
-                Some(file) => {
-                    let path = root.join(dir).join(file);
-                    let text = fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    Ok((format!("{dir}/{file}"), strip_anchors(&text)))
-                }
-                None => Ok(("/dev/null".to_string(), String::new())),
-            }
+        // A file is read where it really is: a shared one in the crate it
+        // belongs to.
+        let read = |paths: &[(String, PathBuf)], file: Option<&str>| -> Result<(String, String)> {
+            let Some(path) = file.and_then(|f| paths.iter().find(|(name, _)| name == f)) else {
+                return Ok(("/dev/null".to_string(), String::new()));
+            };
+            let path = &path.1;
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let shown = path.strip_prefix(root).unwrap_or(path);
+            Ok((shown.display().to_string(), strip_anchors(&text)))
         };
-        let (old_name, old_text) = read(base.dir, old)?;
-        let (new_name, new_text) = read(stage.dir, new)?;
-        let diff = unified_diff(&old_name, &old_text, &new_name, &new_text);
-        if diff.is_empty() {
-            continue;
-        }
+        let (old_name, old_text) = read(&old_paths, old.as_deref())?;
+        let (new_name, new_text) = read(&new_paths, new.as_deref())?;
         let file = new.or(old).unwrap_or_default();
-        let stem = Path::new(file)
+        let stem = Path::new(&file)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if parts.iter().any(|(s, _)| *s == stem) {
+        let parts = hunks::split(&stem, &old_text, &new_text, spec.join);
+        if parts.is_empty() {
+            continue;
+        }
+        if files.iter().any(|f| f.stem == stem) {
             bail!(
                 "two files of stage {}'s diff are both named {stem}",
                 stage.name
             );
         }
-        parts.push((stem, diff));
+        files.push(FileDiff {
+            stem,
+            header: format!("--- {old_name}\n+++ {new_name}\n"),
+            parts,
+        });
     }
-    let mut out = String::new();
-    // Several files: an mdBook anchor around each, so the chapter can show
-    // them one at a time.
-    let anchored = parts.len() > 1;
-    for (stem, diff) in parts {
-        if anchored {
-            let _ = writeln!(out, "// ANCHOR: {stem}");
-        }
-        out.push_str(&diff);
-        if anchored {
-            let _ = writeln!(out, "// ANCHOR_END: {stem}");
-        }
-    }
-    if out.is_empty() {
-        let _ = writeln!(out, "# {} has the same source as {}", stage.dir, base.dir);
-    }
-    Ok(Some(out))
-}
-
-/// A unified diff with three lines of context; empty when nothing changed.
-pub fn unified_diff(old_name: &str, old: &str, new_name: &str, new: &str) -> String {
-    // Patience keeps whole functions together, which reads better than the
-    // shortest edit script when a function is rewritten.
-    let diff = TextDiff::configure()
-        .algorithm(Algorithm::Patience)
-        .diff_lines(old, new);
-    diff.unified_diff()
-        .context_radius(3)
-        .header(old_name, new_name)
-        .to_string()
+    new_files.retain(|f| created.contains(f));
+    Ok(Some(StageDiff { files, new_files }))
 }
 
 /// The source without the lines that only hold an mdBook anchor.
@@ -354,7 +488,118 @@ pub fn strip_anchors(text: &str) -> String {
 }
 
 /// The crate's `.rs` files under `src/`, as sorted paths relative to `dir`.
-fn source_files(dir: &Path) -> Result<Vec<String>> {
+/// The files a crate uses from another crate by path, as `(path as this
+/// crate names it, real path)`: a `[[bin]]` or `[lib]` whose `path` lies
+/// outside this crate's `src/` (`path = "../chat/src/bin/client.rs"`), and
+/// a module declared with `#[path = "../../chat/src/framer.rs"]`. The name is
+/// the shared file's own path from its crate's `src/` on (`src/framer.rs`),
+/// so the diff pairs it with the base's file of that name, and an unchanged
+/// file shows no change.
+pub fn shared_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    fn name_of(path: &str) -> Option<String> {
+        path.rfind("src/").map(|i| path[i..].to_string())
+    }
+    let mut shared = Vec::new();
+    let manifest = dir.join("Cargo.toml");
+    let text = fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    for line in text.lines() {
+        let Some(path) = line
+            .trim()
+            .strip_prefix("path = \"")
+            .and_then(|rest| rest.strip_suffix('"'))
+        else {
+            continue;
+        };
+        if !path.starts_with("src/")
+            && let Some(name) = name_of(path)
+        {
+            shared.push((name, normalize(&dir.join(path))));
+        }
+    }
+    for file in source_files(dir)? {
+        let path = dir.join(&file);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        for line in text.lines() {
+            let Some(target) = line
+                .trim()
+                .strip_prefix("#[path = \"")
+                .and_then(|rest| rest.strip_suffix("\"]"))
+            else {
+                continue;
+            };
+            let real = normalize(&path.parent().unwrap_or(dir).join(target));
+            if let Some(name) = name_of(target) {
+                shared.push((name, real));
+            }
+        }
+    }
+    shared.sort();
+    Ok(shared)
+}
+
+/// `a/b/../c` as `a/c`, without asking the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Every source file a crate builds from, as `(name, real path)`: its own
+/// files under `src/`, and the files it shares by path.
+pub fn crate_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut files: Vec<(String, PathBuf)> = source_files(dir)?
+        .into_iter()
+        .map(|f| {
+            let path = dir.join(&f);
+            (f, path)
+        })
+        .collect();
+    files.extend(shared_files(dir)?);
+    files.sort();
+    Ok(files)
+}
+
+/// The files a stage copies unchanged from the stage before (its anchors
+/// aside) instead of using the earlier file by path: a copy can drift from
+/// the file it repeats, and a reader cannot tell it is the same.
+pub fn check_copies(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for stage in STAGES.iter().filter(|s| is_present(root, s)) {
+        let Some(spec) = stage.diff else { continue };
+        let Some(base) = self::stage(spec.base).filter(|b| is_present(root, b)) else {
+            continue;
+        };
+        let old = crate_files(&root.join(base.dir))?;
+        for file in source_files(&root.join(stage.dir))? {
+            let Some((_, old_path)) = old.iter().find(|(name, _)| *name == file) else {
+                continue;
+            };
+            let new_text = fs::read_to_string(root.join(stage.dir).join(&file))?;
+            let old_text = fs::read_to_string(old_path)?;
+            if strip_anchors(&new_text) == strip_anchors(&old_text) {
+                let shared = old_path.strip_prefix(root).unwrap_or(old_path);
+                problems.push(format!(
+                    "{}/{file} is a copy of {}: use that file by path (`#[path = \"...\"]` on the module, or `path = \"...\"` in the [[bin]]), so the two cannot drift",
+                    stage.dir,
+                    shared.display()
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+pub(crate) fn source_files(dir: &Path) -> Result<Vec<String>> {
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
         for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
             let entry = entry?;
@@ -432,6 +677,12 @@ pub fn check_diffs(root: &Path) -> Result<Vec<String>> {
 
 /// What is missing from the book's stage chapters: one sentence per problem.
 pub fn check_chapters(root: &Path) -> Result<Vec<String>> {
+    check_chapters_for(root, HUNK_BY_HUNK)
+}
+
+/// [`check_chapters`], with `reworked` as the chapters walked hunk by hunk
+/// (their diffs are checked part by part by [`walk::check_walkthrough`]).
+pub fn check_chapters_for(root: &Path, reworked: &[&str]) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let summary_path = root.join("book/src/SUMMARY.md");
     let summary = fs::read_to_string(&summary_path)
@@ -454,7 +705,10 @@ pub fn check_chapters(root: &Path) -> Result<Vec<String>> {
         if !summary.contains(&format!("({file})")) {
             problems.push(format!("{file} is not listed in book/src/SUMMARY.md"));
         }
-        if let Some(diff) = generate(root, stage)? {
+        let walked = reworked.contains(&stage.name);
+        let diff = stage_diff(root, stage, walked)?;
+        if let Some(diff) = diff.filter(|d| stage.diff.is_some() && !walked && !d.files.is_empty())
+        {
             let missing: Vec<String> = diff_includes(stage.name, &diff)
                 .into_iter()
                 .filter(|include| !text.contains(include.as_str()))
@@ -523,7 +777,7 @@ pub fn check_includes(book_src: &Path) -> Result<Vec<String>> {
     Ok(problems)
 }
 
-fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+pub(crate) fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
         if path.is_dir() {
@@ -534,4 +788,21 @@ fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     }
     out.sort();
     Ok(())
+}
+
+/// The text of an HTML fragment without its tags and the lines mdBook
+/// hides (`class="boring"`, such as the `fn main` it wraps around Rust
+/// snippets).
+pub fn visible_text(mut html: &str) -> String {
+    let mut text = String::new();
+    while let Some(tag) = html.find('<') {
+        text.push_str(&html[..tag]);
+        html = &html[tag..];
+        if html.starts_with("<span class=\"boring\">") {
+            html = html.find("</span>").map_or("", |end| &html[end..]);
+        }
+        html = html.find('>').map_or("", |end| &html[end + 1..]);
+    }
+    text.push_str(html);
+    text
 }

@@ -3,13 +3,16 @@
 
 use std::process::ExitCode;
 
-use bookgen::{check_chapters, check_diffs, workspace_root, write_diffs};
+use bookgen::walk::{check_anchors, check_walkthrough};
+use bookgen::{HUNK_BY_HUNK, check_chapters, check_diffs, workspace_root, write_diffs};
 
 const USAGE: &str = "\
 usage: bookgen [diffs|check]
 
   diffs       rewrite book/src/diffs/stageN.diff from the stage crates (default)
-  check       report stale diffs and stages without a chapter; exit 1 if any
+  check       report stale diffs, stages without a chapter, parts a reworked
+              chapter does not show once and in order, and unused anchors;
+              exit 1 if any
   -h, --help  print this help";
 
 fn main() -> ExitCode {
@@ -26,11 +29,14 @@ fn main() -> ExitCode {
             true
         }),
         ["check"] => check_diffs(&root).and_then(|mut problems| {
+            let stale = !problems.is_empty();
             problems.extend(check_chapters(&root)?);
+            problems.extend(check_walkthrough(&root, HUNK_BY_HUNK)?);
+            problems.extend(check_anchors(&root)?);
             for problem in &problems {
                 eprintln!("{problem}");
             }
-            if !problems.is_empty() {
+            if stale {
                 eprintln!("{}", bookgen::stale_diffs_advice());
             }
             Ok(problems.is_empty())

@@ -54,6 +54,12 @@ impl Visit for Message<'_> {
 /// Build the book at `book_root` into a temporary folder and return every
 /// problem found: build errors, logged warnings, and faults in the HTML.
 fn build_and_check(book_root: &Path) -> Vec<String> {
+    build(book_root).1
+}
+
+/// Build the book at `book_root` into a temporary folder: the folder, and
+/// every problem found.
+fn build(book_root: &Path) -> (tempfile::TempDir, Vec<String>) {
     let out = tempfile::tempdir().expect("a temporary folder");
     let warnings = Warnings::default();
     let built = tracing::subscriber::with_default(warnings.clone(), || {
@@ -67,7 +73,7 @@ fn build_and_check(book_root: &Path) -> Vec<String> {
     problems.extend(warnings.0.lock().unwrap().iter().cloned());
     if let Err(err) = built {
         problems.push(format!("the book does not build: {err:#}"));
-        return problems;
+        return (out, problems);
     }
     let mut pages = Vec::new();
     html_files(out.path(), &mut pages);
@@ -102,7 +108,7 @@ fn build_and_check(book_root: &Path) -> Vec<String> {
             problems.push(format!("{page} was not built"));
         }
     }
-    problems
+    (out, problems)
 }
 
 fn html_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -125,23 +131,10 @@ fn has_empty_code(html: &str) -> bool {
         let (Some(open), Some(close)) = (rest.find('>'), rest.find("</code>")) else {
             return false;
         };
-        visible_text(&rest[open + 1..close]).trim().is_empty()
+        bookgen::visible_text(&rest[open + 1..close])
+            .trim()
+            .is_empty()
     })
-}
-
-/// The text of an HTML fragment without its tags and hidden lines.
-fn visible_text(mut html: &str) -> String {
-    let mut text = String::new();
-    while let Some(tag) = html.find('<') {
-        text.push_str(&html[..tag]);
-        html = &html[tag..];
-        if html.starts_with("<span class=\"boring\">") {
-            html = html.find("</span>").map_or("", |end| &html[end..]);
-        }
-        html = html.find('>').map_or("", |end| &html[end + 1..]);
-    }
-    text.push_str(html);
-    text
 }
 
 /// The value of `attr` in every tag of the page that starts with `tag`.
@@ -191,6 +184,43 @@ fn the_book_builds_without_a_warning() {
         "the book has problems:\n{}",
         problems.join("\n")
     );
+}
+
+/// A reworked chapter reads as code and prose in turn: no more than
+/// `MAX_CODE_STRETCH` code lines without a sentence between, measured on
+/// the built page. Every chapter's longest stretch is printed.
+#[test]
+fn reworked_chapters_have_no_long_stretch_of_code() {
+    let root = bookgen::workspace_root();
+    let (out, problems) = build(&bookgen::book_root(&root));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let mut too_long = Vec::new();
+    // Every chapter of the book: the stages' (held to the rule once they are
+    // reworked) and the others (introduction, Measuring, the appendices),
+    // which are held to it always.
+    let summary = fs::read_to_string(root.join("book/src/SUMMARY.md")).unwrap();
+    for chapter in summary
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+    {
+        let page = chapter.replace(".md", ".html");
+        let html = fs::read_to_string(out.path().join(&page)).expect("the chapter was built");
+        let stretch = bookgen::walk::longest_stretch(&html);
+        let stage = bookgen::STAGES
+            .iter()
+            .find(|s| format!("stage{}.md", s.name) == chapter);
+        let held = stage.is_none_or(|s| bookgen::is_reworked(s.name));
+        println!(
+            "{chapter}: longest stretch {} code lines{}",
+            stretch.lines,
+            if held { "" } else { " (not yet reworked)" }
+        );
+        if held {
+            too_long.extend(bookgen::walk::stretch_problem(chapter, &stretch));
+        }
+    }
+    assert!(too_long.is_empty(), "{}", too_long.join("\n"));
 }
 
 /// Copy `from` into `to`, leaving out build output.

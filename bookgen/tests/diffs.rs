@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use bookgen::{check_chapters, check_diffs, diff_include, generate, stage};
+use bookgen::{check_chapters, check_chapters_for, check_diffs, diff_include, generate, stage};
 
 #[test]
 fn committed_diffs_match_the_crates() {
@@ -14,6 +14,66 @@ fn committed_diffs_match_the_crates() {
         "{}\n{}",
         problems.join("\n"),
         bookgen::stale_diffs_advice()
+    );
+}
+
+#[test]
+fn unchanged_files_are_shared_not_copied() {
+    let problems = bookgen::check_copies(&bookgen::workspace_root()).unwrap();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn a_shared_file_shows_no_change_and_a_copy_fails() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let framer = "// ANCHOR: split\npub fn split() {}\n// ANCHOR_END: split\n";
+    let a = "stage5-chat/steps/chat";
+    write(root, &format!("{a}/Cargo.toml"), "");
+    write(root, &format!("{a}/src/bin/server.rs"), "fn main() {}\n");
+    write(root, &format!("{a}/src/lib.rs"), "pub mod framer;\n");
+    write(root, &format!("{a}/src/framer.rs"), framer);
+    let b = "stage5-chat/steps/running";
+    write(
+        root,
+        &format!("{b}/Cargo.toml"),
+        "[[bin]]\nname = \"client\"\npath = \"../chat/src/bin/client.rs\"\n",
+    );
+    write(root, &format!("{a}/src/bin/client.rs"), "fn main() {}\n");
+    write(
+        root,
+        &format!("{b}/src/bin/server.rs"),
+        "fn main() { run() }\n",
+    );
+    write(
+        root,
+        &format!("{b}/src/lib.rs"),
+        "#[path = \"../../chat/src/framer.rs\"]\npub mod framer;\n",
+    );
+
+    let shared = bookgen::shared_files(&root.join(b)).unwrap();
+    let names: Vec<&str> = shared.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["src/bin/client.rs", "src/framer.rs"]);
+    assert_eq!(shared[1].1, root.join(a).join("src/framer.rs"));
+    // Only lib.rs changed (the #[path] line): the shared files show nothing.
+    let diff = generate(root, stage("5b").unwrap()).unwrap().unwrap();
+    assert!(diff.contains("+#[path"), "{diff}");
+    assert!(!diff.contains("framer.rs\n+++"), "{diff}");
+    assert!(!diff.contains("client.rs"), "{diff}");
+    assert!(bookgen::check_copies(root).unwrap().is_empty());
+
+    // The same framer copied instead: a copy, which the check names.
+    write(
+        root,
+        &format!("{b}/src/lib.rs"),
+        "pub mod framer;\npub mod queue;\n",
+    );
+    write(root, &format!("{b}/src/framer.rs"), "pub fn split() {}\n");
+    let problems = bookgen::check_copies(root).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("stage5-chat/steps/running/src/framer.rs is a copy of stage5-chat/steps/chat/src/framer.rs"),
+        "{problems:?}"
     );
 }
 
@@ -54,9 +114,14 @@ fn anchors_are_left_out_and_renamed_files_are_compared() {
     assert!(!diff.contains("ANCHOR: run"), "{diff}");
     // Two files: each in an anchor of its own, for the chapter to show
     // one at a time.
-    assert_eq!(bookgen::diff_anchors(&diff), ["server", "lib"], "{diff}");
+    let parts = bookgen::stage_diff(root, stage("5a").unwrap(), false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(bookgen::diff_anchors(&parts), ["server", "lib"], "{diff}");
     assert!(
-        diff.starts_with("// ANCHOR: server\n--- stage4-edge-triggered/src/main.rs\n"),
+        diff.starts_with(
+            "// ANCHOR: all\n// ANCHOR: server\n--- stage4-edge-triggered/src/main.rs\n"
+        ),
         "{diff}"
     );
     assert!(
@@ -109,9 +174,10 @@ fn a_stale_diff_and_a_missing_chapter_are_reported() {
         "{chapters}"
     );
 
-    // Written and listed, but without its diff: still reported.
+    // Written and listed, but without its diff: still reported (for a
+    // chapter not yet walked hunk by hunk; those are checked part by part).
     write(root, "book/src/stage3.md", "# Stage 3\n");
-    let chapters = check_chapters(root).unwrap().join("\n");
+    let chapters = check_chapters_for(root, &[]).unwrap().join("\n");
     assert!(
         chapters.contains("stage3.md is not listed in book/src/SUMMARY.md"),
         "{chapters}"
@@ -131,6 +197,6 @@ fn a_stale_diff_and_a_missing_chapter_are_reported() {
         "book/src/stage3.md",
         &format!("# Stage 3\n\n{}\n", diff_include("3")),
     );
-    let chapters = check_chapters(root).unwrap();
+    let chapters = check_chapters_for(root, &[]).unwrap();
     assert_eq!(chapters.len(), 2, "{chapters:?}"); // only stage9-extra and its step
 }

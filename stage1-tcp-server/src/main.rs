@@ -1,3 +1,4 @@
+// ANCHOR: top
 //! Stage 1: a blocking TCP echo server that serves one client at a time.
 //!
 //! `socket`, `bind`, `listen`, then `accept` a client and echo its bytes
@@ -17,6 +18,7 @@ use nix::sys::socket::{
     getpeername, getsockname, listen, send, setsockopt, socket, sockopt,
 };
 use nix::unistd::read;
+// ANCHOR_END: top
 
 // ANCHOR: log
 /// `eprintln!`, except that a line which cannot be written is lost instead
@@ -29,6 +31,7 @@ macro_rules! log {
 }
 // ANCHOR_END: log
 
+// ANCHOR: usage
 const USAGE: &str = "\
 usage: stage1-tcp-server [-q] [ADDR]
 
@@ -42,6 +45,7 @@ struct Args {
     addr: SocketAddr,
     quiet: bool,
 }
+// ANCHOR_END: usage
 
 // ANCHOR: closed
 /// Why a connection ended: what its `closed fd N (...)` line says.
@@ -63,6 +67,7 @@ impl fmt::Display for Closed {
 }
 // ANCHOR_END: closed
 
+// ANCHOR: main
 fn main() -> ExitCode {
     let args = parse_args();
     match run(&args) {
@@ -73,7 +78,9 @@ fn main() -> ExitCode {
         }
     }
 }
+// ANCHOR_END: main
 
+// ANCHOR: parse_args
 /// `BIN [-q] [ADDR]`; exits 0 after `--help` and 2 after a bad argument.
 fn parse_args() -> Args {
     let mut args = Args {
@@ -106,6 +113,7 @@ fn usage_error(msg: &str) -> ! {
     log!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
+// ANCHOR_END: parse_args
 
 // ANCHOR: listen
 /// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
@@ -141,7 +149,9 @@ fn run(args: &Args) -> Result<()> {
     // Scripts and tests wait for this line, so it goes out at once.
     writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
     io::stdout().flush()?;
+    // ANCHOR_END: run
 
+    // ANCHOR: accept
     loop {
         // accept(2) blocks until a client arrives, then returns its own socket.
         let client_fd = match accept(listen_fd.as_raw_fd()) {
@@ -168,7 +178,7 @@ fn run(args: &Args) -> Result<()> {
         close_client(client_fd, why, args.quiet);
     }
 }
-// ANCHOR_END: run
+// ANCHOR_END: accept
 
 // ANCHOR: log_accepted
 /// The `accepted` line names the peer when it can: a client that reset

@@ -78,7 +78,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-// ANCHOR: connect
 /// `socket(2)` and `connect(2)`: the client's side of the handshake.
 fn connect_to(addr: SocketAddr) -> Result<OwnedFd> {
     let family = match addr {
@@ -94,9 +93,7 @@ fn connect_to(addr: SocketAddr) -> Result<OwnedFd> {
         .with_context(|| format!("cannot connect to {addr}"))?;
     Ok(socket_fd)
 }
-// ANCHOR_END: connect
 
-// ANCHOR: run
 fn run(args: &Args) -> Result<()> {
     let socket_fd = connect_to(args.addr)?;
     let mut stdin = io::stdin().lock();
@@ -123,7 +120,6 @@ fn run(args: &Args) -> Result<()> {
             .context("cannot write to stdout")?;
     }
 }
-// ANCHOR_END: run
 
 /// Send every byte: `send(2)` may take only part of a buffer.
 fn send_all(socket_fd: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
@@ -137,7 +133,6 @@ fn send_all(socket_fd: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-// ANCHOR: read_line
 /// Read until `received` holds a whole line, then take it out. TCP is a
 /// byte stream: one `read(2)` may return half a line or several.
 fn read_line(socket_fd: &OwnedFd, received: &mut Vec<u8>) -> Result<Vec<u8>> {
@@ -154,4 +149,3 @@ fn read_line(socket_fd: &OwnedFd, received: &mut Vec<u8>) -> Result<Vec<u8>> {
         }
     }
 }
-// ANCHOR_END: read_line

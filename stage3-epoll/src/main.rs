@@ -43,7 +43,6 @@ struct Args {
     quiet: bool,
 }
 
-// ANCHOR: closed
 /// Why a connection ended: what its `closed fd N (...)` line says.
 enum Closed {
     /// `read(2)` returned 0: the client closed its sending side.
@@ -61,7 +60,6 @@ impl fmt::Display for Closed {
         }
     }
 }
-// ANCHOR_END: closed
 
 fn main() -> ExitCode {
     let args = parse_args();
@@ -107,7 +105,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-// ANCHOR: listen
 /// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
 /// listening socket.
 fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
@@ -132,9 +129,7 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(listen_fd)
 }
-// ANCHOR_END: listen
 
-// ANCHOR: run
 fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
@@ -181,9 +176,7 @@ fn run(args: &Args) -> Result<()> {
         }
     }
 }
-// ANCHOR_END: run
 
-// ANCHOR: accept
 /// One `accept(2)` per readiness event: level-triggered epoll reports the
 /// listener again at the next `epoll_wait` if more clients are waiting.
 fn accept_client(
@@ -215,9 +208,7 @@ fn accept_client(
         close_client(epoll, clients, fd, Closed::Failed(err), quiet);
     }
 }
-// ANCHOR_END: accept
 
-// ANCHOR: log_accepted
 /// The `accepted` line names the peer when it can: a client that reset
 /// while it waited in the accept queue has none (`getpeername` fails with
 /// `ENOTCONN`), and the first read on its socket reports the reset.
@@ -227,9 +218,7 @@ fn log_accepted(fd: RawFd) {
         Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
-// ANCHOR_END: log_accepted
 
-// ANCHOR: echo
 /// One `read(2)` per readiness event, then send it all back; returns the
 /// number of bytes echoed.
 fn echo_once(client_fd: &OwnedFd) -> nix::Result<usize> {
@@ -244,9 +233,7 @@ fn echo_once(client_fd: &OwnedFd) -> nix::Result<usize> {
     }
     Ok(n)
 }
-// ANCHOR_END: echo
 
-// ANCHOR: close
 /// The one way a connection ends. `EPOLL_CTL_DEL` before `close(2)`: the
 /// interest list forgets the socket while its descriptor number is still ours.
 fn close_client(
@@ -264,4 +251,3 @@ fn close_client(
         }
     }
 }
-// ANCHOR_END: close

@@ -49,7 +49,6 @@ struct Args {
     quiet: bool,
 }
 
-// ANCHOR: connection
 /// What the server keeps per client.
 struct Connection {
     fd: OwnedFd,
@@ -60,9 +59,7 @@ struct Connection {
     /// `EPOLLOUT` is in the interest list (only while `pending` is not empty).
     want_write: bool,
 }
-// ANCHOR_END: connection
 
-// ANCHOR: closed
 /// Why a connection ended: what its `closed fd N (...)` line says.
 enum Closed {
     /// The client sent end-of-file and has all its echo.
@@ -80,7 +77,6 @@ impl fmt::Display for Closed {
         }
     }
 }
-// ANCHOR_END: closed
 
 fn main() -> ExitCode {
     let args = parse_args();
@@ -126,7 +122,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-// ANCHOR: listen
 /// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
 /// listening socket.
 fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
@@ -154,9 +149,7 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(listen_fd)
 }
-// ANCHOR_END: listen
 
-// ANCHOR: run
 fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
     let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
@@ -215,9 +208,7 @@ fn run(args: &Args) -> Result<()> {
         }
     }
 }
-// ANCHOR_END: run
 
-// ANCHOR: accept
 /// Accept until `EAGAIN`: an edge-triggered listener is reported once for a
 /// burst of connections, and any left in the queue would wait for the next
 /// newcomer. Returns whether the queue was drained.
@@ -263,9 +254,7 @@ fn accept_clients(
         }
     }
 }
-// ANCHOR_END: accept
 
-// ANCHOR: log_accepted
 /// The `accepted` line names the peer when it can: a client that reset
 /// while it waited in the accept queue has none (`getpeername` fails with
 /// `ENOTCONN`), and the first read on its socket reports the reset.
@@ -275,9 +264,7 @@ fn log_accepted(fd: RawFd) {
         Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
-// ANCHOR_END: log_accepted
 
-// ANCHOR: serve
 /// Read until `EAGAIN` (or end-of-file, or a full `pending`), echoing as we
 /// go. `Err` means the connection is broken.
 fn serve(conn: &mut Connection, scratch: &mut [u8]) -> nix::Result<()> {
@@ -313,9 +300,7 @@ fn flush(conn: &mut Connection) -> nix::Result<()> {
     }
     Ok(())
 }
-// ANCHOR_END: serve
 
-// ANCHOR: interest
 /// Ask for `EPOLLOUT` only while echo is pending: the interest list then
 /// shows who waits to write, and the loop stays correct without `EPOLLET`,
 /// where a socket with room to write would be reported on every wait.
@@ -333,9 +318,7 @@ fn update_interest(epoll: &Epoll, conn: &mut Connection) -> nix::Result<()> {
     conn.want_write = want_write;
     Ok(())
 }
-// ANCHOR_END: interest
 
-// ANCHOR: close
 /// The one way a connection ends. `EPOLL_CTL_DEL` before `close(2)`: the
 /// interest list forgets the socket while its descriptor number is still ours.
 fn close_client(
@@ -353,4 +336,3 @@ fn close_client(
         }
     }
 }
-// ANCHOR_END: close

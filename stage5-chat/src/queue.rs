@@ -1,3 +1,4 @@
+// ANCHOR: top
 //! Output: the lines the server owes each client.
 //!
 //! Every line the server sends is formatted once, into the *chunk* being
@@ -16,7 +17,9 @@ use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::rc::Rc;
+// ANCHOR_END: top
 
+// ANCHOR: chunk
 /// A sealed chunk holding at least this much starts the next line in a new
 /// one: a slow client keeps a whole chunk alive, so chunks stay small.
 const CHUNK_SIZE: usize = 64 * 1024;
@@ -28,6 +31,7 @@ const CHUNK_SIZE: usize = 64 * 1024;
 struct Chunk {
     bytes: OnceCell<Vec<u8>>,
 }
+// ANCHOR_END: chunk
 
 // ANCHOR: line
 /// One line, newline included: a range of a chunk.
@@ -47,7 +51,9 @@ impl Line {
         self.start == self.end
     }
 }
+// ANCHOR_END: line
 
+// ANCHOR: chunks
 /// Where the server formats its lines: the chunk being filled.
 #[derive(Default)]
 pub struct Chunks {
@@ -58,7 +64,9 @@ pub struct Chunks {
     /// as much, so a busy round grows its buffer once, not line by line.
     last_size: usize,
 }
+// ANCHOR_END: chunks
 
+// ANCHOR: write
 impl Chunks {
     /// A line made by `write` (which appends the text) and a newline.
     pub fn write(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> Line {
@@ -79,7 +87,9 @@ impl Chunks {
         }
         line
     }
+    // ANCHOR_END: write
 
+    // ANCHOR: seal
     /// The bytes of `line`, sealed or not.
     pub fn bytes<'a>(&'a self, line: &'a Line) -> &'a [u8] {
         let bytes = match (&self.open, line.chunk.bytes.get()) {
@@ -100,9 +110,9 @@ impl Chunks {
         }
     }
 }
-// ANCHOR_END: line
+// ANCHOR_END: seal
 
-// ANCHOR: queue
+// ANCHOR: limits
 /// The most ranges a queue holds. A client that keeps up has a few per
 /// round and writes them all; past this many it is falling behind, and
 /// gets its own copy of what follows, so a slow client keeps at most this
@@ -113,7 +123,9 @@ const MAX_RANGES: usize = 8;
 /// ring buffer, so two). One `writev(2)` is offered them all, far fewer
 /// than the `IOV_MAX` (1024) it accepts.
 pub const MAX_SLICES: usize = MAX_RANGES + 2;
+// ANCHOR_END: limits
 
+// ANCHOR: queue
 /// The lines owed to one client, oldest first.
 #[derive(Default)]
 pub struct OutQueue {
@@ -133,7 +145,9 @@ struct Pending {
     /// Bytes queued and not yet written: what `--max-queue` bounds.
     bytes: usize,
 }
+// ANCHOR_END: queue
 
+// ANCHOR: push
 impl OutQueue {
     /// Queue `line`, a line of `chunks`.
     pub fn push(&mut self, chunks: &Chunks, line: &Line) {
@@ -155,7 +169,9 @@ impl OutQueue {
             pending.copied.extend(chunks.bytes(line));
         }
     }
+    // ANCHOR_END: push
 
+    // ANCHOR: slices
     pub fn is_empty(&self) -> bool {
         self.pending.is_none()
     }
@@ -185,7 +201,9 @@ impl OutQueue {
         }
         filled
     }
+    // ANCHOR_END: slices
 
+    // ANCHOR: consume
     /// Forget the first `n` unwritten bytes: the socket has taken them.
     pub fn consume(&mut self, mut n: usize) {
         let Some(pending) = &mut self.pending else {
@@ -207,7 +225,7 @@ impl OutQueue {
         }
     }
 }
-// ANCHOR_END: queue
+// ANCHOR_END: consume
 
 #[cfg(test)]
 mod tests {

@@ -136,6 +136,7 @@ impl Rng {
     }
 }
 
+// ANCHOR: deck
 /// Hands out every kind once, in a random order, then again: a short run
 /// still injects every kind.
 struct Deck {
@@ -155,6 +156,7 @@ impl Deck {
         self.cards.pop().expect("refilled above")
     }
 }
+// ANCHOR_END: deck
 
 /// What a misbehaving client does once its bytes are out.
 #[derive(Clone, Copy, Debug)]
@@ -350,6 +352,8 @@ impl Misfit {
                 Phase::Sending
             };
         }
+        // ANCHOR_END: misfit_step
+        // ANCHOR: misfit_greeting
         loop {
             match self.phase {
                 Phase::Connecting => unreachable!("handled above"),
@@ -368,6 +372,8 @@ impl Misfit {
                     }
                     self.phase = Phase::Sending;
                 }
+                // ANCHOR_END: misfit_greeting
+                // ANCHOR: misfit_sending
                 Phase::Sending => {
                     let end = if self.deaf {
                         ReadEnd::WouldBlock
@@ -386,6 +392,8 @@ impl Misfit {
                         Ok(true) => self.phase = Phase::Pausing(now + self.pause),
                     }
                 }
+                // ANCHOR_END: misfit_sending
+                // ANCHOR: misfit_ending
                 Phase::Pausing(until) => {
                     if !self.deaf {
                         match self.discard(buf) {
@@ -417,7 +425,7 @@ impl Misfit {
             }
         }
     }
-    // ANCHOR_END: misfit_step
+    // ANCHOR_END: misfit_ending
 
     /// Read and throw away until `EAGAIN`, end-of-file or an error.
     fn discard(&self, buf: &mut [u8]) -> ReadEnd {

@@ -332,6 +332,7 @@ impl Errors {
     }
 }
 
+// ANCHOR: deadlines
 /// Connections still in their handshake, oldest first. Every connection
 /// gets the same timeout, so the oldest is always the next to expire: a
 /// queue finds the expired ones without scanning every connection.
@@ -368,6 +369,7 @@ impl Deadlines {
             .map(|&(deadline, _, _)| deadline.saturating_duration_since(now))
     }
 }
+// ANCHOR_END: deadlines
 
 /// A fixed set of slots for connections; a slot's index is the epoll token.
 /// Freed slots are reused so tokens stay small and the table stays compact.

@@ -24,6 +24,7 @@ pub enum Job {
     Hold(HoldJob),
 }
 
+// ANCHOR: reports
 /// One line a worker writes to the parent.
 #[derive(Debug, Serialize, Deserialize)]
 enum Report {
@@ -34,6 +35,7 @@ enum Report {
     /// The worker failed; it exits 1 after this line.
     Error(String),
 }
+// ANCHOR_END: reports
 
 /// The hidden `worker` subcommand: run the job, report in JSON lines.
 pub fn serve(job: &str) -> ExitCode {

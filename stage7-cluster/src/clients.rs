@@ -20,7 +20,6 @@ use nix::sys::uio::writev;
 
 use crate::queue::{Chunks, Line, MAX_SLICES, OutQueue};
 
-// ANCHOR: phase
 /// Where a client is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -88,9 +87,7 @@ impl fmt::Display for Why {
         }
     }
 }
-// ANCHOR_END: phase
 
-// ANCHOR: client
 /// The client's socket as the last write left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendBuffer {
@@ -119,7 +116,6 @@ pub struct Client {
     /// In the dirty list: its queue is written at the end of this round.
     dirty: bool,
 }
-// ANCHOR_END: client
 
 impl Client {
     pub fn fd(&self) -> &OwnedFd {
@@ -169,7 +165,6 @@ impl Client {
         }
     }
 
-    // ANCHOR: write
     /// At most one `writev(2)`: every queued line in one system call.
     /// `writev` has no `MSG_NOSIGNAL` flag: the first write after a reset
     /// fails with `ECONNRESET`, a later one raises SIGPIPE, which Rust
@@ -205,7 +200,6 @@ impl Client {
             Err(err) => Err(err),
         }
     }
-    // ANCHOR_END: write
 }
 
 /// Why `/nick` was refused.
@@ -418,7 +412,6 @@ impl Clients {
         Ok(name)
     }
 
-    // ANCHOR: enqueue
     /// Queue `text` and a newline for the client `fd`, and mark it dirty.
     pub fn queue_line(&mut self, fd: RawFd, text: impl AsRef<[u8]>) {
         let line = self
@@ -471,7 +464,6 @@ impl Clients {
             }
         }
     }
-    // ANCHOR_END: enqueue
 
     /// Put the client `fd` in the dirty list (its queue is written at the
     /// end of the round).
@@ -503,7 +495,6 @@ impl Clients {
     }
 }
 
-// ANCHOR: sanitize
 /// Append `text` to `out` with every control character but TAB made `?`,
 /// so no client can drive another's terminal. That is the C0 controls
 /// (ESC included) and DEL, and the C1 controls U+0080-U+009F: `C2 9B` is
@@ -524,7 +515,6 @@ pub fn sanitize(text: &[u8], out: &mut Vec<u8>) {
         }
     }
 }
-// ANCHOR_END: sanitize
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,6 @@ pub const COMMANDS: u64 = u64::MAX - 2;
 pub const READER: u64 = u64::MAX - 3;
 pub const TIMER: u64 = u64::MAX - 4;
 
-// ANCHOR: keys
 /// The stream every node appends to and reads.
 const STREAM: &[u8] = b"chat:stream";
 /// Every name in the cluster: name -> "NODE NUMBER".
@@ -90,7 +89,6 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
 for _, name in ipairs(names) do redis.call('HDEL', KEYS[2], name) end
 return #names
 "#;
-// ANCHOR_END: keys
 
 // ANCHOR: for
 /// What a request was for: the link keeps one per request, in order, and
@@ -340,7 +338,6 @@ impl Cluster {
         matches!(self.contact, Contact::Ready { .. })
     }
 
-    // ANCHOR: events
     /// A readiness event for one of the cluster's descriptors.
     pub fn ready(
         &mut self,
@@ -564,9 +561,7 @@ impl Cluster {
             });
         }
     }
-    // ANCHOR_END: events
 
-    // ANCHOR: reply
     fn reply(&mut self, what: For, reply: Value, clients: &mut Clients, done: &mut Vec<Done>) {
         match what {
             For::Nothing => {}
@@ -669,7 +664,6 @@ impl Cluster {
         self.send_outbox();
         self.ask_names();
     }
-    // ANCHOR_END: reply
 
     /// `EXEC`'s reply: the stream's last entry (read from the one after)
     /// and every name there is.
@@ -796,7 +790,6 @@ impl Cluster {
     }
     // ANCHOR_END: append
 
-    // ANCHOR: names
     /// A new connection waits for a cluster-wide name.
     pub fn join(&mut self, fd: OwnedFd) {
         self.next_ticket += 1;
@@ -1030,9 +1023,7 @@ impl Cluster {
             self.others.insert(node.to_string(), count);
         }
     }
-    // ANCHOR_END: names
 
-    // ANCHOR: read
     /// Keep one `XREAD BLOCK` waiting on the reader connection.
     fn read_stream(&mut self) {
         let Some(last_id) = &self.last_id else {
@@ -1136,9 +1127,7 @@ impl Cluster {
             clients.broadcast(format!("* {name} left (server lost)"), None);
         }
     }
-    // ANCHOR_END: read
 
-    // ANCHOR: lost
     /// Another node's lease is gone: its clients left with it. Redis frees
     /// their names and writes who they were, for every node to read.
     fn node_lost(&mut self, node: &str) {
@@ -1161,7 +1150,6 @@ impl Cluster {
             For::Gone(node.to_string()),
         );
     }
-    // ANCHOR_END: lost
 
     /// Write what was queued on either connection this round.
     pub fn flush(&mut self, epoll: &Epoll, clients: &mut Clients, done: &mut Vec<Done>) {

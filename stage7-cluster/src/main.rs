@@ -172,7 +172,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-// ANCHOR: listen
 /// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
 /// listening socket.
 fn listen_on(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd> {
@@ -214,9 +213,7 @@ fn listen_on(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(listen_fd)
 }
-// ANCHOR_END: listen
 
-// ANCHOR: limits
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit: every client is a
 /// descriptor, and the soft default (often 1024) would cap the chat.
 fn raise_fd_limit() -> Result<()> {
@@ -242,9 +239,7 @@ fn watch_signals() -> Result<SignalFd> {
         .map_err(io::Error::from)
         .context("signalfd failed")
 }
-// ANCHOR_END: limits
 
-// ANCHOR: log_accepted
 /// The `accepted` line names the peer when it can: a client that reset
 /// while it waited in the accept queue has none (`getpeername` fails with
 /// `ENOTCONN`), and the first read on its socket reports the reset.
@@ -254,9 +249,7 @@ fn log_accepted(fd: RawFd) {
         Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
-// ANCHOR_END: log_accepted
 
-// ANCHOR: server
 /// Whether, and how, the listener is being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accepting {
@@ -291,9 +284,7 @@ struct Server {
     /// This node's part in a cluster, with `--redis`.
     cluster: Option<Cluster>,
 }
-// ANCHOR_END: server
 
-// ANCHOR: run
 fn run(args: &Args) -> Result<()> {
     raise_fd_limit()?;
     let listen_fd = listen_on(args.addr, args.reuseport)?;
@@ -371,7 +362,6 @@ fn run(args: &Args) -> Result<()> {
         }
     }
 }
-// ANCHOR_END: run
 
 impl Server {
     fn new(args: Args, epoll: Epoll, listen_fd: OwnedFd) -> Server {
@@ -435,7 +425,6 @@ impl Server {
         false
     }
 
-    // ANCHOR: accept
     /// Accept until `EAGAIN`: an edge-triggered listener is reported once for
     /// a burst of connections. After `ACCEPTS_PER_ROUND` the rest waits for
     /// the next round.
@@ -565,9 +554,7 @@ impl Server {
             }
         }
     }
-    // ANCHOR_END: accept
 
-    // ANCHOR: serve
     /// One ready event for a client. Events for a client closed earlier in
     /// the round are harmless: at worst a read finds `EAGAIN`.
     fn serve_event(&mut self, fd: RawFd, events: EpollFlags, scratch: &mut [u8]) {
@@ -621,9 +608,7 @@ impl Server {
             Some(Phase::Leaving { .. }) | None => {}
         }
     }
-    // ANCHOR_END: serve
 
-    // ANCHOR: input
     /// Frame what was read into lines and act on each.
     fn handle_input(&mut self, fd: RawFd, input: &[u8]) {
         let max_line = self.args.max_line;
@@ -734,9 +719,7 @@ impl Server {
         self.clients.queue_line(fd, reply);
         ControlFlow::Continue(())
     }
-    // ANCHOR_END: input
 
-    // ANCHOR: end
     /// The one way a client ends: out of the chat, the others told why
     /// (while few enough are online), and closed now if it is owed nothing
     /// more, or else once what it is owed is written (or at a deadline).
@@ -830,9 +813,7 @@ impl Server {
         drop(client); // close(2)
         self.resume_accepting();
     }
-    // ANCHOR_END: end
 
-    // ANCHOR: flush
     /// Write every dirty client's queue. Closing a client can queue `left`
     /// notices for others, so this goes on until no client is dirty.
     fn flush_all(&mut self) {
@@ -869,9 +850,7 @@ impl Server {
         }
         self.finish(fd);
     }
-    // ANCHOR_END: flush
 
-    // ANCHOR: cluster
     /// An event on Redis's sockets or the cluster's timer, and what the
     /// answers let the server do.
     fn cluster_event(&mut self, token: u64, events: EpollFlags, scratch: &mut [u8]) {
@@ -971,9 +950,7 @@ impl Server {
             .nick(fd, number, name)
             .map_err(|e| e.as_bytes().to_vec())
     }
-    // ANCHOR_END: cluster
 
-    // ANCHOR: shutdown
     /// SIGINT or SIGTERM: stop accepting, tell everyone, and let the main
     /// loop flush (bounded by `SHUTDOWN_FLUSH`). Returns true on a second
     /// signal, which ends the server at once.
@@ -1000,7 +977,6 @@ impl Server {
         }
         false
     }
-    // ANCHOR_END: shutdown
 
     /// One line of the connection log on stderr, unless `-q`.
     fn log(&self, line: std::fmt::Arguments<'_>) {

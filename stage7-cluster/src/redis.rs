@@ -25,7 +25,6 @@ use nix::sys::socket::{
 };
 use nix::unistd::{read, write};
 
-// ANCHOR: resp
 /// One RESP reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -109,7 +108,6 @@ pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
         out.extend_from_slice(b"\r\n");
     }
 }
-// ANCHOR_END: resp
 
 impl Value {
     /// The bytes of a bulk or simple string.

@@ -155,7 +155,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-// ANCHOR: listen
 /// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
 /// listening socket.
 fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
@@ -190,9 +189,7 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(listen_fd)
 }
-// ANCHOR_END: listen
 
-// ANCHOR: limits
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit: every client is a
 /// descriptor, and the soft default (often 1024) would cap the chat.
 fn raise_fd_limit() -> Result<()> {
@@ -218,9 +215,7 @@ fn watch_signals() -> Result<SignalFd> {
         .map_err(io::Error::from)
         .context("signalfd failed")
 }
-// ANCHOR_END: limits
 
-// ANCHOR: log_accepted
 /// The `accepted` line names the peer when it can: a client that reset
 /// while it waited in the accept queue has none (`getpeername` fails with
 /// `ENOTCONN`), and the first read on its socket reports the reset.
@@ -230,9 +225,7 @@ fn log_accepted(fd: RawFd) {
         Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
-// ANCHOR_END: log_accepted
 
-// ANCHOR: server
 /// Whether, and how, the listener is being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accepting {
@@ -265,9 +258,7 @@ struct Server {
     /// SIGINT or SIGTERM arrived: exit once every client is gone, or then.
     shutdown: Option<Instant>,
 }
-// ANCHOR_END: server
 
-// ANCHOR: run
 fn run(args: &Args) -> Result<()> {
     raise_fd_limit()?;
     let listen_fd = listen_on(args.addr)?;
@@ -332,7 +323,6 @@ fn run(args: &Args) -> Result<()> {
         }
     }
 }
-// ANCHOR_END: run
 
 impl Server {
     fn new(args: Args, epoll: Epoll, listen_fd: OwnedFd) -> Server {
@@ -393,7 +383,6 @@ impl Server {
         false
     }
 
-    // ANCHOR: accept
     /// Accept until `EAGAIN`: an edge-triggered listener is reported once for
     /// a burst of connections. After `ACCEPTS_PER_ROUND` the rest waits for
     /// the next round.
@@ -507,9 +496,7 @@ impl Server {
             }
         }
     }
-    // ANCHOR_END: accept
 
-    // ANCHOR: serve
     /// One ready event for a client. Events for a client closed earlier in
     /// the round are harmless: at worst a read finds `EAGAIN`.
     fn serve_event(&mut self, fd: RawFd, events: EpollFlags, scratch: &mut [u8]) {
@@ -560,9 +547,7 @@ impl Server {
             Some(Phase::Leaving { .. }) | None => {}
         }
     }
-    // ANCHOR_END: serve
 
-    // ANCHOR: input
     /// Frame what was read into lines and act on each.
     fn handle_input(&mut self, fd: RawFd, input: &[u8]) {
         let max_line = self.args.max_line;
@@ -646,9 +631,7 @@ impl Server {
         self.clients.queue_line(fd, reply);
         ControlFlow::Continue(())
     }
-    // ANCHOR_END: input
 
-    // ANCHOR: end
     /// The one way a client ends: out of the chat, the others told why
     /// (while few enough are online), and closed now if it is owed nothing
     /// more, or else once what it is owed is written (or at a deadline).
@@ -728,9 +711,7 @@ impl Server {
         drop(client); // close(2)
         self.resume_accepting();
     }
-    // ANCHOR_END: end
 
-    // ANCHOR: flush
     /// Write every dirty client's queue. Closing a client can queue `left`
     /// notices for others, so this goes on until no client is dirty.
     fn flush_all(&mut self) {
@@ -767,9 +748,7 @@ impl Server {
         }
         self.finish(fd);
     }
-    // ANCHOR_END: flush
 
-    // ANCHOR: shutdown
     /// SIGINT or SIGTERM: stop accepting, tell everyone, and let the main
     /// loop flush (bounded by `SHUTDOWN_FLUSH`). Returns true on a second
     /// signal, which ends the server at once.
@@ -796,7 +775,6 @@ impl Server {
         }
         false
     }
-    // ANCHOR_END: shutdown
 
     /// One line of the connection log on stderr, unless `-q`.
     fn log(&self, line: std::fmt::Arguments<'_>) {

@@ -16,7 +16,6 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, send};
 
-// ANCHOR: phase
 /// Where a client is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -80,9 +79,7 @@ impl fmt::Display for Why {
         }
     }
 }
-// ANCHOR_END: phase
 
-// ANCHOR: client
 /// The client's socket as the last write left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendBuffer {
@@ -117,7 +114,6 @@ pub struct Client {
     /// In the dirty list: its queue is written at the end of this round.
     dirty: bool,
 }
-// ANCHOR_END: client
 
 impl Client {
     pub fn fd(&self) -> &OwnedFd {
@@ -163,7 +159,6 @@ impl Client {
         self.queue.push_back(Rc::clone(line));
     }
 
-    // ANCHOR: write
     /// Send the queued lines, one `send(2)` each, until the queue is empty
     /// or the socket is full (`EAGAIN`, or a short send).
     pub fn write(&mut self) -> Result<(), Errno> {
@@ -197,7 +192,6 @@ impl Client {
         self.send_buffer = SendBuffer::Room; // EPOLLOUT is no longer needed
         Ok(())
     }
-    // ANCHOR_END: write
 }
 
 /// Why `/nick` was refused.
@@ -381,7 +375,6 @@ impl Clients {
         Ok(old)
     }
 
-    // ANCHOR: enqueue
     /// Queue `text` and a newline for the client `fd`, and mark it dirty.
     pub fn queue_line(&mut self, fd: RawFd, text: impl AsRef<[u8]>) {
         let line = line(|out| out.extend_from_slice(text.as_ref()));
@@ -428,7 +421,6 @@ impl Clients {
             }
         }
     }
-    // ANCHOR_END: enqueue
 
     /// Put the client `fd` in the dirty list (its queue is written at the
     /// end of the round).
@@ -466,7 +458,6 @@ fn line(write: impl FnOnce(&mut Vec<u8>)) -> Rc<[u8]> {
     bytes.into()
 }
 
-// ANCHOR: sanitize
 /// Append `text` to `out` with every control character but TAB made `?`,
 /// so no client can drive another's terminal. That is the C0 controls
 /// (ESC included) and DEL, and the C1 controls U+0080-U+009F: `C2 9B` is
@@ -487,7 +478,6 @@ pub fn sanitize(text: &[u8], out: &mut Vec<u8>) {
         }
     }
 }
-// ANCHOR_END: sanitize
 
 #[cfg(test)]
 mod tests {

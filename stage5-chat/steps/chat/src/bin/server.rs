@@ -127,7 +127,6 @@ fn usage_error(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-// ANCHOR: listen
 /// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
 /// listening socket.
 fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
@@ -155,9 +154,7 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(listen_fd)
 }
-// ANCHOR_END: listen
 
-// ANCHOR: log_accepted
 /// The `accepted` line names the peer when it can: a client that reset
 /// while it waited in the accept queue has none (`getpeername` fails with
 /// `ENOTCONN`), and the first read on its socket reports the reset.
@@ -167,7 +164,6 @@ fn log_accepted(fd: RawFd) {
         Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
     }
 }
-// ANCHOR_END: log_accepted
 
 // ANCHOR: server
 /// Whether, and how, the listener is being served.
