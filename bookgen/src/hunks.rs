@@ -134,6 +134,34 @@ fn split_hunk<'a>(
             _ => groups.push((i, i + 1)),
         }
     }
+    // A run of changed lines longer than a chapter may show at once
+    // ([`MAX_RUN`]), which adds more than one item (a function replaced by
+    // several), is cut where an added item starts (its doc comment,
+    // attributes, then its declaration): as few cuts as keep each piece
+    // within the bound, each as late as it can be.
+    let groups: Vec<(usize, usize)> = groups
+        .into_iter()
+        .flat_map(|(start, end)| {
+            let starts: Vec<usize> = (start + 1..end)
+                .filter(|&i| starts_item(lines, i))
+                .collect();
+            let mut pieces = Vec::new();
+            let mut from = start;
+            while end - from > MAX_RUN {
+                let within = starts
+                    .iter()
+                    .rev()
+                    .find(|&&c| c > from && c - from <= MAX_RUN);
+                let Some(&cut) = within.or_else(|| starts.iter().find(|&&c| c > from)) else {
+                    break;
+                };
+                pieces.push((from, cut));
+                from = cut;
+            }
+            pieces.push((from, end));
+            pieces
+        })
+        .collect();
     let items: Vec<Item> = groups
         .iter()
         .map(|&(start, end)| {
@@ -187,6 +215,25 @@ fn split_hunk<'a>(
     }
     pieces
 }
+
+/// Whether an added item starts at `lines[i]`: an added line that opens its
+/// doc comment or attributes (or, without them, declares it), right after
+/// a line that is not part of the same lead.
+fn starts_item(lines: &[Line], i: usize) -> bool {
+    let lead = |l: &Line| {
+        let t = l.text.trim_start();
+        l.tag == '+' && (t.starts_with("///") || t.starts_with("#["))
+    };
+    if lines[i].tag != '+' || lead(&lines[i - 1]) {
+        return false;
+    }
+    let decl = (i..lines.len()).find(|&j| !lead(&lines[j]));
+    decl.is_some_and(|j| lines[j].tag == '+' && item_decl(lines[j].text).is_some())
+}
+
+/// The longest run of changed lines left whole; a chapter may show at most
+/// 60 code lines without prose between them.
+const MAX_RUN: usize = 60;
 
 /// The most lines a piece of one item may have before it is cut again.
 const MAX_PIECE: usize = 40;

@@ -110,20 +110,10 @@ fn anchors_are_left_out_and_renamed_files_are_compared() {
     write(root, &format!("{step}/src/lib.rs"), "pub mod clients;\n");
     write(root, &format!("{step}/src/bin/client.rs"), "fn main() {}\n");
 
+    // 5a is walked hunk by hunk: its diff is the server's, and its new
+    // files are left out of it, for the chapter to show as listings.
     let diff = generate(root, stage("5a").unwrap()).unwrap().unwrap();
     assert!(!diff.contains("ANCHOR: run"), "{diff}");
-    // Two files: each in an anchor of its own, for the chapter to show
-    // one at a time.
-    let parts = bookgen::stage_diff(root, stage("5a").unwrap(), false)
-        .unwrap()
-        .unwrap();
-    assert_eq!(bookgen::diff_anchors(&parts), ["server", "lib"], "{diff}");
-    assert!(
-        diff.starts_with(
-            "// ANCHOR: all\n// ANCHOR: server\n--- stage4-edge-triggered/src/main.rs\n"
-        ),
-        "{diff}"
-    );
     assert!(
         diff.contains(
             "--- stage4-edge-triggered/src/main.rs\n+++ stage5-chat/steps/chat/src/bin/server.rs\n"
@@ -132,11 +122,26 @@ fn anchors_are_left_out_and_renamed_files_are_compared() {
     );
     assert!(diff.contains("-    serve();\n+    chat();\n"), "{diff}");
     assert!(
-        diff.contains("--- /dev/null\n+++ stage5-chat/steps/chat/src/lib.rs\n"),
+        !diff.contains("lib.rs") && !diff.contains("client.rs"),
         "{diff}"
     );
-    // The client is a new program, shown in its own section, not diffed.
-    assert!(!diff.contains("client.rs"), "{diff}");
+    let walked = bookgen::stage_diff(root, stage("5a").unwrap(), true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(walked.new_files, ["src/bin/client.rs", "src/lib.rs"]);
+    // Shown whole instead, a diff of several files has an anchor for each,
+    // and a new file is diffed against nothing.
+    let whole = bookgen::stage_diff(root, stage("5a").unwrap(), false)
+        .unwrap()
+        .unwrap();
+    let mut anchors = bookgen::diff_anchors(&whole);
+    anchors.sort();
+    assert_eq!(anchors, ["client", "lib", "server"]);
+    assert!(
+        whole
+            .render()
+            .contains("--- /dev/null\n+++ stage5-chat/steps/chat/src/lib.rs\n")
+    );
     // Stage 6 has not landed in this workspace: nothing to generate.
     assert!(generate(root, stage("6").unwrap()).unwrap().is_none());
 }

@@ -324,6 +324,40 @@ fn a_new_file_is_shown_at_its_regions_once_and_in_order() {
 }
 
 #[test]
+fn a_long_run_of_changes_is_cut_where_an_added_item_starts() {
+    // One function replaced by two, 70 changed lines in one run: too long to
+    // show at once, so it is cut where the second function's doc comment
+    // starts, and each piece is named after its own function.
+    let body = |name: &str, n: usize| {
+        let mut text = format!("/// {name} does its part.\nfn {name}() {{\n");
+        for i in 0..n {
+            text.push_str(&format!("    step_{name}({i});\n"));
+        }
+        text.push_str("}\n");
+        text
+    };
+    let old = format!("fn main() {{}}\n\n{}", body("old", 8));
+    let new = format!(
+        "fn main() {{}}\n\n{}{}",
+        body("first", 28),
+        body("second", 28)
+    );
+    let parts = bookgen::hunks::split("main", &old, &new, &[]);
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["main-first", "main-second"], "{parts:#?}");
+    assert!(
+        parts[1]
+            .text
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("+/// second")
+    );
+    let texts: Vec<&str> = parts.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(bookgen::hunks::apply(&old, &texts).unwrap(), new);
+}
+
+#[test]
 fn a_listing_leaves_out_the_unit_tests_and_excerpts_leave_out_the_rest() {
     let source =
         "// ANCHOR: a\nfn a() {}\n// ANCHOR_END: a\nfn b() {}\n\n#[cfg(test)]\nmod tests {}\n";

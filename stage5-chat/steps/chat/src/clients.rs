@@ -1,3 +1,4 @@
+// ANCHOR: clients_top
 //! The client table: every connection, found by its fd in O(1), the names
 //! of the clients in the chat, and where each client is in its life.
 //!
@@ -14,6 +15,7 @@ use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, send};
+// ANCHOR_END: clients_top
 
 // ANCHOR: phase
 /// Where a client is in its life.
@@ -108,6 +110,7 @@ pub struct Client {
 }
 // ANCHOR_END: client
 
+// ANCHOR: client_impl
 impl Client {
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
@@ -151,6 +154,7 @@ impl Client {
         self.queued += line.len();
         self.queue.push_back(Rc::clone(line));
     }
+    // ANCHOR_END: client_impl
 
     // ANCHOR: write
     /// Send the queued lines, one `send(2)` each, until the queue is empty
@@ -186,9 +190,10 @@ impl Client {
         self.send_buffer = SendBuffer::Room; // EPOLLOUT is no longer needed
         Ok(())
     }
-    // ANCHOR_END: write
 }
+// ANCHOR_END: write
 
+// ANCHOR: clients
 /// Why `/nick` was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NickError {
@@ -213,7 +218,9 @@ pub struct Clients {
     dirty: Vec<RawFd>,
     max_queue: usize,
 }
+// ANCHOR_END: clients
 
+// ANCHOR: join
 impl Clients {
     pub fn new(max_queue: usize) -> Clients {
         Clients {
@@ -262,7 +269,9 @@ impl Clients {
         self.len += 1;
         raw
     }
+    // ANCHOR_END: join
 
+    // ANCHOR: leave
     /// Take the client out of the chat, for `why`; returns its name if it
     /// was in.
     pub fn leave(&mut self, fd: RawFd, why: Why) -> Option<Rc<str>> {
@@ -320,7 +329,9 @@ impl Clients {
         online.sort_by_key(|c| c.id);
         online.iter().map(|c| Rc::clone(&c.name)).collect()
     }
+    // ANCHOR_END: leave
 
+    // ANCHOR: rename
     /// `/nick`: rename the client `fd` to `new`; returns the old name.
     pub fn rename(&mut self, fd: RawFd, new: &[u8]) -> Result<Rc<str>, NickError> {
         let valid = (1..=32).contains(&new.len())
@@ -345,6 +356,7 @@ impl Clients {
         self.names.insert(new, fd);
         Ok(old)
     }
+    // ANCHOR_END: rename
 
     // ANCHOR: enqueue
     /// Queue `text` and a newline for the client `fd`, and mark it dirty.
@@ -395,6 +407,7 @@ impl Clients {
     }
     // ANCHOR_END: enqueue
 
+    // ANCHOR: dirty
     /// Put the client `fd` in the dirty list (its queue is written at the
     /// end of the round).
     pub fn mark_dirty(&mut self, fd: RawFd) {
@@ -430,6 +443,7 @@ fn line(write: impl FnOnce(&mut Vec<u8>)) -> Rc<[u8]> {
     bytes.push(b'\n');
     bytes.into()
 }
+// ANCHOR_END: dirty
 
 // ANCHOR: sanitize
 /// Append `text` to `out` with every control character but TAB made `?`,

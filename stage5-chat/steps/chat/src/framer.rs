@@ -1,3 +1,4 @@
+// ANCHOR: framer_top
 //! Splitting a byte stream into lines.
 //!
 //! TCP delivers bytes, not messages: one `read(2)` may return half a line,
@@ -10,6 +11,7 @@ use std::ops::ControlFlow;
 /// closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineTooLong;
+// ANCHOR_END: framer_top
 
 // ANCHOR: split_lines
 /// Split `input`, the next bytes of a stream, into lines.
@@ -58,7 +60,9 @@ pub fn split_lines(
     partial.extend_from_slice(rest);
     Ok(ControlFlow::Continue(()))
 }
+// ANCHOR_END: split_lines
 
+// ANCHOR: emit
 /// Hand one line, without its `\r` if it had one, to `on_line`.
 fn emit(
     line: &[u8],
@@ -71,4 +75,4 @@ fn emit(
     }
     Ok(on_line(line))
 }
-// ANCHOR_END: split_lines
+// ANCHOR_END: emit

@@ -1,3 +1,4 @@
+// ANCHOR: client_top
 //! Stage 5's chat client: sends each line of stdin and prints every line
 //! the server sends, both at once.
 //!
@@ -25,7 +26,9 @@ use nix::sys::termios::{
     InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios, tcgetattr, tcsetattr,
 };
 use nix::unistd::{isatty, read};
+// ANCHOR_END: client_top
 
+// ANCHOR: usage
 const USAGE: &str = "\
 usage: client [--max-line BYTES] [ADDR]
 
@@ -63,7 +66,9 @@ struct Args {
     /// so it is not sent.
     max_line: usize,
 }
+// ANCHOR_END: usage
 
+// ANCHOR: main
 fn main() -> ExitCode {
     let args = parse_args();
     match run(&args) {
@@ -103,7 +108,9 @@ fn parse_args() -> Args {
     }
     args
 }
+// ANCHOR_END: main
 
+// ANCHOR: parse_addr
 /// `HOST:PORT`, where HOST is a name (`localhost`) or an IP address
 /// (`[::1]` for IPv6), resolved once, here.
 fn parse_addr(arg: &str) -> Result<Vec<SocketAddr>, String> {
@@ -122,7 +129,9 @@ fn usage_error(msg: &str) -> ! {
     eprintln!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
+// ANCHOR_END: parse_addr
 
+// ANCHOR: connect
 /// Connect to the first of `addrs` that answers (a name may have an IPv6 and
 /// an IPv4 address, and the server listen on only one of them).
 fn connect_any(addrs: &[SocketAddr]) -> Result<OwnedFd> {
@@ -160,7 +169,9 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
     fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
     Ok(())
 }
+// ANCHOR_END: connect
 
+// ANCHOR: client_struct
 /// What the loop knows about each side.
 struct Client {
     socket_fd: OwnedFd,
@@ -187,6 +198,7 @@ struct Client {
     /// Stdin and stdout are a terminal: we draw the input line.
     terminal: Option<Terminal>,
 }
+// ANCHOR_END: client_struct
 
 // ANCHOR: client_loop
 fn run(args: &Args) -> Result<ExitCode> {
@@ -229,6 +241,8 @@ fn run(args: &Args) -> Result<ExitCode> {
     };
     let mut buf = vec![0u8; 64 * 1024];
     let mut ready = [EpollEvent::empty(); 3];
+    // ANCHOR_END: client_loop
+    // ANCHOR: event_loop
     loop {
         let timeout = if client.stdin_is_file && client.stdin_open && client.room() {
             EpollTimeout::ZERO // a file is always readable: don't sleep
@@ -277,8 +291,9 @@ fn run(args: &Args) -> Result<ExitCode> {
         client.update_interest()?;
     }
 }
-// ANCHOR_END: client_loop
+// ANCHOR_END: event_loop
 
+// ANCHOR: receive
 impl Client {
     /// Whether stdin may be read: not while much is still unsent.
     fn room(&self) -> bool {
@@ -333,6 +348,7 @@ impl Client {
         self.send_unsent()?;
         Ok(None)
     }
+    // ANCHOR_END: receive
 
     // ANCHOR: take_lines
     /// Move the whole lines of `input` to `unsent`. A line over the limit is
@@ -362,6 +378,7 @@ impl Client {
     }
     // ANCHOR_END: take_lines
 
+    // ANCHOR: send_unsent
     /// Send as much as the socket takes; once stdin has ended and all is
     /// sent, send end-of-file so the server knows we are done.
     fn send_unsent(&mut self) -> Result<()> {
@@ -395,7 +412,9 @@ impl Client {
         }
         Ok(())
     }
+    // ANCHOR_END: send_unsent
 
+    // ANCHOR: update_interest
     /// Watch the socket for `EPOLLOUT` only while something is unsent, and
     /// stdin only while there is room for more.
     fn update_interest(&mut self) -> Result<()> {
@@ -428,7 +447,9 @@ impl Client {
         Ok(())
     }
 }
+// ANCHOR_END: update_interest
 
+// ANCHOR: too_long
 /// What the client says instead of sending a line over the limit.
 fn too_long(max_line: usize) -> String {
     format!("* line too long (max {max_line} bytes): not sent")
@@ -438,6 +459,7 @@ fn too_long(max_line: usize) -> String {
 fn exit_code(signal: Signal) -> ExitCode {
     ExitCode::from(128 + signal as u8)
 }
+// ANCHOR_END: too_long
 
 // ANCHOR: raw_mode
 /// Raw mode for as long as this lives: dropping it restores the terminal,
@@ -517,6 +539,7 @@ fn watch_signals() -> Result<SignalFd> {
 }
 // ANCHOR_END: signals
 
+// ANCHOR: keys_enum
 /// What the keys read from the terminal ask of the loop.
 enum Keys {
     Typed,
@@ -535,6 +558,7 @@ enum Escape {
     /// After `ESC [` or `ESC O`, until the final byte (`@` to `~`).
     Sequence,
 }
+// ANCHOR_END: keys_enum
 
 // ANCHOR: terminal
 /// The terminal when stdin and stdout are one: raw mode, the signals that
@@ -560,6 +584,7 @@ struct Terminal {
 }
 // ANCHOR_END: terminal
 
+// ANCHOR: start
 impl Terminal {
     /// Signals first, then raw mode: a signal from here on ends the loop
     /// with the terminal restored.
@@ -604,6 +629,7 @@ impl Terminal {
             None => Ok(None),
         }
     }
+    // ANCHOR_END: start
 
     // ANCHOR: keys
     /// Edit the input line with the keys just read; Enter moves the line
@@ -704,7 +730,9 @@ impl Terminal {
             self.name = new.to_string();
         }
     }
+    // ANCHOR_END: print_received
 
+    // ANCHOR: draw
     /// Erase the input line, print `above` (whole lines), then draw the
     /// prompt and what has been typed under them again.
     fn draw(&mut self, above: &[u8]) -> io::Result<()> {
@@ -735,8 +763,9 @@ impl Terminal {
         stdout.write_all(&screen)?;
         stdout.flush()
     }
-    // ANCHOR_END: print_received
+    // ANCHOR_END: draw
 
+    // ANCHOR: visible
     fn prompt_text(&self) -> String {
         format!("{}> ", self.name)
     }
@@ -778,3 +807,4 @@ fn terminal_width() -> usize {
         80
     }
 }
+// ANCHOR_END: visible

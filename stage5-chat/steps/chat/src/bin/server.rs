@@ -165,7 +165,6 @@ fn log_accepted(fd: RawFd) {
     }
 }
 
-// ANCHOR: server
 /// Whether, and how, the listener is being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accepting {
@@ -184,9 +183,7 @@ struct Server {
     accepting: Accepting,
     clients: Clients,
 }
-// ANCHOR_END: server
 
-// ANCHOR: run
 fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
     // epoll_create1(2): the kernel object that watches every socket for us.
@@ -226,7 +223,6 @@ fn run(args: &Args) -> Result<()> {
         server.flush_all();
     }
 }
-// ANCHOR_END: run
 
 impl Server {
     fn new(args: Args, epoll: Epoll, listen_fd: OwnedFd) -> Server {
@@ -239,7 +235,6 @@ impl Server {
         }
     }
 
-    // ANCHOR: accept
     /// Accept until `EAGAIN`: an edge-triggered listener is reported once for
     /// a burst of connections, and any left in the queue would wait for the
     /// next newcomer.
@@ -298,9 +293,7 @@ impl Server {
             self.accept_clients();
         }
     }
-    // ANCHOR_END: accept
 
-    // ANCHOR: serve
     /// One ready event for a client. Events for a client closed earlier in
     /// the round are harmless: at worst a read finds `EAGAIN`.
     fn serve_event(&mut self, fd: RawFd, events: EpollFlags, scratch: &mut [u8]) {
@@ -345,9 +338,7 @@ impl Server {
             self.end(fd, Why::EndOfFile);
         }
     }
-    // ANCHOR_END: serve
 
-    // ANCHOR: input
     /// Frame what was read into lines and act on each.
     fn handle_input(&mut self, fd: RawFd, input: &[u8]) {
         let max_line = self.args.max_line;
@@ -431,9 +422,7 @@ impl Server {
         self.clients.queue_line(fd, reply);
         ControlFlow::Continue(())
     }
-    // ANCHOR_END: input
 
-    // ANCHOR: end
     /// The one way a client ends: out of the chat, the others told why, and
     /// closed now if it is owed nothing more, or else once what it is owed
     /// is written.
@@ -474,9 +463,7 @@ impl Server {
         drop(client); // close(2)
         self.resume_accepting();
     }
-    // ANCHOR_END: end
 
-    // ANCHOR: flush
     /// Write every dirty client's queue. Closing a client can queue `left`
     /// notices for others, so this goes on until no client is dirty.
     fn flush_all(&mut self) {
@@ -513,7 +500,6 @@ impl Server {
         }
         self.finish(fd);
     }
-    // ANCHOR_END: flush
 
     /// One line of the connection log on stderr, unless `-q`.
     fn log(&self, line: std::fmt::Arguments<'_>) {
