@@ -50,9 +50,12 @@ pub enum Why {
     ServerFull,
     /// The server is shutting down.
     Shutdown,
-    /// The cluster let it go: it never got a name, or the other servers
-    /// took this one for dead and told their clients it left.
-    Cluster,
+    /// The cluster gave it no name in time (Redis out of reach, or
+    /// refusing), so it was told to try again.
+    NoName,
+    /// The other servers took this one for dead and told their clients it
+    /// left: it lost its place in the cluster.
+    Expelled,
 }
 
 impl Why {
@@ -65,7 +68,7 @@ impl Why {
     /// What the others are told, or nothing when everyone is leaving.
     pub fn notice(self, name: &str) -> Option<String> {
         match self {
-            Why::Shutdown | Why::ServerFull | Why::Cluster => None,
+            Why::Shutdown | Why::ServerFull | Why::NoName | Why::Expelled => None,
             Why::TooSlow => Some(format!("* {name} left (too slow)")),
             _ => Some(format!("* {name} left")),
         }
@@ -83,7 +86,8 @@ impl fmt::Display for Why {
             Why::LineTooLong => f.write_str("line too long"),
             Why::ServerFull => f.write_str("server full"),
             Why::Shutdown => f.write_str("shutdown"),
-            Why::Cluster => f.write_str("cluster"),
+            Why::NoName => f.write_str("no name from the cluster"),
+            Why::Expelled => f.write_str("lost its place in the cluster"),
         }
     }
 }

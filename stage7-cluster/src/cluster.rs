@@ -546,6 +546,7 @@ impl Cluster {
     /// Connections that waited too long for a name are told so and
     /// closed: their slot and their descriptor are not held for ever.
     fn expire_joins(&mut self, done: &mut Vec<Done>) {
+        let mut freed = false;
         while let Some(entry) = self.joining.first_entry()
             && entry.get().since.elapsed() >= JOIN_WAIT
         {
@@ -553,12 +554,18 @@ impl Cluster {
             if let Some(number) = joining.number {
                 let name = format!("client{number}");
                 self.outbox.free(&name, owner(&self.node, number));
+                freed = true;
             }
             let line = "* error: the other servers cannot take a new client now; try again soon";
             done.push(Done::Refuse {
                 fd: joining.fd,
                 line,
             });
+        }
+        // The names freed above go now, not with the next write: until they
+        // do, /who would list a client that is not there.
+        if freed {
+            self.send_outbox();
         }
     }
 

@@ -742,7 +742,7 @@ impl Server {
             // chat: they are told its clients left. One the cluster let
             // go, the others were told of already.
             let notice = notice.or_else(|| match why {
-                Why::Cluster => None,
+                Why::Expelled => None,
                 _ => Why::EndOfFile.notice(name),
             });
             cluster.left(fd, client.id(), name, notice);
@@ -911,13 +911,13 @@ impl Server {
                 }
                 Done::Refuse { fd, line } => {
                     let deadline = Instant::now() + LINGER;
-                    let fd = self.clients.refuse(fd, Why::Cluster, deadline);
+                    let fd = self.clients.refuse(fd, Why::NoName, deadline);
                     self.deadlines.push_back((deadline, fd));
                     self.clients.queue_line(fd, line);
                 }
                 Done::Expel { fd, line } => {
                     self.clients.queue_line(fd, line);
-                    self.end(fd, Why::Cluster);
+                    self.end(fd, Why::Expelled);
                 }
             }
         }
