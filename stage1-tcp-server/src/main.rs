@@ -145,10 +145,11 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
 // ANCHOR: run
 fn run(args: &Args) -> Result<()> {
     let listen_fd = listen_on(args.addr)?;
-    let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
+    let local: SockaddrStorage =
+        getsockname(listen_fd.as_raw_fd()).context("cannot read the bound address")?;
     // Scripts and tests wait for this line, so it goes out at once.
     writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
-    io::stdout().flush()?;
+    io::stdout().flush().context("cannot write to stdout")?;
     // ANCHOR_END: run
 
     // ANCHOR: accept

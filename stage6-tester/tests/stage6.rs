@@ -268,12 +268,21 @@ fn hold_keeps_connections_open_on_stage3() {
     let server = Server::start(stage3(), &["-q", "127.0.0.1:0"]);
     let idle_fds = sockets(server.pid());
     let pid = server.pid().to_string();
-    let child = std::process::Command::new(tester())
-        .args(["hold", &server.addr.to_string(), "--connections", "150"])
-        .args(["--duration", "2s", "--server-pid", &pid, "--json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(tester())
+            .args(["hold", &server.addr.to_string(), "--connections", "150"])
+            .args(["--duration", "2s", "--server-pid", &pid, "--json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the tester"),
+    );
+    // Read on a thread, so that a tester that writes more than a pipe holds
+    // is not blocked while the test waits for it to exit.
+    let mut stdout = child.0.stdout.take().unwrap();
+    let stdout = thread::spawn(move || {
+        let mut bytes = Vec::new();
+        stdout.read_to_end(&mut bytes).map(|_| bytes)
+    });
     // While the tester holds, the server really has all 150 connections.
     let mut seen = 0;
     let held = testkit::holds_within_timeout(|| {
@@ -285,13 +294,10 @@ fn hold_keeps_connections_open_on_stage3() {
         "the server had {seen} of the 150 connections the tester was to hold: \
          does the tester keep every connection open for --duration?"
     );
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "tester hold failed: {}",
-        output.status
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let status = testkit::wait_for_exit(&mut child.0);
+    assert!(status.success(), "tester hold failed: {status}");
+    let stdout = stdout.join().unwrap().expect("read the tester's stdout");
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(report["open"], 150, "{report}");
     assert_eq!(
         report["open_at_end"], 150,
@@ -305,6 +311,17 @@ fn hold_keeps_connections_open_on_stage3() {
         "the server closes the held connections (does the tester close them at the end?)",
         || sockets(server.pid()) <= idle_fds,
     );
+}
+
+/// A process a test started itself, killed when dropped, so that a failed
+/// assert leaves no tester running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The sockets a process has open (`/proc/PID/fd` links named `socket:[..]`):

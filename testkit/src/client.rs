@@ -41,8 +41,8 @@ enum Wanted<'a> {
 
 /// How a read that fell short ended.
 enum End {
-    /// Nothing came for the read timeout.
-    Quiet,
+    /// The wait, this long in all, was over before the read was done.
+    Quiet(Duration),
     /// The server closed the connection (end-of-file).
     Closed,
     /// The server reset the connection.
@@ -54,16 +54,24 @@ enum End {
 impl End {
     fn of(error: io::Error) -> End {
         match error.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => End::Quiet,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => End::Quiet(TIMEOUT),
             io::ErrorKind::ConnectionReset => End::Reset,
             _ => End::Error(error),
+        }
+    }
+
+    /// The same end, for a read that waited `wait` in all.
+    fn after(self, wait: Duration) -> End {
+        match self {
+            End::Quiet(_) => End::Quiet(wait),
+            end => end,
         }
     }
 
     /// What happened, as a clause of its own.
     fn what(&self) -> String {
         match self {
-            End::Quiet => format!("nothing came for {}", duration(TIMEOUT)),
+            End::Quiet(wait) => format!("nothing came for {}", duration(*wait)),
             End::Closed => "the server closed the connection".to_string(),
             End::Reset => "the server reset the connection (ECONNRESET)".to_string(),
             End::Error(e) => format!("reading failed: {e}"),
@@ -73,8 +81,8 @@ impl End {
     /// The end of a sentence that starts with what arrived (`got` bytes).
     fn words(&self, got: usize) -> String {
         match self {
-            End::Quiet if got == 0 => format!(" within {}", duration(TIMEOUT)),
-            End::Quiet => format!(", then nothing more for {}", duration(TIMEOUT)),
+            End::Quiet(wait) if got == 0 => format!(" within {}", duration(*wait)),
+            End::Quiet(wait) => format!(" in {} of waiting", duration(*wait)),
             _ if got == 0 => format!(": {}", self.what()),
             _ => format!(", then {}", self.what()),
         }
@@ -203,10 +211,10 @@ impl Client {
             Wanted::Line if got.is_empty() => format!("{name} got no line{ending}"),
             Wanted::Line => format!("{name} got {} but no end of line{ending}", shown(got)),
             Wanted::Eof => match end {
-                End::Quiet => format!(
+                End::Quiet(wait) => format!(
                     "{name} waited {} for the server to close the connection, and it is still \
                      open ({} arrived meanwhile)",
-                    duration(TIMEOUT),
+                    duration(wait),
                     bytes(got.len())
                 ),
                 _ => format!(
@@ -217,24 +225,52 @@ impl Client {
         })
     }
 
-    /// Read exactly `n` bytes, or return what came and how the read ended.
-    fn read_n(&mut self, n: usize) -> Result<Vec<u8>, (Vec<u8>, End)> {
+    /// Make the socket's read timeout what is left until `deadline`, so
+    /// that a server that trickles bytes cannot stretch a wait past it; a
+    /// `TimedOut` error once it has passed.
+    fn timeout_until(&self, deadline: Instant) -> io::Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))
+    }
+
+    /// Put back the read timeout that [`Client::timeout_until`] changed.
+    fn restore_timeout(&self) {
+        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    }
+
+    /// Read exactly `n` bytes within `wait` in all, or return what came
+    /// and how the read ended.
+    fn read_n(&mut self, n: usize, wait: Duration) -> Result<Vec<u8>, (Vec<u8>, End)> {
+        let deadline = Instant::now() + wait;
         let mut buf = vec![0; n];
         let mut got = 0;
-        while got < n {
-            match self.reader.read(&mut buf[got..]) {
-                Ok(0) => return Err((buf[..got].to_vec(), End::Closed)),
+        let end = loop {
+            if got == n {
+                break None;
+            }
+            let read = self
+                .timeout_until(deadline)
+                .and_then(|()| self.reader.read(&mut buf[got..]));
+            match read {
+                Ok(0) => break Some(End::Closed),
                 Ok(k) => got += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err((buf[..got].to_vec(), End::of(e))),
+                Err(e) => break Some(End::of(e).after(wait)),
             }
+        };
+        self.restore_timeout();
+        match end {
+            None => Ok(buf),
+            Some(end) => Err((buf[..got].to_vec(), end)),
         }
-        Ok(buf)
     }
 
     /// Read exactly `n` bytes, or say what came instead within the timeout.
     pub fn try_recv_exact(&mut self, n: usize) -> Result<Vec<u8>, ReadFailure> {
-        self.read_n(n)
+        self.read_n(n, TIMEOUT)
             .map_err(|(got, end)| self.failure(Wanted::Bytes(n), &got, end))
     }
 
@@ -247,7 +283,7 @@ impl Client {
     /// says how much came back, or from which byte on it differs.
     pub fn try_recv_echo(&mut self, sent: &[u8]) -> Result<(), ReadFailure> {
         let got = self
-            .read_n(sent.len())
+            .read_n(sent.len(), TIMEOUT)
             .map_err(|(got, end)| self.failure(Wanted::Echo(sent), &got, end))?;
         match got.iter().zip(sent).position(|(a, b)| a != b) {
             None => Ok(()),
@@ -274,18 +310,49 @@ impl Client {
     /// Read one line (without its `\n`), or say what came instead.
     /// A last line without `\n` before end-of-file counts as a line.
     pub fn try_recv_line(&mut self) -> Result<String, ReadFailure> {
+        self.line_within(TIMEOUT)
+    }
+
+    /// [`Client::try_recv_line`], waiting `wait` in all.
+    fn line_within(&mut self, wait: Duration) -> Result<String, ReadFailure> {
+        let deadline = Instant::now() + wait;
         let mut line = Vec::new();
-        match self.reader.read_until(b'\n', &mut line) {
-            Ok(0) => Err(self.failure(Wanted::Line, &line, End::Closed)),
-            Ok(_) => match String::from_utf8(line) {
-                Ok(text) => Ok(text.trim_end_matches('\n').to_string()),
-                Err(e) => Err(ReadFailure(format!(
-                    "{} got a line that is not UTF-8: {}",
-                    self.name,
-                    shown(e.as_bytes())
-                ))),
-            },
-            Err(e) => Err(self.failure(Wanted::Line, &line, End::of(e))),
+        let end = loop {
+            if let Err(e) = self.timeout_until(deadline) {
+                break Some(End::of(e).after(wait));
+            }
+            // A last line without `\n` before end-of-file counts as a line.
+            let (used, done) = match self.reader.fill_buf() {
+                Ok([]) => break line.is_empty().then_some(End::Closed),
+                Ok(buf) => match buf.iter().position(|&b| b == b'\n') {
+                    Some(at) => {
+                        line.extend_from_slice(&buf[..=at]);
+                        (at + 1, true)
+                    }
+                    None => {
+                        line.extend_from_slice(buf);
+                        (buf.len(), false)
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, false),
+                Err(e) => break Some(End::of(e).after(wait)),
+            };
+            self.reader.consume(used);
+            if done {
+                break None;
+            }
+        };
+        self.restore_timeout();
+        if let Some(end) = end {
+            return Err(self.failure(Wanted::Line, &line, end));
+        }
+        match String::from_utf8(line) {
+            Ok(text) => Ok(text.trim_end_matches('\n').to_string()),
+            Err(e) => Err(ReadFailure(format!(
+                "{} got a line that is not UTF-8: {}",
+                self.name,
+                shown(e.as_bytes())
+            ))),
         }
     }
 
@@ -360,11 +427,30 @@ impl Client {
     /// reset: a server that closes with unread input sends one); returns
     /// what came first, or says what came and that the connection is open.
     pub fn try_recv_to_eof(&mut self) -> Result<Vec<u8>, ReadFailure> {
+        self.eof_within(TIMEOUT)
+    }
+
+    /// [`Client::try_recv_to_eof`], waiting `wait` in all.
+    fn eof_within(&mut self, wait: Duration) -> Result<Vec<u8>, ReadFailure> {
+        let deadline = Instant::now() + wait;
         let mut rest = Vec::new();
-        match self.reader.read_to_end(&mut rest) {
-            Ok(_) => Ok(rest),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(rest),
-            Err(e) => Err(self.failure(Wanted::Eof, &rest, End::of(e))),
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            let read = self
+                .timeout_until(deadline)
+                .and_then(|()| self.reader.read(&mut buf));
+            match read {
+                Ok(0) => break None,
+                Ok(k) => rest.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break None,
+                Err(e) => break Some(End::of(e).after(wait)),
+            }
+        };
+        self.restore_timeout();
+        match end {
+            None => Ok(rest),
+            Some(end) => Err(self.failure(Wanted::Eof, &rest, end)),
         }
     }
 
@@ -483,12 +569,16 @@ mod tests {
         let (client, _server) = pair("client 2 of 300");
         let cases = [
             (
-                client.failure(Wanted::Echo(b"ping\n"), b"", End::Quiet),
+                client.failure(Wanted::Echo(b"ping\n"), b"", End::Quiet(TIMEOUT)),
                 "client 2 of 300 got no echo of \"ping\\n\" within 10 s",
             ),
             (
-                client.failure(Wanted::Echo(&[0; 1 << 20]), &[0; 524_288], End::Quiet),
-                "client 2 of 300 got 524,288 of 1,048,576 bytes back, then nothing more for 10 s",
+                client.failure(
+                    Wanted::Echo(&[0; 1 << 20]),
+                    &[0; 524_288],
+                    End::Quiet(TIMEOUT),
+                ),
+                "client 2 of 300 got 524,288 of 1,048,576 bytes back in 10 s of waiting",
             ),
             (
                 client.failure(Wanted::Bytes(5), b"pin", End::Closed),
@@ -499,11 +589,11 @@ mod tests {
                 "client 2 of 300 got no line: the server reset the connection (ECONNRESET)",
             ),
             (
-                client.failure(Wanted::Line, b"* wel", End::Quiet),
-                "client 2 of 300 got \"* wel\" but no end of line, then nothing more for 10 s",
+                client.failure(Wanted::Line, b"* wel", End::Quiet(TIMEOUT)),
+                "client 2 of 300 got \"* wel\" but no end of line in 10 s of waiting",
             ),
             (
-                client.failure(Wanted::Eof, b"ab", End::Quiet),
+                client.failure(Wanted::Eof, b"ab", End::Quiet(TIMEOUT)),
                 "client 2 of 300 waited 10 s for the server to close the connection, and it is \
                  still open (2 bytes arrived meanwhile)",
             ),
@@ -536,6 +626,59 @@ mod tests {
             "the reader got none of the 5 bytes it waited for: the server closed the connection"
         );
         assert!(client.try_recv_to_eof().unwrap().is_empty());
+    }
+
+    /// Write one byte every 50 ms until the client's side is gone, or for
+    /// [`TIMEOUT`] at most: a server that never stops for a whole timeout.
+    fn trickle(mut server: TcpStream) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let until = Instant::now() + TIMEOUT;
+            while Instant::now() < until && server.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    }
+
+    #[test]
+    fn a_trickle_of_bytes_does_not_stretch_the_wait_for_a_line() {
+        let (mut client, server) = pair("the client");
+        let trickler = trickle(server);
+        let start = Instant::now();
+        let failure = client
+            .line_within(Duration::from_millis(300))
+            .expect_err("the trickle never ends a line, yet the read returned one");
+        let waited = start.elapsed();
+        drop(client);
+        trickler.join().unwrap();
+        assert!(waited < TIMEOUT / 2, "gave up only after {waited:?}");
+        let words = failure.to_string();
+        assert!(
+            words.starts_with("the client got \"x")
+                && words.ends_with("x\" but no end of line in 300 ms of waiting"),
+            "{words}"
+        );
+    }
+
+    #[test]
+    fn a_trickle_of_bytes_does_not_stretch_the_wait_for_the_end() {
+        let (mut client, server) = pair("the client");
+        let trickler = trickle(server);
+        let start = Instant::now();
+        let failure = client
+            .eof_within(Duration::from_millis(300))
+            .expect_err("the trickle never closes, yet the read saw the end");
+        let waited = start.elapsed();
+        drop(client);
+        trickler.join().unwrap();
+        assert!(waited < TIMEOUT / 2, "gave up only after {waited:?}");
+        let words = failure.to_string();
+        assert!(
+            words.starts_with(
+                "the client waited 300 ms for the server to close the connection, and it is \
+                 still open ("
+            ),
+            "{words}"
+        );
     }
 
     #[test]

@@ -381,14 +381,101 @@ fn collect(mut pipe: impl Read + Send + 'static) -> LogText {
     let shared = Arc::clone(&log);
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
+        // A character split across two reads waits here for its end.
+        let mut pending = Vec::new();
         let (state, changed) = &*shared;
         while let Ok(n @ 1..) = pipe.read(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]);
-            state.lock().unwrap().text.push_str(&text);
+            pending.extend_from_slice(&buf[..n]);
+            decode(&mut pending, &mut state.lock().unwrap().text);
             changed.notify_all();
         }
-        state.lock().unwrap().closed = true;
+        let mut state = state.lock().unwrap();
+        state.text.push_str(&String::from_utf8_lossy(&pending));
+        state.closed = true;
         changed.notify_all();
     });
     log
+}
+
+/// Move what `bytes` holds of whole characters onto `text`, with U+FFFD for
+/// bytes that are not UTF-8; an incomplete character at the end stays in
+/// `bytes`, for the next read to complete.
+fn decode(bytes: &mut Vec<u8>, text: &mut String) {
+    let mut start = 0;
+    while start < bytes.len() {
+        match std::str::from_utf8(&bytes[start..]) {
+            Ok(whole) => {
+                text.push_str(whole);
+                start = bytes.len();
+            }
+            Err(e) => {
+                let valid = start + e.valid_up_to();
+                // The prefix up to `valid` is UTF-8, so nothing is replaced.
+                text.push_str(&String::from_utf8_lossy(&bytes[start..valid]));
+                start = valid;
+                let Some(invalid) = e.error_len() else {
+                    break;
+                };
+                text.push(char::REPLACEMENT_CHARACTER);
+                start += invalid;
+            }
+        }
+    }
+    bytes.drain(..start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_split_across_two_reads_is_kept_whole() {
+        let (mut bytes, mut text) = (Vec::new(), String::new());
+        let word = "délai – 10 s ✓".as_bytes();
+        // Every split point, the middle of a character among them.
+        for at in 0..=word.len() {
+            bytes.extend_from_slice(&word[..at]);
+            decode(&mut bytes, &mut text);
+            bytes.extend_from_slice(&word[at..]);
+            decode(&mut bytes, &mut text);
+            assert_eq!(text, "délai – 10 s ✓", "split at byte {at}");
+            assert!(bytes.is_empty());
+            text.clear();
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_become_replacement_characters() {
+        let (mut bytes, mut text) = (b"a\xffb\xe2\x9c".to_vec(), String::new());
+        decode(&mut bytes, &mut text);
+        assert_eq!(text, "a\u{FFFD}b");
+        assert_eq!(bytes, b"\xe2\x9c", "the start of a character waits");
+        bytes.extend_from_slice(b"x");
+        decode(&mut bytes, &mut text);
+        assert_eq!(text, "a\u{FFFD}b\u{FFFD}x");
+    }
+
+    #[test]
+    fn the_collected_log_has_every_character_of_a_slow_writer() {
+        // A reader that hands out one byte per read splits every character.
+        struct ByteByByte(&'static [u8]);
+        impl Read for ByteByByte {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some((&first, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                buf[0] = first;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let log = collect(ByteByByte("accepted «ü» ✓\n".as_bytes()));
+        let (state, changed) = &*log;
+        let state = changed
+            .wait_timeout_while(state.lock().unwrap(), TIMEOUT, |s| !s.closed)
+            .unwrap()
+            .0;
+        assert!(state.closed, "the collector did not finish");
+        assert_eq!(state.text, "accepted «ü» ✓\n");
+    }
 }

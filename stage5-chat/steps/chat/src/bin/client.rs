@@ -369,7 +369,9 @@ impl Client {
             }
             if piece.ends_with(b"\n") {
                 if std::mem::take(&mut self.too_long) {
-                    eprintln!("{}", too_long(self.max_line));
+                    // Not `eprintln!`, which panics when stderr is a
+                    // closed pipe (`client 2>&1 | head`).
+                    let _ = writeln!(io::stderr(), "{}", too_long(self.max_line));
                 } else {
                     self.unsent.append(&mut self.line);
                 }

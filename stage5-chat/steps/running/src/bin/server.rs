@@ -268,11 +268,12 @@ fn run(args: &Args) -> Result<()> {
         .add(&signal_fd, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))
         .map_err(io::Error::from)
         .context("epoll_ctl ADD signalfd failed")?;
-    let local: SockaddrStorage = getsockname(listen_fd.as_raw_fd())?;
+    let local: SockaddrStorage =
+        getsockname(listen_fd.as_raw_fd()).context("cannot read the bound address")?;
     // Scripts and tests wait for this line, so it goes out at once, and
     // only once the server is ready to serve.
     writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
-    io::stdout().flush()?;
+    io::stdout().flush().context("cannot write to stdout")?;
 
     let mut server = Server::new(args.clone(), epoll, listen_fd);
     // One buffer serves every read: a client keeps only half a line.
