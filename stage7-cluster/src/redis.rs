@@ -1,3 +1,4 @@
+// ANCHOR: resp_top
 //! Redis as one more pair of descriptors in the server's epoll set.
 //!
 //! A [`Link`] is one connection to Redis, driven by the event loop like a
@@ -43,7 +44,9 @@ pub enum Value {
 /// Bytes that are not RESP: the connection cannot be trusted any more.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed;
+// ANCHOR_END: resp_top
 
+// ANCHOR: parse
 /// The first whole reply at the start of `input` and how many bytes it
 /// took, or `None` when more bytes are needed.
 pub fn parse(input: &[u8]) -> Result<Option<(Value, usize)>, Malformed> {
@@ -97,7 +100,9 @@ pub fn parse(input: &[u8]) -> Result<Option<(Value, usize)>, Malformed> {
         _ => Err(Malformed),
     }
 }
+// ANCHOR_END: parse
 
+// ANCHOR: encode
 /// Append the request `args` to `out`: an array of bulk strings, which is
 /// how every client speaks to Redis.
 pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
@@ -126,8 +131,9 @@ impl Value {
         }
     }
 }
+// ANCHOR_END: encode
 
-// ANCHOR: link
+// ANCHOR: state
 /// Where a connection to Redis is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -168,7 +174,9 @@ pub fn shrink<T>(queue: &mut VecDeque<T>) {
         queue.shrink_to(2 * queue.len());
     }
 }
+// ANCHOR_END: state
 
+// ANCHOR: link
 /// A request written or queued, and when its reply is due.
 struct Pending<T> {
     what: T,
@@ -224,7 +232,9 @@ pub struct Progress<T> {
     /// The connection is gone, and why; `replies` holds what came before.
     pub lost: Option<io::Error>,
 }
+// ANCHOR_END: link
 
+// ANCHOR: link_new
 impl<T> Link<T> {
     pub fn new(addr: SocketAddr, token: u64) -> Link<T> {
         Link {
@@ -269,7 +279,9 @@ impl<T> Link<T> {
     pub fn healthy(&mut self) {
         self.backoff = FIRST_RETRY;
     }
+    // ANCHOR_END: link_new
 
+    // ANCHOR: connect
     /// A non-blocking `connect(2)`, if the link is down and its wait is
     /// over. `EINPROGRESS` is the usual answer: the socket is registered for
     /// `EPOLLOUT`, which fires when the handshake ends, well or badly.
@@ -323,7 +335,9 @@ impl<T> Link<T> {
         let due = Instant::now() + block + REPLY_WAIT;
         self.pending.push_back(Pending { what, due });
     }
+    // ANCHOR_END: connect
 
+    // ANCHOR: flush
     /// Write what is queued, until the socket is full (then `EPOLLOUT`
     /// says when to go on).
     pub fn flush(&mut self) -> io::Result<()> {
@@ -350,7 +364,9 @@ impl<T> Link<T> {
         shrink(&mut self.pending);
         Ok(())
     }
+    // ANCHOR_END: flush
 
+    // ANCHOR: ready
     /// A readiness event on the link's socket: finish the connect, read
     /// every reply there is, write what is queued.
     pub fn ready(&mut self, events: EpollFlags, scratch: &mut [u8]) -> Progress<T> {
@@ -403,7 +419,9 @@ impl<T> Link<T> {
         }
         progress
     }
+    // ANCHOR_END: ready
 
+    // ANCHOR: drop_connection
     /// Close the connection (taking it out of the epoll set first) and
     /// wait before the next try. Returns what the requests without a reply
     /// were for: whether they were carried out, the caller cannot know.
@@ -425,11 +443,11 @@ impl<T> Link<T> {
         self.backoff = (self.backoff * 2).min(LAST_RETRY);
     }
 }
-// ANCHOR_END: link
 
 fn setsockopt_nodelay(fd: &OwnedFd) -> nix::Result<()> {
     nix::sys::socket::setsockopt(fd, sockopt::TcpNoDelay, &true)
 }
+// ANCHOR_END: drop_connection
 
 #[cfg(test)]
 mod tests {
