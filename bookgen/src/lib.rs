@@ -14,12 +14,19 @@
 //! | 2 | stage 1 | `src/main.rs` → `src/main.rs` (the client grows from the server) |
 //! | 3 | stage 1 | `src/main.rs` → `src/main.rs` (stage 2 is a client; stage 3 grows from the last server) |
 //! | 4 | stage 3 | `src/main.rs` → `src/main.rs` |
-//! | 5a | stage 4 | `src/main.rs` → `src/bin/server.rs`; every other file under `src/` is new, shown as a listing (the client `src/bin/client.rs` among them) |
-//! | 5b | stage 5a | same paths; the client and the framer are 5a's, used by path |
-//! | 5 (5c) | stage 5b | same paths; the client and the framer are 5a's, used by path |
+//! | 5a lines | stage 4 | `src/main.rs` → `src/bin/server.rs`; the framer and the lib are new, shown as listings |
+//! | 5b chat | 5a | same paths; the client table is new |
+//! | 5c commands | 5b | same paths |
+//! | 5d client | 5c | the client program is new; the server is 5c's, carried on unchanged |
+//! | 5e running | 5d | same paths |
+//! | 5f terminal | 5e | the client changes; the server is 5e's, carried on unchanged |
+//! | 5 (5g) | 5f | same paths; the client is 5f's, used by path |
 //! | 6 | none | the tester is a new program, so its chapter shows its code, not a diff |
-//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client left out (stage 7 has none: its readers use stage 5's); the framer and the queue are stage 5's, used by path |
+//! | 7 | stage 5 | `src/bin/server.rs` → `src/main.rs`; stage 5's client carried on unchanged (its readers use stage 5's); the framer and the queue are stage 5's, used by path |
 //!
+//! A stage is every file of the stage it grows from, with its own in their
+//! place ([`effective_files`]): a step that changes only the client carries
+//! the server on unchanged, and nothing is shown as removed.
 //! A file a stage uses from an earlier one by path (a `[[bin]]` whose `path`
 //! leaves the crate's `src/`, a module with `#[path]`) is read where it is and
 //! compared under its own name, so an unchanged shared file shows no change;
@@ -96,7 +103,9 @@ pub struct DiffSpec {
 /// the end, new files shown as listings at their anchors, and no stretch of
 /// more than [`MAX_CODE_STRETCH`] code lines without prose. The list grows
 /// as chapters are reworked; the checks apply to these chapters only.
-pub const HUNK_BY_HUNK: &[&str] = &["1", "2", "3", "4", "5a", "5", "5b", "6", "7"];
+pub const HUNK_BY_HUNK: &[&str] = &[
+    "1", "2", "3", "4", "5a", "5b", "5c", "5d", "5e", "5f", "5", "6", "7",
+];
 
 /// The stages whose new files are shown in excerpts, not whole: the tester
 /// is a program of thousands of lines, and its chapter shows the parts it
@@ -113,7 +122,7 @@ pub fn is_reworked(name: &str) -> bool {
 
 /// Every stage, in order. A new stage folder must be added here (a test
 /// fails until it is).
-pub const STAGES: [Stage; 9] = [
+pub const STAGES: [Stage; 13] = [
     Stage {
         name: "1",
         dir: "stage1-tcp-server",
@@ -154,7 +163,7 @@ pub const STAGES: [Stage; 9] = [
     },
     Stage {
         name: "5a",
-        dir: "stage5-chat/steps/chat",
+        dir: "stage5-chat/steps/lines",
         diff: Some(DiffSpec {
             base: "4",
             renames: &[("src/main.rs", "src/bin/server.rs")],
@@ -164,9 +173,49 @@ pub const STAGES: [Stage; 9] = [
     },
     Stage {
         name: "5b",
-        dir: "stage5-chat/steps/running",
+        dir: "stage5-chat/steps/chat",
         diff: Some(DiffSpec {
             base: "5a",
+            renames: &[],
+            omit: &[],
+            join: &[],
+        }),
+    },
+    Stage {
+        name: "5c",
+        dir: "stage5-chat/steps/commands",
+        diff: Some(DiffSpec {
+            base: "5b",
+            renames: &[],
+            omit: &[],
+            join: &[],
+        }),
+    },
+    Stage {
+        name: "5d",
+        dir: "stage5-chat/steps/client",
+        diff: Some(DiffSpec {
+            base: "5c",
+            renames: &[],
+            omit: &[],
+            join: &[],
+        }),
+    },
+    Stage {
+        name: "5e",
+        dir: "stage5-chat/steps/running",
+        diff: Some(DiffSpec {
+            base: "5d",
+            renames: &[],
+            omit: &[],
+            join: &[],
+        }),
+    },
+    Stage {
+        name: "5f",
+        dir: "stage5-chat/steps/terminal",
+        diff: Some(DiffSpec {
+            base: "5e",
             renames: &[],
             omit: &[],
             join: &[],
@@ -176,7 +225,7 @@ pub const STAGES: [Stage; 9] = [
         name: "5",
         dir: "stage5-chat",
         diff: Some(DiffSpec {
-            base: "5b",
+            base: "5f",
             renames: &[],
             omit: &[],
             join: &[],
@@ -193,7 +242,7 @@ pub const STAGES: [Stage; 9] = [
         diff: Some(DiffSpec {
             base: "5",
             renames: &[("src/bin/server.rs", "src/main.rs")],
-            omit: &["src/bin/client.rs"],
+            omit: &[],
             join: &[],
         }),
     },
@@ -381,7 +430,7 @@ pub fn stage_diff(root: &Path, stage: &Stage, reworked: bool) -> Result<Option<S
     if !is_present(root, stage) {
         return Ok(None);
     }
-    let new_paths = crate_files(&root.join(stage.dir))?;
+    let new_paths = effective_files(root, stage)?;
     let mut new_files: Vec<String> = new_paths.iter().map(|(name, _)| name.clone()).collect();
     let Some(spec) = stage.diff else {
         return Ok(Some(StageDiff {
@@ -391,14 +440,9 @@ pub fn stage_diff(root: &Path, stage: &Stage, reworked: bool) -> Result<Option<S
     };
     let base = self::stage(spec.base).context("the base stage is not in STAGES")?;
     if !is_present(root, base) {
-        bail!(
-            "stage {} is compared with stage {}, but {} does not exist",
-            stage.name,
-            base.name,
-            base.dir
-        );
+        return Ok(None); // its diff waits for the stage it grows from
     }
-    let old_paths = crate_files(&root.join(base.dir))?;
+    let old_paths = effective_files(root, base)?;
     let all_old: Vec<String> = old_paths.iter().map(|(name, _)| name.clone()).collect();
     let counterpart = |new: &str| -> Option<String> {
         match spec.renames.iter().find(|(_, to)| *to == new) {
@@ -490,8 +534,8 @@ pub fn strip_anchors(text: &str) -> String {
 /// The crate's `.rs` files under `src/`, as sorted paths relative to `dir`.
 /// The files a crate uses from another crate by path, as `(path as this
 /// crate names it, real path)`: a `[[bin]]` or `[lib]` whose `path` lies
-/// outside this crate's `src/` (`path = "../chat/src/bin/client.rs"`), and
-/// a module declared with `#[path = "../../chat/src/framer.rs"]`. The name is
+/// outside this crate's `src/` (`path = "../commands/src/bin/client.rs"`), and
+/// a module declared with `#[path = "../../commands/src/framer.rs"]`. The name is
 /// the shared file's own path from its crate's `src/` on (`src/framer.rs`),
 /// so the diff pairs it with the base's file of that name, and an unchanged
 /// file shows no change.
@@ -569,6 +613,30 @@ pub fn crate_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
+/// The files a stage is made of, as `(name, real path)`: every file of the
+/// stage it grows from, with its own files (and those it uses by path) in
+/// their place. A step that changes only the client carries the server on
+/// unchanged, and a file it does not have is not taken for removed.
+pub fn effective_files(root: &Path, stage: &Stage) -> Result<Vec<(String, PathBuf)>> {
+    let own = crate_files(&root.join(stage.dir))?;
+    let Some(spec) = stage.diff else {
+        return Ok(own);
+    };
+    let Some(base) = self::stage(spec.base).filter(|b| is_present(root, b)) else {
+        return Ok(own);
+    };
+    let mut files: Vec<(String, PathBuf)> = effective_files(root, base)?
+        .into_iter()
+        .filter(|(name, _)| {
+            !spec.renames.iter().any(|(from, _)| from == name)
+                && !own.iter().any(|(mine, _)| mine == name)
+        })
+        .collect();
+    files.extend(own);
+    files.sort();
+    Ok(files)
+}
+
 /// The files a stage copies unchanged from the stage before (its anchors
 /// aside) instead of using the earlier file by path: a copy can drift from
 /// the file it repeats, and a reader cannot tell it is the same.
@@ -579,7 +647,7 @@ pub fn check_copies(root: &Path) -> Result<Vec<String>> {
         let Some(base) = self::stage(spec.base).filter(|b| is_present(root, b)) else {
             continue;
         };
-        let old = crate_files(&root.join(base.dir))?;
+        let old = effective_files(root, base)?;
         for file in source_files(&root.join(stage.dir))? {
             let Some((_, old_path)) = old.iter().find(|(name, _)| *name == file) else {
                 continue;

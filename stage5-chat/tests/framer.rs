@@ -1,6 +1,6 @@
 //! The framer's checks (stage 5a's, included by path), on this step's framer.
 
-use stage5_chat as chat;
+use stage5_chat as step;
 
-#[path = "../steps/chat/tests/checks/framer.rs"]
+#[path = "../steps/lines/tests/checks/framer.rs"]
 mod framer;

@@ -1,11 +1,11 @@
 //! Exercise checks for the stage 5 chat server: the checks of every step
-//! before it (5a, the chat; 5b, a server you can leave running), and its
-//! own. Run them against your own server with
+//! before it (5a lines, 5b the chat, 5c commands, 5e a server you can leave
+//! running), and its own. Run them against your own server with
 //! `STAGE5_SERVER_BIN=/path/to/your/server cargo test -p stage5-chat`.
 
 use std::path::PathBuf;
 
-use chat::{join, start};
+use chat::{join, route, start};
 
 fn server_bin() -> PathBuf {
     testkit::bin("STAGE5_SERVER_BIN", env!("CARGO_BIN_EXE_server"))
@@ -13,11 +13,19 @@ fn server_bin() -> PathBuf {
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 
-/// Stage 5a's checks: the chat.
+/// Stage 5a's checks: lines.
+#[path = "../steps/lines/tests/checks/lines.rs"]
+mod lines;
+
+/// Stage 5b's checks: the chat.
 #[path = "../steps/chat/tests/checks/chat.rs"]
 mod chat;
 
-/// Stage 5b's checks: a server you can leave running.
+/// Stage 5c's checks: commands.
+#[path = "../steps/commands/tests/checks/commands.rs"]
+mod commands;
+
+/// Stage 5e's checks: a server you can leave running.
 #[path = "../steps/running/tests/checks/running.rs"]
 mod running;
 

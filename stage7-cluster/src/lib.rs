@@ -6,7 +6,7 @@ pub mod clients;
 pub mod cluster;
 pub mod delivery;
 // Stage 5's framer and output queue, unchanged: used by path, not copied.
-#[path = "../../stage5-chat/steps/chat/src/framer.rs"]
+#[path = "../../stage5-chat/steps/lines/src/framer.rs"]
 pub mod framer;
 #[path = "../../stage5-chat/src/queue.rs"]
 pub mod queue;

@@ -1,9 +1,11 @@
 //! Without `--redis`, stage 7 is stage 5: the checks of stage 5's steps
-//! (5a, the chat; 5b, a server you can leave running) run against this
-//! binary unchanged. Run them against your own with
+//! (5a lines, 5b the chat, 5c commands, 5e a server you can leave running)
+//! run against this binary unchanged. Run them against your own with
 //! `STAGE7_BIN=/path/to/your/server cargo test -p stage7-cluster`.
 
 use std::path::PathBuf;
+
+use chat::route;
 
 fn server_bin() -> PathBuf {
     testkit::bin("STAGE7_BIN", env!("CARGO_BIN_EXE_stage7-cluster"))
@@ -11,10 +13,18 @@ fn server_bin() -> PathBuf {
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 
-/// Stage 5a's checks: the chat.
+/// Stage 5a's checks: lines.
+#[path = "../../stage5-chat/steps/lines/tests/checks/lines.rs"]
+mod lines;
+
+/// Stage 5b's checks: the chat.
 #[path = "../../stage5-chat/steps/chat/tests/checks/chat.rs"]
 mod chat;
 
-/// Stage 5b's checks: a server you can leave running.
+/// Stage 5c's checks: commands.
+#[path = "../../stage5-chat/steps/commands/tests/checks/commands.rs"]
+mod commands;
+
+/// Stage 5e's checks: a server you can leave running.
 #[path = "../../stage5-chat/steps/running/tests/checks/running.rs"]
 mod running;

@@ -1,6 +1,6 @@
 // ANCHOR: clients_top
-//! The client table: every connection, found by its fd in O(1), the names
-//! of the clients in the chat, and where each client is in its life.
+//! The client table: every connection, found by its fd in O(1), and where
+//! each client is in its life.
 //!
 //! The kernel hands out the lowest free descriptor number, so fds stay
 //! dense and a `Vec` indexed by fd is both the fastest lookup and the
@@ -8,7 +8,7 @@
 //! "dirty"; the server writes every dirty client's queue at the end of the
 //! round.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -31,8 +31,6 @@ pub enum Phase {
 /// Why a client is dropped: the one reason its close is logged with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {
-    /// It sent `/quit`.
-    Quit,
     /// It sent end-of-file: no more input.
     EndOfFile,
     /// `read` or `send` failed (a reset is `ECONNRESET` or `EPIPE`).
@@ -63,7 +61,6 @@ impl fmt::Display for Why {
     /// As the log says it: `closed fd 7 (ECONNRESET)`, `(line too long)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Why::Quit => f.write_str("quit"),
             Why::EndOfFile => f.write_str("end of file"),
             Why::Error(errno) => write!(f, "{errno:?}"), // the man pages' name
             Why::TooSlow => f.write_str("too slow"),
@@ -90,9 +87,7 @@ pub enum SendBuffer {
 /// What the server keeps per connection.
 pub struct Client {
     fd: OwnedFd,
-    /// Counts up for the server's lifetime: the order clients joined in.
-    id: u64,
-    /// `client<N>` until `/nick` changes it.
+    /// `client<N>`.
     name: Rc<str>,
     phase: Phase,
     /// The start of a line whose `\n` has not arrived yet.
@@ -194,24 +189,14 @@ impl Client {
 // ANCHOR_END: write
 
 // ANCHOR: clients
-/// Why `/nick` was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub enum NickError {
-    Invalid,
-    Taken,
-}
-
 /// Every connection, by fd.
 #[derive(Default)]
 pub struct Clients {
     by_fd: Vec<Option<Client>>,
-    /// Who has which name, so `/nick` checks "taken" without a scan.
-    names: HashMap<Rc<str>, RawFd>,
     /// How many clients are `Online`.
     online_count: usize,
     /// Connections in the table.
     len: usize,
-    next_id: u64,
     /// N of the next `client<N>`.
     next_number: u64,
     /// Clients with new output this round.
@@ -233,16 +218,9 @@ impl Clients {
     /// Add a connection to the chat as `client<N>`; returns its fd and
     /// name.
     pub fn join(&mut self, fd: OwnedFd) -> (RawFd, Rc<str>) {
-        // Someone may have taken a `client<N>` name with /nick: skip it.
-        let name: Rc<str> = loop {
-            let name = format!("client{}", self.next_number);
-            self.next_number += 1;
-            if !self.names.contains_key(name.as_str()) {
-                break name.into();
-            }
-        };
+        let name: Rc<str> = format!("client{}", self.next_number).into();
+        self.next_number += 1;
         let raw = self.insert(fd, Rc::clone(&name), Phase::Online);
-        self.names.insert(Rc::clone(&name), raw);
         self.online_count += 1;
         (raw, name)
     }
@@ -253,10 +231,8 @@ impl Clients {
         if self.by_fd.len() <= slot {
             self.by_fd.resize_with(slot + 1, || None);
         }
-        self.next_id += 1;
         self.by_fd[slot] = Some(Client {
             fd,
-            id: self.next_id,
             name,
             phase,
             partial: Vec::new(),
@@ -279,7 +255,6 @@ impl Clients {
         client.phase = Phase::Leaving { why };
         client.partial = Vec::new();
         let name = Rc::clone(&client.name);
-        self.names.remove(&name);
         self.online_count -= 1;
         Some(name)
     }
@@ -289,7 +264,6 @@ impl Clients {
     pub fn remove(&mut self, fd: RawFd) -> Option<Client> {
         let client = self.by_fd.get_mut(fd as usize)?.take()?;
         if client.phase == Phase::Online {
-            self.names.remove(&client.name);
             self.online_count -= 1;
         }
         self.len -= 1;
@@ -318,45 +292,7 @@ impl Clients {
         self.len == 0
     }
 
-    /// The names in the chat, in the order they joined.
-    pub fn names(&self) -> Vec<Rc<str>> {
-        let mut online: Vec<&Client> = self
-            .by_fd
-            .iter()
-            .flatten()
-            .filter(|c| c.phase == Phase::Online)
-            .collect();
-        online.sort_by_key(|c| c.id);
-        online.iter().map(|c| Rc::clone(&c.name)).collect()
-    }
     // ANCHOR_END: leave
-
-    // ANCHOR: rename
-    /// `/nick`: rename the client `fd` to `new`; returns the old name.
-    pub fn rename(&mut self, fd: RawFd, new: &[u8]) -> Result<Rc<str>, NickError> {
-        let valid = (1..=32).contains(&new.len())
-            && new
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        // Valid names are ASCII, so this cannot fail.
-        let new = std::str::from_utf8(new)
-            .ok()
-            .filter(|_| valid)
-            .ok_or(NickError::Invalid)?;
-        if self.names.contains_key(new) {
-            return Err(NickError::Taken);
-        }
-        let new: Rc<str> = new.into();
-        let client = self
-            .get_mut(fd)
-            .filter(|c| c.phase == Phase::Online)
-            .ok_or(NickError::Invalid)?;
-        let old = std::mem::replace(&mut client.name, Rc::clone(&new));
-        self.names.remove(&old);
-        self.names.insert(new, fd);
-        Ok(old)
-    }
-    // ANCHOR_END: rename
 
     // ANCHOR: enqueue
     /// Queue `text` and a newline for the client `fd`, and mark it dirty.
@@ -377,7 +313,7 @@ impl Clients {
     }
 
     /// Relay a chat line from the client `fd` to every other client in the
-    /// chat, as `NAME: text`, with control bytes made harmless.
+    /// chat, as `NAME: text`.
     pub fn relay(&mut self, fd: RawFd, text: &[u8]) {
         let Some(sender) = self.get(fd) else {
             return;
@@ -386,7 +322,7 @@ impl Clients {
         let line = line(|out| {
             out.extend_from_slice(sender.name.as_bytes());
             out.extend_from_slice(b": ");
-            sanitize(text, out);
+            out.extend_from_slice(text);
         });
         self.queue_for_all(&line, Some(fd));
     }
@@ -445,29 +381,6 @@ fn line(write: impl FnOnce(&mut Vec<u8>)) -> Rc<[u8]> {
 }
 // ANCHOR_END: dirty
 
-// ANCHOR: sanitize
-/// Append `text` to `out` with every control character but TAB made `?`,
-/// so no client can drive another's terminal. That is the C0 controls
-/// (ESC included) and DEL, and the C1 controls U+0080-U+009F: `C2 9B` is
-/// CSI, like `ESC [`, on terminals that honour 8-bit controls, and so is a
-/// lone byte 0x9B outside a valid UTF-8 sequence. Other UTF-8 passes
-/// unchanged, and so do other invalid bytes.
-pub fn sanitize(text: &[u8], out: &mut Vec<u8>) {
-    for chunk in text.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() && c != '\t' {
-                out.push(b'?');
-            } else {
-                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-            }
-        }
-        for &b in chunk.invalid() {
-            out.push(if (0x80..=0x9f).contains(&b) { b'?' } else { b });
-        }
-    }
-}
-// ANCHOR_END: sanitize
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,43 +397,5 @@ mod tests {
         let front = |fd| Rc::clone(clients.get(fd).unwrap().queue.front().unwrap());
         assert!(Rc::ptr_eq(&front(b), &front(c)));
         assert_eq!(&*front(b), b"client1: to everyone\n");
-    }
-
-    fn sanitized(text: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        sanitize(text, &mut out);
-        out
-    }
-
-    #[test]
-    fn sanitize_replaces_c0_and_del_but_not_tab() {
-        assert_eq!(sanitized(b"a\x1b[2J\x07\x00\x7f\tb"), b"a?[2J???\tb");
-    }
-
-    #[test]
-    fn sanitize_replaces_a_c1_control_whole_and_a_lone_c1_byte() {
-        // U+009B (CSI) encoded as UTF-8 is one `?`, not two.
-        assert_eq!(sanitized(b"\xc2\x9b31m"), b"?31m");
-        assert_eq!(sanitized(b"\xc2\x80 \xc2\x9f"), b"? ?");
-        assert_eq!(sanitized(b"\x9b31m \x80"), b"?31m ?");
-    }
-
-    #[test]
-    fn sanitize_passes_other_utf8_and_other_invalid_bytes() {
-        let text = "caf\u{e9} \u{a0}\u{1f600} \u{2028}".as_bytes();
-        assert_eq!(sanitized(text), text);
-        assert_eq!(sanitized(b"\xff\xfe \xc0\xaf"), b"\xff\xfe \xc0\xaf");
-    }
-
-    #[test]
-    fn sanitize_sees_a_sequence_cut_by_the_end_of_a_line_as_invalid() {
-        // The framer hands over whole lines, so a sequence the line ends
-        // in the middle of is cut for good, not waiting for the next read:
-        // its lead byte passes as any invalid byte, and a continuation
-        // byte 0x80-0x9F, in this line or starting the next, is a lone C1.
-        assert_eq!(sanitized(b"caf\xc3"), b"caf\xc3");
-        assert_eq!(sanitized(b"x\xc2"), b"x\xc2");
-        assert_eq!(sanitized(b"\xe2\x82"), b"\xe2?");
-        assert_eq!(sanitized(b"\x9b31m"), b"?31m");
     }
 }

@@ -1,13 +1,21 @@
-//! Exercise checks for stage 5a, the chat server. Run them against your own
-//! server with `STAGE5A_BIN=/path/to/your/server cargo test -p stage5a-chat`.
+//! Exercise checks for stage 5b, the chat: the checks of stage 5a (lines,
+//! now followed from one client to another), and its own. Run them against
+//! your own server with `STAGE5B_BIN=/path/to/your/server cargo test -p stage5b-chat`.
 
 use std::path::PathBuf;
 
+use chat::route;
+
 fn server_bin() -> PathBuf {
-    testkit::bin("STAGE5A_BIN", env!("CARGO_BIN_EXE_stage5a-chat"))
+    testkit::bin("STAGE5B_BIN", env!("CARGO_BIN_EXE_stage5b-chat"))
 }
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 
+/// Stage 5a's checks: lines.
+#[path = "../../lines/tests/checks/lines.rs"]
+mod lines;
+
+/// Its own checks: the chat.
 #[path = "checks/chat.rs"]
 mod chat;

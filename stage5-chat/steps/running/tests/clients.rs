@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use nix::errno::Errno;
-use stage5b_running::clients::{Clients, NickError, Phase, Why};
+use stage5e_running::clients::{Clients, NickError, Phase, Why};
 use testkit::tcp_socket as socket;
 
 #[test]

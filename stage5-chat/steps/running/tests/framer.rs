@@ -1,6 +1,6 @@
 //! The framer's checks (stage 5a's, included by path), on this step's framer.
 
-use stage5b_running as chat;
+use stage5e_running as step;
 
-#[path = "../../chat/tests/checks/framer.rs"]
+#[path = "../../lines/tests/checks/framer.rs"]
 mod framer;

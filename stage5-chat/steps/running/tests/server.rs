@@ -1,18 +1,28 @@
-//! Exercise checks for stage 5b, a chat server you can leave running: the
-//! checks of stage 5a, and its own. Run them against your own server with
-//! `STAGE5B_BIN=/path/to/your/server cargo test -p stage5b-running`.
+//! Exercise checks for stage 5e, a chat server you can leave running: the
+//! checks of stages 5a, 5b and 5c, and its own. Run them against your own server with
+//! `STAGE5E_BIN=/path/to/your/server cargo test -p stage5e-running`.
 
 use std::path::PathBuf;
 
+use chat::route;
+
 fn server_bin() -> PathBuf {
-    testkit::bin("STAGE5B_BIN", env!("CARGO_BIN_EXE_stage5b-running"))
+    testkit::bin("STAGE5E_BIN", env!("CARGO_BIN_EXE_stage5e-running"))
 }
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 
-/// Stage 5a's checks: the chat.
+/// Stage 5a's checks: lines.
+#[path = "../../lines/tests/checks/lines.rs"]
+mod lines;
+
+/// Stage 5b's checks: the chat.
 #[path = "../../chat/tests/checks/chat.rs"]
 mod chat;
+
+/// Stage 5c's checks: commands.
+#[path = "../../commands/tests/checks/commands.rs"]
+mod commands;
 
 /// Its own checks.
 #[path = "checks/running.rs"]

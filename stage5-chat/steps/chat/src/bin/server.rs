@@ -1,6 +1,6 @@
-//! Stage 5a: an edge-triggered epoll chat server.
+//! Stage 5b: an edge-triggered epoll chat server.
 //!
-//! Stage 4's loop, with a chat on top: every line a client sends is relayed
+//! Stage 5a's loop, with a chat on top: every line a client sends is relayed
 //! to every other client. Each client has an output queue; the lines queued
 //! during one `epoll_wait` round are written at its end, and a socket that
 //! is full gets `EPOLLOUT` while the server serves everyone else. A client
@@ -21,8 +21,8 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage5a_chat::clients::{Client, Clients, NickError, Phase, Why, sanitize};
-use stage5a_chat::framer::{LineTooLong, split_lines};
+use stage5b_chat::clients::{Client, Clients, Phase, Why};
+use stage5b_chat::framer::{LineTooLong, split_lines};
 
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and
@@ -33,16 +33,8 @@ macro_rules! log {
     }};
 }
 
-/// What `/help` sends: the commands, one short line each.
-const HELP: [&str; 4] = [
-    "* /nick NAME  take the name NAME (1-32 of A-Z a-z 0-9 _ -)",
-    "* /who        list who is online",
-    "* /help       this list",
-    "* /quit       leave the chat",
-];
-
 const USAGE: &str = "\
-usage: stage5a-chat [-q] [--max-queue BYTES] [--max-line BYTES] [ADDR]
+usage: stage5b-chat [-q] [--max-queue BYTES] [--max-line BYTES] [ADDR]
 
 An edge-triggered epoll chat server: every line a client sends goes to
 every other client.
@@ -283,7 +275,7 @@ impl Server {
     fn admit(&mut self, client_fd: OwnedFd) {
         let (fd, name) = self.clients.join(client_fd);
         let online = self.clients.online_count();
-        let welcome = format!("* welcome {name} ({online} online); /help lists the commands");
+        let welcome = format!("* welcome {name} ({online} online)");
         self.clients.queue_line(fd, welcome);
         self.clients.broadcast(format!("* {name} joined"), Some(fd));
     }
@@ -367,60 +359,12 @@ impl Server {
         }
     }
 
-    /// One line from the client `fd`: a command or chat for the others.
+    /// One line from the client `fd`: chat for the others.
     fn handle_line(&mut self, fd: RawFd, text: &[u8]) -> ControlFlow<()> {
         if text.is_empty() {
             return ControlFlow::Continue(());
         }
-        if let Some(command) = text.strip_prefix(b"/") {
-            let mut clean = Vec::with_capacity(command.len());
-            sanitize(command, &mut clean);
-            return self.command(fd, &clean);
-        }
         self.clients.relay(fd, text);
-        ControlFlow::Continue(())
-    }
-
-    /// `/nick NEW`, `/who`, `/help`, `/quit`; anything else is an unknown
-    /// command.
-    fn command(&mut self, fd: RawFd, command: &[u8]) -> ControlFlow<()> {
-        let (word, arg) = match command.iter().position(|&b| b == b' ') {
-            Some(space) => (&command[..space], command[space + 1..].trim_ascii()),
-            None => (command, &b""[..]),
-        };
-        let reply = match word {
-            b"nick" => match self.clients.rename(fd, arg) {
-                Ok(old) => {
-                    let new = String::from_utf8_lossy(arg);
-                    self.clients
-                        .broadcast(format!("* {old} is now {new}"), None);
-                    return ControlFlow::Continue(());
-                }
-                Err(NickError::Invalid) => {
-                    b"* error: a name is 1-32 of the characters A-Z a-z 0-9 _ -".to_vec()
-                }
-                Err(NickError::Taken) => [b"* error: the name ", arg, b" is taken"].concat(),
-            },
-            b"who" => format!("* online: {}", self.clients.names().join(", ")).into_bytes(),
-            b"help" => {
-                for line in HELP {
-                    self.clients.queue_line(fd, line);
-                }
-                return ControlFlow::Continue(());
-            }
-            b"quit" => {
-                self.clients.queue_line(fd, "* bye");
-                self.end(fd, Why::Quit);
-                return ControlFlow::Break(()); // nothing after /quit counts
-            }
-            _ => [
-                b"* error: unknown command /",
-                word,
-                b" (/help lists the commands)",
-            ]
-            .concat(),
-        };
-        self.clients.queue_line(fd, reply);
         ControlFlow::Continue(())
     }
 

@@ -1,7 +1,9 @@
-//! The checks of stage 5a, the chat: every row of the protocol table about
-//! talking, framing, ordering under load, back-pressure and faults. Every
-//! later step runs them too (this file is included by path), against its
-//! own binary: the test file that includes it defines `server_bin()`.
+//! The checks of stage 5b, the chat: the rows of the protocol table about
+//! joining, talking and leaving, ordering under load, back-pressure and
+//! faults. Every later step runs them too (this file is included by path),
+//! against its own binary: the test file that includes it defines
+//! `server_bin()`, and includes stage 5a's checks as `lines`, which follow a
+//! line along [`route`].
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use testkit::conventions::welcome_probe;
 use testkit::{Client, Server, TIMEOUT};
 
+use super::lines::Route;
 use super::server_bin;
 
 /// Start a quiet server on a free port with extra `flags`.
@@ -59,6 +62,20 @@ pub fn welcome_name(welcome: &str) -> String {
         .and_then(|rest| rest.split(' ').next())
         .unwrap_or_else(|| panic!("expected a welcome, got {welcome:?}"))
         .to_string()
+}
+
+/// Where a line comes out in the chat: at every other client, as
+/// `NAME: text`. Stage 5a's checks follow it from client1 to client2.
+pub fn route(server: &Server) -> Route {
+    let mut c = join(server, 2);
+    let receiver = c.pop().unwrap();
+    let sender = c.pop().unwrap();
+    Route::Relay {
+        sender,
+        sender_name: "client1".into(),
+        receiver,
+        receiver_name: "client2".into(),
+    }
 }
 
 // ---------------------------------------------------------------------
@@ -115,266 +132,12 @@ fn end_of_file_from_a_client_means_it_left() {
 }
 
 #[test]
-fn nick_renames_and_tells_everyone() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    c[0].send(b"/nick alice\n");
-    assert_eq!(c[0].recv_line(), "* client1 is now alice");
-    assert_eq!(c[1].recv_line(), "* client1 is now alice");
-    c[0].send(b"it is me\n");
-    assert_eq!(c[1].recv_line(), "alice: it is me");
-    c[0].send(b"/who\n");
-    assert_eq!(c[0].recv_line(), "* online: alice, client2");
-}
-
-#[test]
-fn nick_refuses_invalid_names_to_the_sender_only() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    let too_long = format!("/nick {}\n", "x".repeat(33));
-    for bad in [
-        "/nick\n",
-        "/nick two words\n",
-        "/nick caf\u{e9}\n",
-        "/nick semi;colon\n",
-        too_long.as_str(),
-    ] {
-        c[0].send(bad.as_bytes());
-        let reply = c[0].recv_line();
-        assert!(reply.starts_with("* error: "), "{bad:?} got {reply:?}");
-    }
-    // 32 characters of the allowed set is fine.
-    let longest = "aZ09_-".repeat(6)[..32].to_string();
-    c[0].send(format!("/nick {longest}\n").as_bytes());
-    assert_eq!(c[0].recv_line(), format!("* client1 is now {longest}"));
-    // The other client saw none of the errors: the rename is its next line.
-    assert_eq!(c[1].recv_line(), format!("* client1 is now {longest}"));
-}
-
-#[test]
-fn nick_refuses_a_name_that_is_taken() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    c[0].send(b"/nick bob\n");
-    assert_eq!(c[0].recv_line(), "* client1 is now bob");
-    assert_eq!(c[1].recv_line(), "* client1 is now bob");
-    c[1].send(b"/nick bob\n");
-    // The protocol fixes `* error: ` and leaves the words after it free.
-    let reply = c[1].recv_line();
-    assert!(
-        reply.starts_with("* error: "),
-        "client2 asked for bob, which client1 holds, and got {reply:?} instead of a `* error: ...` line"
-    );
-    c[1].send(b"/who\n");
-    assert_eq!(c[1].recv_line(), "* online: bob, client2");
-    // A taken `client<N>` is skipped when numbering newcomers.
-    c[0].send(b"/nick client3\n");
-    assert_eq!(c[1].recv_line(), "* bob is now client3");
-    let mut third = server.connect();
-    expect_welcome(&mut third, "client4", 3);
-}
-
-#[test]
-fn who_lists_everyone_online_in_the_order_they_joined() {
-    let server = start(&[]);
-    let mut c = join(&server, 3);
-    c[1].send(b"/who\n");
-    assert_eq!(c[1].recv_line(), "* online: client1, client2, client3");
-    drop(c.remove(0));
-    assert_eq!(c[0].recv_line(), "* client1 left");
-    c[0].send(b"/who\n");
-    assert_eq!(c[0].recv_line(), "* online: client2, client3");
-}
-
-#[test]
-fn quit_says_bye_closes_and_tells_the_others() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    c[0].send(b"/quit\nthis line is never relayed\n");
-    assert_eq!(c[0].recv_line(), "* bye");
-    assert_eq!(c[0].recv_to_eof(), b"", "the server closes after the bye");
-    assert_eq!(c[1].recv_line(), "* client1 left");
-    let mut third = server.connect();
-    expect_welcome(&mut third, "client3", 2);
-}
-
-#[test]
-fn help_lists_every_command_one_line_each_to_the_sender_only() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    // `/who` after `/help`: its answer marks the end of the list.
-    c[0].send(b"/help\n/who\n");
-    let mut listed = Vec::new();
-    loop {
-        let line = c[0].recv_line();
-        if line.starts_with("* online: ") {
-            break;
-        }
-        assert!(line.starts_with("* "), "a notice, got {line:?}");
-        listed.push(line);
-    }
-    for command in ["/nick", "/who", "/help", "/quit"] {
-        let lines = listed.iter().filter(|l| l.contains(command)).count();
-        assert_eq!(lines, 1, "{command} on one line of {listed:?}");
-    }
-    c[0].send(b"after\n");
-    assert_eq!(
-        c[1].recv_line(),
-        "client1: after",
-        "the list went to the sender only"
-    );
-}
-
-#[test]
-fn an_unknown_command_is_an_error_to_the_sender() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    // The protocol fixes the start; a server may add how to get help.
-    c[0].send(b"/dance wildly\n");
-    let reply = c[0].recv_line();
-    assert!(
-        reply.starts_with("* error: unknown command /dance"),
-        "got {reply:?}"
-    );
-    c[0].send(b"/\n");
-    let reply = c[0].recv_line();
-    assert!(
-        reply.starts_with("* error: unknown command /"),
-        "got {reply:?}"
-    );
-    c[0].send(b"after\n");
-    assert_eq!(c[1].recv_line(), "client1: after", "no command was relayed");
-}
-
-#[test]
-fn a_line_over_the_limit_is_an_error_then_a_close() {
+fn a_client_closed_for_a_line_too_long_is_announced_as_left() {
     let server = start(&["--max-line", "16"]);
     let mut c = join(&server, 2);
-    c[0].send(format!("{}\n", "x".repeat(16)).as_bytes());
-    assert_eq!(c[1].recv_line(), format!("client1: {}", "x".repeat(16)));
     c[0].send(format!("{}\n", "y".repeat(17)).as_bytes());
     assert_eq!(c[0].recv_line(), "* error: line too long (max 16 bytes)");
-    assert_eq!(c[0].recv_to_eof(), b"");
     assert_eq!(c[1].recv_line(), "* client1 left");
-}
-
-#[test]
-fn the_default_line_limit_is_4096_bytes() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    c[0].send(format!("{}\r\n", "a".repeat(4096)).as_bytes());
-    assert_eq!(c[1].recv_line(), format!("client1: {}", "a".repeat(4096)));
-    c[0].send(format!("{}\n", "b".repeat(4097)).as_bytes());
-    assert_eq!(c[0].recv_line(), "* error: line too long (max 4096 bytes)");
-}
-
-// ---------------------------------------------------------------------
-// Framing: whatever the reads look like, the lines are the same.
-
-#[test]
-fn a_line_sent_one_byte_at_a_time_arrives_whole() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    c[0].stream.set_nodelay(true).unwrap();
-    for byte in b"one byte at a time\n" {
-        c[0].send(&[*byte]);
-    }
-    assert_eq!(c[1].recv_line(), "client1: one byte at a time");
-}
-
-#[test]
-fn a_line_split_across_writes_arrives_whole() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    c[0].stream.set_nodelay(true).unwrap();
-    c[0].send(b"hel");
-    c[0].send(b"lo wo");
-    // The other client can take part while the line is half sent.
-    c[1].send(b"meanwhile\n");
-    assert_eq!(c[0].recv_line(), "client2: meanwhile");
-    c[0].send(b"rld\n");
-    assert_eq!(c[1].recv_line(), "client1: hello world");
-}
-
-#[test]
-fn several_lines_in_one_write_arrive_as_several_lines() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    c[0].send(b"one\ntwo\nthree\n");
-    assert_eq!(c[1].recv_line(), "client1: one");
-    assert_eq!(c[1].recv_line(), "client1: two");
-    assert_eq!(c[1].recv_line(), "client1: three");
-}
-
-#[test]
-fn crlf_endings_are_accepted_and_empty_lines_ignored() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    c[0].send(b"from windows\r\n\n\r\n\r\nafter the empty lines\n");
-    assert_eq!(c[1].recv_line(), "client1: from windows");
-    assert_eq!(c[1].recv_line(), "client1: after the empty lines");
-}
-
-#[test]
-fn control_bytes_become_question_marks_and_other_bytes_pass() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    // Invalid UTF-8, valid UTF-8, a terminal escape, BEL, TAB, DEL.
-    c[0].send(b"\xff\xfe caf\xc3\xa9 \x1b[2J\x07bell\ttab\x7f\x00end\n");
-    let expected: &[u8] = b"client1: \xff\xfe caf\xc3\xa9 ?[2J?bell\ttab??end\n";
-    assert_eq!(c[1].recv_exact(expected.len()), expected);
-}
-
-#[test]
-fn c1_controls_become_question_marks_in_utf8_and_as_lone_bytes() {
-    let server = start(&[]);
-    let mut c = join(&server, 2);
-    // U+009B (CSI) in UTF-8, then a lone byte 0x9B: on a terminal that
-    // honours 8-bit controls each is `ESC [`. Around them, UTF-8 that must
-    // pass: `é`, a no-break space (C2 A0, just past the C1 range), an emoji.
-    c[0].send(b"caf\xc3\xa9 \xc2\x9b31mred \x9b2J \xc2\xa0\xf0\x9f\x98\x80 end\n");
-    let line = recv_raw_line(&mut c[1]);
-    let expected: &[u8] = b"client1: caf\xc3\xa9 ?31mred ?2J \xc2\xa0\xf0\x9f\x98\x80 end";
-    // The failure says which way the line is wrong: a C1 control that
-    // came through, or else UTF-8 around them that did not pass unchanged.
-    let why = match first_c1_control(&line) {
-        Some(c1) => format!("relayed a C1 control, {c1}"),
-        None => "each C1 control must become `?` and the UTF-8 around it pass unchanged".into(),
-    };
-    assert_eq!(line, expected, "{why}: {line:x?}");
-}
-
-/// One line as bytes, without its `\n`, whether or not it is UTF-8.
-fn recv_raw_line(client: &mut Client) -> Vec<u8> {
-    let mut line = Vec::new();
-    loop {
-        match client.recv_exact(1)[0] {
-            b'\n' => return line,
-            b => line.push(b),
-        }
-        assert!(line.len() <= 4096, "no newline in {line:x?}");
-    }
-}
-
-/// Where `bytes` hold a C1 control: U+0080-U+009F in valid UTF-8, or a
-/// byte 0x80-0x9F outside a valid sequence, which some terminals obey too.
-fn first_c1_control(bytes: &[u8]) -> Option<String> {
-    let mut at = 0;
-    for chunk in bytes.utf8_chunks() {
-        for (i, c) in chunk.valid().char_indices() {
-            if ('\u{80}'..='\u{9f}').contains(&c) {
-                return Some(format!("U+{:04X} at byte {}", c as u32, at + i));
-            }
-        }
-        at += chunk.valid().len();
-        for (i, &b) in chunk.invalid().iter().enumerate() {
-            if (0x80..=0x9f).contains(&b) {
-                return Some(format!("lone byte {b:#04x} at byte {}", at + i));
-            }
-        }
-        at += chunk.invalid().len();
-    }
-    None
 }
 
 // ---------------------------------------------------------------------
@@ -503,17 +266,80 @@ fn a_client_that_never_reads_is_dropped_and_stalls_no_one() {
 }
 
 /// A server (logging on, so its log names each client's fd) with room to
-/// queue a lot, a talker, and a client with a small receive window that has
-/// read its welcome and now reads nothing.
-fn with_a_slow_reader() -> (Server, Client, Client, i32) {
-    let server = Server::start(server_bin(), &["--max-queue", "268435456", "127.0.0.1:0"]);
-    let mut talker = server.connect();
-    welcome_probe(&mut talker);
-    let mut slow = Client::connect_small_window(server.addr);
-    let name = welcome_name(&slow.recv_line());
-    assert_eq!(talker.recv_line(), format!("* {name} joined"));
-    let fd = server.fd_of(&slow);
-    (server, talker, slow, fd)
+/// queue a lot; a talker; a witness, which reads everything the talker
+/// says; and a client with a small receive window, which has read its
+/// welcome and now reads nothing.
+struct SlowReader {
+    server: Server,
+    talker: Client,
+    witness: Client,
+    slow: Client,
+    /// The slow client's descriptor in the server.
+    fd: i32,
+}
+
+impl SlowReader {
+    fn start() -> SlowReader {
+        let server = Server::start(server_bin(), &["--max-queue", "268435456", "127.0.0.1:0"]);
+        let mut c = join(&server, 2);
+        let mut slow = Client::connect_small_window(server.addr);
+        expect_welcome(&mut slow, "client3", 3);
+        for client in &mut c {
+            assert_eq!(client.recv_line(), "* client3 joined");
+        }
+        let fd = server.fd_of(&slow);
+        let witness = c.pop().unwrap();
+        let talker = c.pop().unwrap();
+        SlowReader {
+            server,
+            talker,
+            witness,
+            slow,
+            fd,
+        }
+    }
+
+    /// Lines `range` in one write, read back by the witness: once it has
+    /// the last one, the server has read them all and queued them for the
+    /// slow client too, in the same rounds.
+    fn burst(&mut self, range: std::ops::Range<usize>) {
+        let lines: String = range.clone().map(numbered).collect();
+        self.talker.send(lines.as_bytes());
+        for n in range {
+            let expected = format!("client1: {}", numbered(n));
+            assert_eq!(
+                self.witness.recv_line(),
+                expected.trim_end(),
+                "the witness, line {n}"
+            );
+        }
+    }
+
+    /// Bursts until the slow reader's socket is full, which the server shows
+    /// by asking for `EPOLLOUT` on it; returns how many lines were sent. The
+    /// kernel buffers a few megabytes at most, so 64 MiB owed with no
+    /// `EPOLLOUT` means the server drops lines or forgets to ask.
+    fn fill(&mut self) -> usize {
+        const BURST: usize = 2000;
+        let epollout = libc::EPOLLOUT as u32;
+        let mut sent = 0;
+        loop {
+            let interest = self.server.epoll_interest();
+            if interest
+                .iter()
+                .any(|&(f, events)| f == self.fd && events & epollout != 0)
+            {
+                return sent;
+            }
+            assert!(
+                sent < 640_000,
+                "{sent} lines owed to a client that reads nothing, and no EPOLLOUT: {}",
+                testkit::interest_list(&interest)
+            );
+            self.burst(sent..sent + BURST);
+            sent += BURST;
+        }
+    }
 }
 
 /// Line `n` of the talker's bursts: 100 bytes, newline included.
@@ -521,75 +347,39 @@ fn numbered(n: usize) -> String {
     format!("line {n:06} {}\n", "x".repeat(88))
 }
 
-/// Lines `range` in one write, then the answer to `/who`: by then the
-/// server has read the lines and tried to write them.
-fn burst(talker: &mut Client, range: std::ops::Range<usize>) {
-    let lines: String = range.map(numbered).collect();
-    talker.send(lines.as_bytes());
-    talker.send(b"/who\n");
-    let reply = talker.recv_line();
-    assert!(reply.starts_with("* online: "), "got {reply:?}");
-}
-
-/// Bursts until the slow reader's socket is full, which the server shows
-/// by asking for `EPOLLOUT` on it; returns how many lines were sent. The
-/// kernel buffers a few megabytes at most, so 64 MiB owed with no
-/// `EPOLLOUT` means the server drops lines or forgets to ask.
-fn fill(server: &Server, talker: &mut Client, fd: i32) -> usize {
-    const BURST: usize = 2000;
-    let epollout = libc::EPOLLOUT as u32;
-    let asked = || {
-        let interest = server.epoll_interest();
-        interest
-            .iter()
-            .any(|&(f, events)| f == fd && events & epollout != 0)
-    };
-    let mut sent = 0;
-    while !asked() {
-        assert!(
-            sent < 640_000,
-            "{sent} lines owed to a client that reads nothing, and no EPOLLOUT: {}",
-            testkit::interest_list(&server.epoll_interest())
-        );
-        burst(talker, sent..sent + BURST);
-        sent += BURST;
-    }
-    sent
-}
-
 #[test]
 fn lines_left_for_a_full_socket_arrive_in_order_without_more_traffic() {
-    let (server, mut talker, mut slow, fd) = with_a_slow_reader();
-    let full = fill(&server, &mut talker, fd);
+    let mut room = SlowReader::start();
+    let full = room.fill();
     // More lines while the socket is full: queued behind the others.
-    burst(&mut talker, full..full + 2000);
+    room.burst(full..full + 2000);
     // Nothing else happens now: only EPOLLOUT can tell the server that the
     // socket has room again, and no line may overtake one queued before it.
     for n in 0..full + 2000 {
         let expected = format!("client1: {}", numbered(n));
-        assert_eq!(slow.recv_line(), expected.trim_end(), "line {n}");
+        assert_eq!(room.slow.recv_line(), expected.trim_end(), "line {n}");
     }
 }
 
 #[test]
 fn end_of_file_still_gets_every_line_it_is_owed_then_the_close() {
-    let (server, mut talker, mut slow, fd) = with_a_slow_reader();
-    let full = fill(&server, &mut talker, fd);
+    let mut room = SlowReader::start();
+    let full = room.fill();
     // More lines while the socket is full, so the server still owes some
     // of them when the end-of-file comes.
-    burst(&mut talker, full..full + 2000);
+    room.burst(full..full + 2000);
     // End-of-file means "no more input", not "throw away what I am owed".
-    slow.shutdown_write();
+    room.slow.shutdown_write();
     assert_eq!(
-        talker.recv_line(),
-        "* client2 left",
+        room.talker.recv_line(),
+        "* client3 left",
         "the server saw the end-of-file"
     );
     for n in 0..full + 2000 {
         let expected = format!("client1: {}", numbered(n));
-        assert_eq!(slow.recv_line(), expected.trim_end(), "line {n}");
+        assert_eq!(room.slow.recv_line(), expected.trim_end(), "line {n}");
     }
-    assert_eq!(slow.recv_to_eof(), b"");
+    assert_eq!(room.slow.recv_to_eof(), b"");
 }
 
 // ---------------------------------------------------------------------

@@ -1,6 +1,6 @@
-//! Stage 5b: an edge-triggered epoll chat server you can leave running.
+//! Stage 5e: an edge-triggered epoll chat server you can leave running.
 //!
-//! Stage 5a's chat, made to last: SIGINT/SIGTERM arrive through a
+//! Stage 5c's chat, made to last: SIGINT/SIGTERM arrive through a
 //! `signalfd` in the same epoll set and end it cleanly, a server out of
 //! descriptors pauses accepting instead of spinning, a client that is sent
 //! an error still reads it before the close, the clients and the join
@@ -26,8 +26,8 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage5b_running::clients::{Client, Clients, NickError, Phase, Why, sanitize};
-use stage5b_running::framer::{LineTooLong, split_lines};
+use stage5e_running::clients::{Client, Clients, NickError, Phase, Why, sanitize};
+use stage5e_running::framer::{LineTooLong, split_lines};
 
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and
@@ -47,7 +47,7 @@ const HELP: [&str; 4] = [
 ];
 
 const USAGE: &str = "\
-usage: stage5b-running [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
+usage: stage5e-running [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
               [--announce-limit N] [ADDR]
 
 An edge-triggered epoll chat server: every line a client sends goes to

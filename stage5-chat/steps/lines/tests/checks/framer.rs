@@ -1,10 +1,10 @@
 //! The framer's checks: every way a stream can be cut gives the same lines.
 //! Every later step runs them too (this file is included by path) on its own
-//! framer: the test file that includes it names its crate `chat`.
+//! framer: the test file that includes it names its crate `step`.
 
 use std::ops::ControlFlow;
 
-use super::chat::framer::{LineTooLong, split_lines};
+use super::step::framer::{LineTooLong, split_lines};
 
 /// Every line from feeding `chunks` in order, and whether it ended in
 /// an error; also what is left in `partial`.

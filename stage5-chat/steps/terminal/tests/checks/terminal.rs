@@ -1,17 +1,16 @@
-//! The checks of the chat client: piped, and on a terminal through a
-//! pseudo-terminal. Every later step runs them too (this file is included by
-//! path), against its own binaries: the test file that includes it defines
-//! `server_bin()` and `client_bin()`.
+//! The checks of the chat client on a terminal, through a pseudo-terminal:
+//! raw mode, an input line that incoming lines never split, a line over the
+//! limit refused and kept, a redraw when the window is resized, and the
+//! terminal restored on every way out. Every later step runs them too (this
+//! file is included by path), beside the pipe checks (`client`), whose
+//! `start_server` and `is_refusal` it uses: the test file that includes both
+//! defines `server_bin()` and `client_bin()`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use assert_cmd::Command as AssertCommand;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::pty::{Winsize, openpty};
@@ -20,192 +19,8 @@ use nix::sys::termios::{LocalFlags, Termios, tcgetattr};
 use nix::unistd::Pid;
 use testkit::{Client, Server, TIMEOUT};
 
-use super::{client_bin, server_bin};
-
-fn start_server() -> Server {
-    Server::start(server_bin(), &["-q", "127.0.0.1:0"])
-}
-
-/// The client binary running with a pipe for stdin and its stdout read
-/// line by line on a thread; killed when dropped.
-struct ChatClient {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl ChatClient {
-    fn start(server: &Server) -> ChatClient {
-        let mut child = Command::new(client_bin())
-            .arg(server.addr.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the client");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        ChatClient {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin is open");
-        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// The next line the client printed, or fail after the timeout.
-    fn printed(&self) -> String {
-        self.lines
-            .recv_timeout(TIMEOUT)
-            .expect("the client printed no line in time")
-    }
-
-    fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
-    fn wait_exit(&mut self) -> Option<i32> {
-        testkit::wait_for_exit(&mut self.child).code()
-    }
-}
-
-impl Drop for ChatClient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn sends_stdin_lines_while_printing_what_arrives() {
-    let server = start_server();
-    let mut other = server.connect();
-    assert!(
-        other
-            .recv_line()
-            .starts_with("* welcome client1 (1 online)")
-    );
-    let mut client = ChatClient::start(&server);
-    assert!(client.printed().starts_with("* welcome client2 (2 online)"));
-    assert_eq!(other.recv_line(), "* client2 joined");
-
-    client.type_line("hello from the client");
-    assert_eq!(other.recv_line(), "client2: hello from the client");
-    // stdin is still open and idle: a line from the other side is printed
-    // at once, not after the next line typed.
-    other.send(b"hello back\n");
-    assert_eq!(client.printed(), "client1: hello back");
-    client.type_line("/who");
-    assert_eq!(client.printed(), "* online: client1, client2");
-
-    client.close_stdin();
-    assert_eq!(client.wait_exit(), Some(0));
-    assert_eq!(other.recv_line(), "* client2 left");
-}
-
-#[test]
-fn prints_disconnected_and_exits_zero_when_the_server_closes() {
-    let mut server = start_server();
-    let mut client = ChatClient::start(&server);
-    assert!(client.printed().starts_with("* welcome client1 (1 online)"));
-    server.signal(libc::SIGTERM);
-    assert_eq!(client.printed(), "* server shutting down");
-    assert_eq!(client.printed(), "* disconnected");
-    assert_eq!(client.wait_exit(), Some(0));
-    assert_eq!(server.wait_exit().code(), Some(0));
-}
-
-#[test]
-fn piped_input_gets_every_reply_before_the_client_exits() {
-    let server = start_server();
-    let mut other = server.connect();
-    assert!(
-        other
-            .recv_line()
-            .starts_with("* welcome client1 (1 online)")
-    );
-    // All of stdin at once, then end-of-file: the replies still arrive.
-    let output = AssertCommand::new(client_bin())
-        .arg(server.addr.to_string())
-        .write_stdin("first\r\n/nick piped\n/who\nlast line without newline")
-        .timeout(TIMEOUT)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let (welcome, rest) = stdout.split_once('\n').unwrap();
-    assert!(
-        welcome.starts_with("* welcome client2 (2 online)"),
-        "{welcome:?}"
-    );
-    assert_eq!(rest, "* client2 is now piped\n* online: client1, piped\n");
-    assert_eq!(other.recv_line(), "* client2 joined");
-    assert_eq!(other.recv_line(), "client2: first");
-    assert_eq!(other.recv_line(), "* client2 is now piped");
-    assert_eq!(other.recv_line(), "piped: last line without newline");
-    assert_eq!(other.recv_line(), "* piped left");
-}
-
-#[test]
-fn the_server_may_be_named_by_host_name() {
-    let server = start_server();
-    let output = AssertCommand::new(client_bin())
-        .arg(format!("localhost:{}", server.addr.port()))
-        .write_stdin("/who\n")
-        .timeout(TIMEOUT)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        stdout.ends_with("* online: client1\n"),
-        "stdout: {stdout:?}"
-    );
-}
-
-#[test]
-fn reads_stdin_from_a_regular_file() {
-    // epoll refuses regular files (EPERM): the client must still send them.
-    let server = start_server();
-    let mut other: Client = server.connect();
-    assert!(
-        other
-            .recv_line()
-            .starts_with("* welcome client1 (1 online)")
-    );
-    let dir = std::env::temp_dir().join(format!("stage5-client-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("input.txt");
-    let lines: String = (0..100).map(|n| format!("line {n}\n")).collect();
-    std::fs::write(&file, &lines).unwrap();
-    let output = AssertCommand::new(client_bin())
-        .arg(server.addr.to_string())
-        .pipe_stdin(&file)
-        .unwrap()
-        .timeout(TIMEOUT)
-        .output()
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    assert_eq!(other.recv_line(), "* client2 joined");
-    for n in 0..100 {
-        assert_eq!(other.recv_line(), format!("client2: line {n}"));
-    }
-    assert_eq!(other.recv_line(), "* client2 left");
-}
+use super::client::{is_refusal, start_server};
+use super::client_bin;
 
 /// A server, a client on a socket (`client1`) and the client on a terminal
 /// (`client2`), showing its prompt.
@@ -341,81 +156,6 @@ fn on_a_terminal_a_line_over_the_limit_is_refused_and_kept() {
     client.type_keys(b"\x04");
     assert_eq!(client.wait_exit_restored(), Some(0));
     assert_eq!(other.recv_line(), "* client2 left");
-}
-
-/// Whether a line the client printed refuses a line as too long. The
-/// wording is the client's own, not the protocol's, so only its shape
-/// is checked: a `* ` notice that says "too long".
-fn is_refusal(line: &str) -> bool {
-    line.starts_with("* ") && line.contains("too long")
-}
-
-/// How many lines of `output` are refusals.
-fn refusals(output: &str) -> usize {
-    output.lines().filter(|line| is_refusal(line)).count()
-}
-
-#[test]
-fn a_piped_line_over_the_limit_is_reported_and_the_next_ones_are_sent() {
-    let server = start_server();
-    let mut other = server.connect();
-    assert!(
-        other
-            .recv_line()
-            .starts_with("* welcome client1 (1 online)")
-    );
-    // 4096 bytes before a `\r\n` are within the limit, 4097 are not; the
-    // last line is over it and has no `\n`.
-    let mut input = b"before\n".to_vec();
-    input.extend_from_slice(&[b'z'; 5000]);
-    input.extend_from_slice(b"\nbetween\n");
-    input.extend_from_slice(&[b'w'; 4096]);
-    input.extend_from_slice(b"\r\n");
-    input.extend_from_slice(&[b'v'; 4097]);
-    input.extend_from_slice(b"\r\nafter\n");
-    input.extend_from_slice(&[b'u'; 4097]);
-    let output = AssertCommand::new(client_bin())
-        .arg(server.addr.to_string())
-        .write_stdin(input)
-        .timeout(TIMEOUT)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        refusals(&stderr),
-        3,
-        "one refusal per long line: {stderr:?}"
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        stdout.starts_with("* welcome client2 (2 online)") && !stdout.contains("error"),
-        "stdout: {stdout:?}"
-    );
-    assert_eq!(other.recv_line(), "* client2 joined");
-    assert_eq!(other.recv_line(), "client2: before");
-    assert_eq!(other.recv_line(), "client2: between");
-    assert_eq!(other.recv_line(), format!("client2: {}", "w".repeat(4096)));
-    assert_eq!(other.recv_line(), "client2: after");
-    assert_eq!(other.recv_line(), "* client2 left");
-
-    // `--max-line` sets the limit for a server started with another one.
-    let output = AssertCommand::new(client_bin())
-        .args(["--max-line", "8", &server.addr.to_string()])
-        .write_stdin("12345678\n123456789\n")
-        .timeout(TIMEOUT)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        refusals(&stderr),
-        1,
-        "one refusal per long line: {stderr:?}"
-    );
-    assert_eq!(other.recv_line(), "* client3 joined");
-    assert_eq!(other.recv_line(), "client3: 12345678");
-    assert_eq!(other.recv_line(), "* client3 left");
 }
 
 #[test]

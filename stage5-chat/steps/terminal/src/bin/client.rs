@@ -1,6 +1,5 @@
-// ANCHOR: client_top
-//! Stage 5's chat client: sends each line of stdin and prints every line
-//! the server sends, both at once.
+//! The chat client: sends each line of stdin and prints every line the
+//! server sends, both at once.
 //!
 //! Stage 2's client waited for a reply after each line; a chat sends lines
 //! at any time, so this one watches stdin and the socket in one epoll set
@@ -26,9 +25,7 @@ use nix::sys::termios::{
     InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios, tcgetattr, tcsetattr,
 };
 use nix::unistd::{isatty, read};
-// ANCHOR_END: client_top
 
-// ANCHOR: usage
 const USAGE: &str = "\
 usage: client [--max-line BYTES] [ADDR]
 
@@ -66,9 +63,7 @@ struct Args {
     /// so it is not sent.
     max_line: usize,
 }
-// ANCHOR_END: usage
 
-// ANCHOR: main
 fn main() -> ExitCode {
     let args = parse_args();
     match run(&args) {
@@ -108,9 +103,7 @@ fn parse_args() -> Args {
     }
     args
 }
-// ANCHOR_END: main
 
-// ANCHOR: parse_addr
 /// `HOST:PORT`, where HOST is a name (`localhost`) or an IP address
 /// (`[::1]` for IPv6), resolved once, here.
 fn parse_addr(arg: &str) -> Result<Vec<SocketAddr>, String> {
@@ -129,9 +122,7 @@ fn usage_error(msg: &str) -> ! {
     eprintln!("error: {msg}\n\n{USAGE}");
     std::process::exit(2);
 }
-// ANCHOR_END: parse_addr
 
-// ANCHOR: connect
 /// Connect to the first of `addrs` that answers (a name may have an IPv6 and
 /// an IPv4 address, and the server listen on only one of them).
 fn connect_any(addrs: &[SocketAddr]) -> Result<OwnedFd> {
@@ -169,9 +160,7 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
     fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
     Ok(())
 }
-// ANCHOR_END: connect
 
-// ANCHOR: client_struct
 /// What the loop knows about each side.
 struct Client {
     socket_fd: OwnedFd,
@@ -198,9 +187,7 @@ struct Client {
     /// Stdin and stdout are a terminal: we draw the input line.
     terminal: Option<Terminal>,
 }
-// ANCHOR_END: client_struct
 
-// ANCHOR: client_loop
 fn run(args: &Args) -> Result<ExitCode> {
     let socket_fd = connect_any(&args.addrs)?;
     // epoll_create1(2): one set for both sides, so neither blocks the other.
@@ -241,8 +228,6 @@ fn run(args: &Args) -> Result<ExitCode> {
     };
     let mut buf = vec![0u8; 64 * 1024];
     let mut ready = [EpollEvent::empty(); 3];
-    // ANCHOR_END: client_loop
-    // ANCHOR: event_loop
     loop {
         let timeout = if client.stdin_is_file && client.stdin_open && client.room() {
             EpollTimeout::ZERO // a file is always readable: don't sleep
@@ -291,9 +276,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         client.update_interest()?;
     }
 }
-// ANCHOR_END: event_loop
 
-// ANCHOR: receive
 impl Client {
     /// Whether stdin may be read: not while much is still unsent.
     fn room(&self) -> bool {
@@ -348,9 +331,7 @@ impl Client {
         self.send_unsent()?;
         Ok(None)
     }
-    // ANCHOR_END: receive
 
-    // ANCHOR: take_lines
     /// Move the whole lines of `input` to `unsent`. A line over the limit is
     /// not sent but reported on stderr: the server would answer it by
     /// closing the connection, and every line after it would be lost.
@@ -378,9 +359,7 @@ impl Client {
             }
         }
     }
-    // ANCHOR_END: take_lines
 
-    // ANCHOR: send_unsent
     /// Send as much as the socket takes; once stdin has ended and all is
     /// sent, send end-of-file so the server knows we are done.
     fn send_unsent(&mut self) -> Result<()> {
@@ -414,9 +393,7 @@ impl Client {
         }
         Ok(())
     }
-    // ANCHOR_END: send_unsent
 
-    // ANCHOR: update_interest
     /// Watch the socket for `EPOLLOUT` only while something is unsent, and
     /// stdin only while there is room for more.
     fn update_interest(&mut self) -> Result<()> {
@@ -449,9 +426,7 @@ impl Client {
         Ok(())
     }
 }
-// ANCHOR_END: update_interest
 
-// ANCHOR: too_long
 /// What the client says instead of sending a line over the limit.
 fn too_long(max_line: usize) -> String {
     format!("* line too long (max {max_line} bytes): not sent")
@@ -461,9 +436,7 @@ fn too_long(max_line: usize) -> String {
 fn exit_code(signal: Signal) -> ExitCode {
     ExitCode::from(128 + signal as u8)
 }
-// ANCHOR_END: too_long
 
-// ANCHOR: raw_mode
 /// Raw mode for as long as this lives: dropping it restores the terminal,
 /// on a normal return, an error return, and while a panic unwinds.
 struct RawMode {
@@ -518,9 +491,7 @@ fn restore(saved: &Termios) {
     let _ = stdout.flush();
     let _ = tcsetattr(io::stdin(), SetArg::TCSANOW, saved);
 }
-// ANCHOR_END: raw_mode
 
-// ANCHOR: signals
 /// Block SIGINT, SIGTERM and SIGHUP and receive them from a `signalfd(2)`
 /// in the epoll set: a `kill` ends the loop like any other event, and the
 /// terminal is restored on the way out. (Raw mode makes Ctrl-C a byte, but
@@ -539,9 +510,7 @@ fn watch_signals() -> Result<SignalFd> {
         .map_err(io::Error::from)
         .context("signalfd failed")
 }
-// ANCHOR_END: signals
 
-// ANCHOR: keys_enum
 /// What the keys read from the terminal ask of the loop.
 enum Keys {
     Typed,
@@ -560,9 +529,7 @@ enum Escape {
     /// After `ESC [` or `ESC O`, until the final byte (`@` to `~`).
     Sequence,
 }
-// ANCHOR_END: keys_enum
 
-// ANCHOR: terminal
 /// The terminal when stdin and stdout are one: raw mode, the signals that
 /// must not leave it raw, and the input line drawn under what arrives.
 struct Terminal {
@@ -584,9 +551,7 @@ struct Terminal {
     /// The server's line limit: a longer line is refused at Enter.
     max_line: usize,
 }
-// ANCHOR_END: terminal
 
-// ANCHOR: start
 impl Terminal {
     /// Signals first, then raw mode: a signal from here on ends the loop
     /// with the terminal restored.
@@ -631,9 +596,7 @@ impl Terminal {
             None => Ok(None),
         }
     }
-    // ANCHOR_END: start
 
-    // ANCHOR: keys
     /// Edit the input line with the keys just read; Enter moves the line
     /// to `unsent`.
     fn keys(&mut self, keys: &[u8], unsent: &mut Vec<u8>) -> io::Result<Keys> {
@@ -689,9 +652,7 @@ impl Terminal {
         unsent.append(&mut self.typed);
         unsent.push(b'\n');
     }
-    // ANCHOR_END: keys
 
-    // ANCHOR: print_received
     /// Print the whole lines received so far above the input line. Once the
     /// connection has `closed`, print the rest too, and no prompt after it.
     fn print_received(&mut self, received: &[u8], closed: bool) -> io::Result<()> {
@@ -732,9 +693,7 @@ impl Terminal {
             self.name = new.to_string();
         }
     }
-    // ANCHOR_END: print_received
 
-    // ANCHOR: draw
     /// Erase the input line, print `above` (whole lines), then draw the
     /// prompt and what has been typed under them again.
     fn draw(&mut self, above: &[u8]) -> io::Result<()> {
@@ -765,9 +724,7 @@ impl Terminal {
         stdout.write_all(&screen)?;
         stdout.flush()
     }
-    // ANCHOR_END: draw
 
-    // ANCHOR: visible
     fn prompt_text(&self) -> String {
         format!("{}> ", self.name)
     }
@@ -809,4 +766,3 @@ fn terminal_width() -> usize {
         80
     }
 }
-// ANCHOR_END: visible

@@ -1,0 +1,510 @@
+//! Stage 5c: an edge-triggered epoll chat server with commands.
+//!
+//! Stage 5b's chat, with a protocol on its lines: a line that starts with
+//! `/` is a command (`/nick`, `/who`, `/help`, `/quit`) for the server, and
+//! relayed text has its control bytes made harmless. Every other line is
+//! relayed to every other client, through each client's output queue.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::ControlFlow;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, accept4, bind, getpeername,
+    getsockname, listen, setsockopt, socket, sockopt,
+};
+use nix::unistd::read;
+
+use stage5c_commands::clients::{Client, Clients, NickError, Phase, Why, sanitize};
+use stage5c_commands::framer::{LineTooLong, split_lines};
+
+/// `eprintln!`, except that a line which cannot be written is lost instead
+/// of ending the program: `eprintln!` panics when the write fails, and
+/// stderr piped into a program that has quit fails every write with `EPIPE`.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
+/// What `/help` sends: the commands, one short line each.
+const HELP: [&str; 4] = [
+    "* /nick NAME  take the name NAME (1-32 of A-Z a-z 0-9 _ -)",
+    "* /who        list who is online",
+    "* /help       this list",
+    "* /quit       leave the chat",
+];
+
+const USAGE: &str = "\
+usage: stage5c-commands [-q] [--max-queue BYTES] [--max-line BYTES] [ADDR]
+
+An edge-triggered epoll chat server: every line a client sends goes to
+every other client.
+
+  ADDR                  HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
+  --max-queue BYTES     output owed to one client before it is dropped as too slow (default 1048576)
+  --max-line BYTES      longest line a client may send (default 4096)
+  -q                    do not log connections to stderr
+  -h, --help            print this help";
+
+/// The event data of the listener: a client's is its fd, which is never
+/// this large.
+const LISTENER: u64 = u64::MAX;
+/// What the listener is registered for.
+const LISTENER_EVENTS: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLET);
+/// What every client socket is registered for. EPOLLRDHUP reports the
+/// client's end-of-file even while we still owe it lines.
+const CLIENT_EVENTS: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLET);
+
+#[derive(Clone)]
+struct Args {
+    addr: SocketAddr,
+    quiet: bool,
+    max_queue: usize,
+    max_line: usize,
+}
+
+fn main() -> ExitCode {
+    let args = parse_args();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `BIN [-q] [FLAGS] [ADDR]`; exits 0 after `--help` and 2 after a bad argument.
+fn parse_args() -> Args {
+    let mut args = Args {
+        addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        quiet: false,
+        max_queue: 1 << 20,
+        max_line: 4096,
+    };
+    let mut addr_given = false;
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
+        let mut number = |flag: &str| -> usize {
+            match argv.next().map(|value| value.parse::<usize>()) {
+                Some(Ok(n)) if n > 0 => n,
+                _ => usage_error(&format!("{flag} needs a positive number")),
+            }
+        };
+        match arg.as_str() {
+            "-h" | "--help" => {
+                let _ = writeln!(io::stdout(), "{USAGE}");
+                std::process::exit(0);
+            }
+            "-q" => args.quiet = true,
+            "--max-queue" => args.max_queue = number(&arg),
+            "--max-line" => args.max_line = number(&arg),
+            // A host name is resolved once, here, to its first address.
+            _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => (args.addr, addr_given) = (addr, true),
+                    None => usage_error(&format!("{arg:?} has no address")),
+                },
+                Err(_) => usage_error(&format!("cannot resolve {arg:?} (expected HOST:PORT)")),
+            },
+            _ => usage_error(&format!("unexpected argument {arg:?}")),
+        }
+    }
+    args
+}
+
+fn usage_error(msg: &str) -> ! {
+    log!("error: {msg}\n\n{USAGE}");
+    std::process::exit(2);
+}
+
+/// `socket(2)`, `bind(2)` and `listen(2)`: the three calls that make a
+/// listening socket.
+fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    // SOCK_NONBLOCK: accept(2) returns EAGAIN instead of blocking when the
+    // queue is empty, which is how the accept loop knows to stop.
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let listen_fd = socket(family, SockType::Stream, flags, None)
+        .map_err(io::Error::from)
+        .context("cannot create a socket")?;
+    // Lets a restarted server bind while old connections sit in TIME_WAIT.
+    setsockopt(&listen_fd, sockopt::ReuseAddr, &true)
+        .map_err(io::Error::from)
+        .context("cannot set SO_REUSEADDR")?;
+    bind(listen_fd.as_raw_fd(), &SockaddrStorage::from(addr))
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot bind {addr}"))?;
+    // The largest backlog the system allows: a burst of connects waits in
+    // the kernel's accept queue instead of being dropped.
+    listen(&listen_fd, Backlog::MAXCONN)
+        .map_err(io::Error::from)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(listen_fd)
+}
+
+/// The `accepted` line names the peer when it can: a client that reset
+/// while it waited in the accept queue has none (`getpeername` fails with
+/// `ENOTCONN`), and the first read on its socket reports the reset.
+fn log_accepted(fd: RawFd) {
+    match getpeername::<SockaddrStorage>(fd) {
+        Ok(peer) => log!("accepted fd {fd} from {peer}"),
+        Err(err) => log!("accepted fd {fd} (getpeername: {err:?})"),
+    }
+}
+
+/// Whether, and how, the listener is being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accepting {
+    /// Its queue was empty at the last look: the next edge says when not.
+    Open,
+    /// `accept4` failed (out of descriptors) with connections left in its
+    /// queue: no new edge will report them, so accept when a client closes.
+    Backlogged,
+}
+
+/// Everything the event loop keeps between rounds.
+struct Server {
+    args: Args,
+    epoll: Epoll,
+    listen_fd: OwnedFd,
+    accepting: Accepting,
+    clients: Clients,
+}
+
+fn run(args: &Args) -> Result<()> {
+    let listen_fd = listen_on(args.addr)?;
+    // epoll_create1(2): the kernel object that watches every socket for us.
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        .map_err(io::Error::from)
+        .context("epoll_create1 failed")?;
+    // epoll_ctl(EPOLL_CTL_ADD): the event's data says which descriptor a
+    // ready event is about: a token for the listener, the fd for a client.
+    epoll
+        .add(&listen_fd, EpollEvent::new(LISTENER_EVENTS, LISTENER))
+        .map_err(io::Error::from)
+        .context("epoll_ctl ADD listener failed")?;
+    let local: SockaddrStorage =
+        getsockname(listen_fd.as_raw_fd()).context("cannot read the bound address")?;
+    // Scripts and tests wait for this line, so it goes out at once, and
+    // only once the server is ready to serve.
+    writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
+    io::stdout().flush().context("cannot write to stdout")?;
+
+    let mut server = Server::new(args.clone(), epoll, listen_fd);
+    // One buffer serves every read: a client keeps only half a line.
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut ready = [EpollEvent::empty(); 256];
+    loop {
+        // epoll_wait(2) sleeps until at least one watched socket is ready.
+        let n = match server.epoll.wait(&mut ready, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
+        };
+        for event in &ready[..n] {
+            match event.data() {
+                LISTENER => server.accept_clients(),
+                fd => server.serve_event(fd as RawFd, event.events(), &mut scratch),
+            }
+        }
+        // Every queue written once, at the end of the round.
+        server.flush_all();
+    }
+}
+
+impl Server {
+    fn new(args: Args, epoll: Epoll, listen_fd: OwnedFd) -> Server {
+        Server {
+            clients: Clients::new(args.max_queue),
+            args,
+            epoll,
+            listen_fd,
+            accepting: Accepting::Open,
+        }
+    }
+
+    /// Accept until `EAGAIN`: an edge-triggered listener is reported once for
+    /// a burst of connections, and any left in the queue would wait for the
+    /// next newcomer.
+    fn accept_clients(&mut self) {
+        loop {
+            // accept4(2) sets the new socket non-blocking in the same call.
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            let fd = match accept4(self.listen_fd.as_raw_fd(), flags) {
+                Ok(fd) => fd,
+                Err(Errno::EAGAIN) => {
+                    self.accepting = Accepting::Open; // the queue is empty
+                    return;
+                }
+                // The client gave up before we got to it.
+                Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
+                // Out of descriptors (EMFILE) or memory: keep serving the
+                // clients we have, and come back when one of them leaves.
+                Err(err) => {
+                    self.log(format_args!("cannot accept: {err:?}"));
+                    self.accepting = Accepting::Backlogged;
+                    return;
+                }
+            };
+            // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
+            let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            if let Err(err) = self
+                .epoll
+                .add(&client_fd, EpollEvent::new(CLIENT_EVENTS, fd as u64))
+            {
+                self.log(format_args!(
+                    "epoll_ctl ADD fd {fd}: {}",
+                    io::Error::from(err)
+                ));
+                continue; // dropping client_fd closes it
+            }
+            if !self.args.quiet {
+                log_accepted(fd);
+            }
+            self.admit(client_fd);
+        }
+    }
+
+    /// A new connection joins the chat: a name, a welcome, and a notice to
+    /// everyone else.
+    fn admit(&mut self, client_fd: OwnedFd) {
+        let (fd, name) = self.clients.join(client_fd);
+        let online = self.clients.online_count();
+        let welcome = format!("* welcome {name} ({online} online); /help lists the commands");
+        self.clients.queue_line(fd, welcome);
+        self.clients.broadcast(format!("* {name} joined"), Some(fd));
+    }
+
+    /// A descriptor is free: accept what waited in the queue meanwhile.
+    fn resume_accepting(&mut self) {
+        if self.accepting == Accepting::Backlogged {
+            self.accept_clients();
+        }
+    }
+
+    /// One ready event for a client. Events for a client closed earlier in
+    /// the round are harmless: at worst a read finds `EAGAIN`.
+    fn serve_event(&mut self, fd: RawFd, events: EpollFlags, scratch: &mut [u8]) {
+        if events.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP)
+            && let Some(client) = self.clients.get_mut(fd)
+        {
+            // Room in the socket again: write at the end of the round.
+            client.freed();
+            self.clients.mark_dirty(fd);
+        }
+        if events.intersects(
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLERR
+                | EpollFlags::EPOLLHUP,
+        ) {
+            self.serve(fd, scratch);
+        }
+    }
+
+    /// Read until `EAGAIN` or end-of-file, handling each line as it is
+    /// framed.
+    fn serve(&mut self, fd: RawFd, scratch: &mut [u8]) {
+        loop {
+            let Some(client) = self.clients.get_mut(fd) else {
+                return;
+            };
+            match read(client.fd(), scratch) {
+                Ok(0) => return self.end_of_file(fd),
+                Ok(n) => self.handle_input(fd, &scratch[..n]),
+                Err(Errno::EAGAIN) => return, // drained: wait for the next edge
+                Err(Errno::EINTR) => {}
+                Err(err) => return self.end(fd, Why::Error(err)),
+            }
+        }
+    }
+
+    /// `read` returned 0: the client sends no more.
+    fn end_of_file(&mut self, fd: RawFd) {
+        // A client that has left already is closed once it is owed nothing.
+        if let Some(Phase::Online) = self.clients.get(fd).map(Client::phase) {
+            self.end(fd, Why::EndOfFile);
+        }
+    }
+
+    /// Frame what was read into lines and act on each.
+    fn handle_input(&mut self, fd: RawFd, input: &[u8]) {
+        let max_line = self.args.max_line;
+        let Some(client) = self.clients.get_mut(fd) else {
+            return;
+        };
+        if client.phase() != Phase::Online {
+            return; // it has left: its input is read only to be thrown away
+        }
+        let mut partial = client.take_partial();
+        let framed = split_lines(&mut partial, input, max_line, |text| {
+            self.handle_line(fd, text)
+        });
+        match framed {
+            Ok(_) => {
+                if let Some(client) = self.clients.get_mut(fd) {
+                    client.keep_partial(partial);
+                }
+            }
+            Err(LineTooLong) => {
+                let error = format!("* error: line too long (max {max_line} bytes)");
+                self.clients.queue_line(fd, error);
+                self.end(fd, Why::LineTooLong);
+            }
+        }
+    }
+
+    /// One line from the client `fd`: a command or chat for the others.
+    fn handle_line(&mut self, fd: RawFd, text: &[u8]) -> ControlFlow<()> {
+        if text.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        if let Some(command) = text.strip_prefix(b"/") {
+            let mut clean = Vec::with_capacity(command.len());
+            sanitize(command, &mut clean);
+            return self.command(fd, &clean);
+        }
+        self.clients.relay(fd, text);
+        ControlFlow::Continue(())
+    }
+
+    /// `/nick NEW`, `/who`, `/help`, `/quit`; anything else is an unknown
+    /// command.
+    fn command(&mut self, fd: RawFd, command: &[u8]) -> ControlFlow<()> {
+        let (word, arg) = match command.iter().position(|&b| b == b' ') {
+            Some(space) => (&command[..space], command[space + 1..].trim_ascii()),
+            None => (command, &b""[..]),
+        };
+        let reply = match word {
+            b"nick" => match self.clients.rename(fd, arg) {
+                Ok(old) => {
+                    let new = String::from_utf8_lossy(arg);
+                    self.clients
+                        .broadcast(format!("* {old} is now {new}"), None);
+                    return ControlFlow::Continue(());
+                }
+                Err(NickError::Invalid) => {
+                    b"* error: a name is 1-32 of the characters A-Z a-z 0-9 _ -".to_vec()
+                }
+                Err(NickError::Taken) => [b"* error: the name ", arg, b" is taken"].concat(),
+            },
+            b"who" => format!("* online: {}", self.clients.names().join(", ")).into_bytes(),
+            b"help" => {
+                for line in HELP {
+                    self.clients.queue_line(fd, line);
+                }
+                return ControlFlow::Continue(());
+            }
+            b"quit" => {
+                self.clients.queue_line(fd, "* bye");
+                self.end(fd, Why::Quit);
+                return ControlFlow::Break(()); // nothing after /quit counts
+            }
+            _ => [
+                b"* error: unknown command /",
+                word,
+                b" (/help lists the commands)",
+            ]
+            .concat(),
+        };
+        self.clients.queue_line(fd, reply);
+        ControlFlow::Continue(())
+    }
+
+    /// The one way a client ends: out of the chat, the others told why, and
+    /// closed now if it is owed nothing more, or else once what it is owed
+    /// is written.
+    fn end(&mut self, fd: RawFd, why: Why) {
+        if let Some(name) = self.clients.leave(fd, why)
+            && let Some(notice) = why.notice(&name)
+        {
+            self.clients.broadcast(notice, None);
+        }
+        if why.owes_output() {
+            self.finish(fd);
+        } else {
+            self.close(fd);
+        }
+    }
+
+    /// Close a client that has left once it is owed nothing.
+    fn finish(&mut self, fd: RawFd) {
+        if let Some(client) = self.clients.get(fd)
+            && let Phase::Leaving { .. } = client.phase()
+            && client.is_flushed()
+        {
+            self.close(fd);
+        }
+    }
+
+    /// `EPOLL_CTL_DEL` before `close(2)`: the interest list forgets the
+    /// socket while its descriptor number is still ours. A free descriptor
+    /// lets a backlogged listener accept again.
+    fn close(&mut self, fd: RawFd) {
+        let Some(client) = self.clients.remove(fd) else {
+            return;
+        };
+        let _ = self.epoll.delete(client.fd());
+        if let Phase::Leaving { why } = client.phase() {
+            self.log(format_args!("closed fd {fd} ({why})"));
+        }
+        drop(client); // close(2)
+        self.resume_accepting();
+    }
+
+    /// Write every dirty client's queue. Closing a client can queue `left`
+    /// notices for others, so this goes on until no client is dirty.
+    fn flush_all(&mut self) {
+        while let Some(fd) = self.clients.pop_dirty() {
+            self.flush(fd);
+        }
+    }
+
+    /// One client's writes this round, then whatever they changed:
+    /// `EPOLLOUT` in or out of the interest list, a drop for being too
+    /// slow, or the close of a client that has left and is owed nothing.
+    fn flush(&mut self, fd: RawFd) {
+        let Some(client) = self.clients.get_mut(fd) else {
+            return;
+        };
+        let registered = client.wants_epollout();
+        if let Err(err) = client.write() {
+            return self.end(fd, Why::Error(err));
+        }
+        // Ask for EPOLLOUT only while the socket is full, so the interest
+        // list shows who is waiting to write (the checks read it).
+        if client.wants_epollout() != registered {
+            let mut flags = CLIENT_EVENTS;
+            if client.wants_epollout() {
+                flags |= EpollFlags::EPOLLOUT;
+            }
+            let interest = &mut EpollEvent::new(flags, fd as u64);
+            if let Err(err) = self.epoll.modify(client.fd(), interest) {
+                return self.end(fd, Why::Error(err));
+            }
+        }
+        if self.clients.too_slow(fd) {
+            return self.end(fd, Why::TooSlow);
+        }
+        self.finish(fd);
+    }
+
+    /// One line of the connection log on stderr, unless `-q`.
+    fn log(&self, line: std::fmt::Arguments<'_>) {
+        if !self.args.quiet {
+            log!("{line}");
+        }
+    }
+}

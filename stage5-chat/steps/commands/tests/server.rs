@@ -1,0 +1,26 @@
+//! Exercise checks for stage 5c, commands: the checks of stage 5a (lines,
+//! followed from one client to another), of stage 5b (the chat), and its
+//! own. Run them against your own server with
+//! `STAGE5C_BIN=/path/to/your/server cargo test -p stage5c-commands`.
+
+use std::path::PathBuf;
+
+use chat::route;
+
+fn server_bin() -> PathBuf {
+    testkit::bin("STAGE5C_BIN", env!("CARGO_BIN_EXE_stage5c-commands"))
+}
+
+testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
+
+/// Stage 5a's checks: lines.
+#[path = "../../lines/tests/checks/lines.rs"]
+mod lines;
+
+/// Stage 5b's checks: the chat.
+#[path = "../../chat/tests/checks/chat.rs"]
+mod chat;
+
+/// Its own checks: commands.
+#[path = "checks/commands.rs"]
+mod commands;
