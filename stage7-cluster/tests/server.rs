@@ -5,11 +5,25 @@
 
 use std::path::PathBuf;
 
+use testkit::built::{Design, EPOLLET, EPOLLIN, EPOLLRDHUP, Interest, Load, Meanwhile};
+
 fn server_bin() -> PathBuf {
     testkit::bin("STAGE7_BIN", env!("CARGO_BIN_EXE_stage7-cluster"))
 }
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
+
+/// How the chat is built: one thread, the listener edge-triggered, every
+/// client edge-triggered with `EPOLLRDHUP`, and a client that never reads
+/// dropped before what it is owed grows without bound.
+const DESIGN: Design = Design {
+    stage: "stage 7",
+    listener: Interest::at_least(EPOLLIN | EPOLLET),
+    clients: Interest::at_least(EPOLLIN | EPOLLET | EPOLLRDHUP),
+    load: Load::Chat,
+    meanwhile: Meanwhile::Served,
+};
+testkit::built_checks!(server_bin(), testkit::conventions::welcome_probe, DESIGN);
 
 /// Stage 5a's checks: the chat.
 #[path = "../../stage5-chat/steps/chat/tests/checks/chat.rs"]
