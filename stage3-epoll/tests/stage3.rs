@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use testkit::built::{Design, EPOLLIN, Interest, Load, Meanwhile};
 use testkit::conventions::{echo_probe, try_echo_probe};
 use testkit::{Client, Server, interest_list};
 
@@ -12,6 +13,18 @@ fn bin() -> PathBuf {
 
 testkit::server_conventions!(bin(), echo_probe);
 testkit::fault_checks!(bin(), echo_probe);
+
+/// How stage 3 is built: one thread, the listener and every client
+/// registered level-triggered for `EPOLLIN`, and a blocking `send(2)` that
+/// keeps the others waiting while one client does not read (stage 4's lesson).
+const DESIGN: Design = Design {
+    stage: "stage 3",
+    listener: Interest::level_triggered(EPOLLIN),
+    clients: Interest::level_triggered(EPOLLIN),
+    load: Load::Echo,
+    meanwhile: Meanwhile::Wait,
+};
+testkit::built_checks!(bin(), echo_probe, DESIGN);
 
 #[test]
 fn serves_an_idle_client_and_a_busy_one_together() {

@@ -9,6 +9,7 @@ use std::thread;
 
 use nix::poll::{PollFd, PollFlags, poll};
 
+use testkit::built::{Design, EPOLLRDHUP, Interest, Load, Meanwhile};
 use testkit::conventions::{echo_probe, try_echo_probe};
 use testkit::{Client, Server, count, epoll_flags, interest_list};
 
@@ -18,6 +19,18 @@ fn bin() -> PathBuf {
 
 testkit::server_conventions!(bin(), echo_probe);
 testkit::fault_checks!(bin(), echo_probe);
+
+/// How stage 4 is built: one thread, the listener edge-triggered, every
+/// client edge-triggered with `EPOLLRDHUP`, and no client kept waiting
+/// while another does not read.
+const DESIGN: Design = Design {
+    stage: "stage 4",
+    listener: Interest::at_least(EPOLLIN | EPOLLET),
+    clients: Interest::at_least(EPOLLIN | EPOLLET | EPOLLRDHUP),
+    load: Load::Echo,
+    meanwhile: Meanwhile::Served,
+};
+testkit::built_checks!(bin(), echo_probe, DESIGN);
 
 const MIB: usize = 1 << 20;
 const EPOLLIN: u32 = libc::EPOLLIN as u32;

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use testkit::built::{Design, EPOLLET, EPOLLIN, EPOLLRDHUP, Interest, Load, Meanwhile};
+
 use chat::route;
 
 fn server_bin() -> PathBuf {
@@ -12,6 +14,18 @@ fn server_bin() -> PathBuf {
 }
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
+
+/// How the chat is built: one thread, the listener edge-triggered, every
+/// client edge-triggered with `EPOLLRDHUP`, and a client that never reads
+/// dropped before what it is owed grows without bound.
+const DESIGN: Design = Design {
+    stage: "stage 7",
+    listener: Interest::at_least(EPOLLIN | EPOLLET),
+    clients: Interest::at_least(EPOLLIN | EPOLLET | EPOLLRDHUP),
+    load: Load::Chat,
+    meanwhile: Meanwhile::Served,
+};
+testkit::built_checks!(server_bin(), testkit::conventions::welcome_probe, DESIGN);
 
 /// Stage 5a's checks: lines.
 #[path = "../../stage5-chat/steps/lines/tests/checks/lines.rs"]

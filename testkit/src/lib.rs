@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 mod bins;
+pub mod built;
 mod client;
 pub mod conventions;
 pub mod faults;

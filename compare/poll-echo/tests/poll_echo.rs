@@ -111,3 +111,30 @@ fn serves_a_busy_client_among_hundreds_of_idle_ones_without_epoll() {
         );
     }
 }
+
+/// The checks of how stages 3 on are built tell this server apart: one
+/// thread, like stage 3, but poll(2) instead of an epoll instance.
+#[test]
+fn fails_the_epoll_check_and_passes_the_thread_check() {
+    use testkit::built::{self, Design, EPOLLIN, Interest, Load, Meanwhile};
+    let design = Design {
+        stage: "stage 3",
+        listener: Interest::level_triggered(EPOLLIN),
+        clients: Interest::level_triggered(EPOLLIN),
+        load: Load::Echo,
+        meanwhile: Meanwhile::Wait,
+    };
+    let epoll = built::epoll_watches_the_listener_and_clients(&bin(), echo_probe, &design);
+    assert!(
+        epoll
+            .as_ref()
+            .is_err_and(|e| e.contains("no epoll instance")),
+        "the epoll check should find no epoll instance, and said {epoll:?}"
+    );
+    let threads = built::one_thread(&bin(), echo_probe);
+    assert_eq!(
+        threads,
+        Ok(()),
+        "poll-echo runs one thread, as stage 3 does"
+    );
+}

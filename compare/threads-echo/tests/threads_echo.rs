@@ -128,3 +128,31 @@ fn max_clients_needs_a_positive_number() {
             .stderr(predicates::str::contains("usage:"));
     }
 }
+
+/// The checks of how stages 3 on are built tell this server apart: it
+/// answers like them, but with a thread per connection and no epoll.
+#[test]
+fn fails_the_checks_of_how_an_epoll_server_is_built() {
+    use testkit::built::{self, Design, EPOLLIN, Interest, Load, Meanwhile};
+    let design = Design {
+        stage: "stage 3",
+        listener: Interest::level_triggered(EPOLLIN),
+        clients: Interest::level_triggered(EPOLLIN),
+        load: Load::Echo,
+        meanwhile: Meanwhile::Wait,
+    };
+    let threads = built::one_thread(&bin(), echo_probe);
+    assert!(
+        threads
+            .as_ref()
+            .is_err_and(|e| e.contains("threads with") && e.contains("a thread per connection")),
+        "the thread check should count a thread per client, and said {threads:?}"
+    );
+    let epoll = built::epoll_watches_the_listener_and_clients(&bin(), echo_probe, &design);
+    assert!(
+        epoll
+            .as_ref()
+            .is_err_and(|e| e.contains("no epoll instance")),
+        "the epoll check should find no epoll instance, and said {epoll:?}"
+    );
+}

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use testkit::built::{Design, EPOLLET, EPOLLIN, EPOLLRDHUP, Interest, Load, Meanwhile};
+
 use chat::route;
 
 fn server_bin() -> PathBuf {
@@ -11,6 +13,18 @@ fn server_bin() -> PathBuf {
 }
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
+
+/// How the chat is built: one thread, the listener edge-triggered, every
+/// client edge-triggered with `EPOLLRDHUP`, and a client that never reads
+/// dropped before what it is owed grows without bound.
+const DESIGN: Design = Design {
+    stage: "stage 5b",
+    listener: Interest::at_least(EPOLLIN | EPOLLET),
+    clients: Interest::at_least(EPOLLIN | EPOLLET | EPOLLRDHUP),
+    load: Load::Chat,
+    meanwhile: Meanwhile::Served,
+};
+testkit::built_checks!(server_bin(), testkit::conventions::welcome_probe, DESIGN);
 
 /// Stage 5a's checks: lines.
 #[path = "../../lines/tests/checks/lines.rs"]
