@@ -17,9 +17,10 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::unistd::read;
 
-use crate::clients::{Clients, NickError, sanitize};
+use crate::clients::{Clients, NickError};
 use crate::delivery::{Arrival, Entry, Outbox, Senders, Write, lost_notice};
 use crate::redis::{self, Link, State, Value};
+use crate::sanitize::sanitize;
 
 /// The event data of the two Redis connections and the timer.
 pub const COMMANDS: u64 = u64::MAX - 2;

@@ -11,3 +11,6 @@ pub mod framer;
 #[path = "../../stage5-chat/src/queue.rs"]
 pub mod queue;
 pub mod redis;
+// Stage 5's sanitizer, unchanged: used by path, not copied.
+#[path = "../../stage5-chat/steps/commands/src/sanitize.rs"]
+pub mod sanitize;

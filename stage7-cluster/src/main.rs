@@ -27,9 +27,10 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage7_cluster::clients::{Client, Clients, Phase, Why, sanitize};
+use stage7_cluster::clients::{Client, Clients, Phase, Why};
 use stage7_cluster::cluster::{self, Cluster, Done};
 use stage7_cluster::framer::{LineTooLong, split_lines};
+use stage7_cluster::sanitize::sanitize;
 
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and

@@ -28,8 +28,9 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage5_chat::clients::{Client, Clients, NickError, Phase, Why, sanitize};
+use stage5_chat::clients::{Client, Clients, NickError, Phase, Why};
 use stage5_chat::framer::{LineTooLong, split_lines};
+use stage5_chat::sanitize::sanitize;
 
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and

@@ -4,6 +4,7 @@
 //! sanitizer for relayed text, and the framer.
 
 pub mod clients;
+pub mod sanitize;
 // 5a's framer, unchanged: used by path, not copied.
 #[path = "../../lines/src/framer.rs"]
 pub mod framer;

@@ -5,3 +5,6 @@ pub mod clients;
 // 5a's framer, unchanged: used by path, not copied.
 #[path = "../../lines/src/framer.rs"]
 pub mod framer;
+// 5c's sanitizer, unchanged: used by path, not copied.
+#[path = "../../commands/src/sanitize.rs"]
+pub mod sanitize;

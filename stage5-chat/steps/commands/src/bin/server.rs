@@ -20,8 +20,9 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage5c_commands::clients::{Client, Clients, NickError, Phase, Why, sanitize};
+use stage5c_commands::clients::{Client, Clients, NickError, Phase, Why};
 use stage5c_commands::framer::{LineTooLong, split_lines};
+use stage5c_commands::sanitize::sanitize;
 
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and

@@ -26,8 +26,9 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage5e_running::clients::{Client, Clients, NickError, Phase, Why, sanitize};
+use stage5e_running::clients::{Client, Clients, NickError, Phase, Why};
 use stage5e_running::framer::{LineTooLong, split_lines};
+use stage5e_running::sanitize::sanitize;
 
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and
