@@ -380,7 +380,9 @@ impl Client {
                 duration(TIMEOUT),
                 seen(&skipped)
             );
-            match self.try_recv_line() {
+            // Each line gets only what is left of the whole wait, so a
+            // server that trickles lines cannot stretch it.
+            match self.line_within(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if pred(&line) => return line,
                 Ok(line) => skipped.push(line),
                 Err(e) => panic!("{e} ({})", seen(&skipped)),
