@@ -444,11 +444,7 @@ const IDLE_SHARE: f64 = 0.5;
 pub fn sleeps_while_idle(bin: &Path, probe: Probe) -> Result<(), String> {
     let server = start(bin);
     let _clients = connect_served(&server, probe, CLIENTS)?;
-    let (start, runnable) = (Instant::now(), server.runnable_time());
-    // A measuring window, not a synchronisation: nothing happens in it.
-    std::thread::sleep(Duration::from_millis(500));
-    let busy = server.runnable_time().saturating_sub(runnable);
-    let window = start.elapsed();
+    let (busy, window) = server.runnable_over_half_a_second();
     if busy < window.mul_f64(IDLE_SHARE) {
         return Ok(());
     }

@@ -636,6 +636,7 @@ mod tests {
         std::thread::spawn(move || {
             let until = Instant::now() + TIMEOUT;
             while Instant::now() < until && server.write_all(b"x").is_ok() {
+                // The trickle's pace is what is tested, not a wait for anything.
                 std::thread::sleep(Duration::from_millis(50));
             }
         })

@@ -315,15 +315,21 @@ impl Server {
     /// after each wake-up, longer the busier the machine: its bound is
     /// higher, below the spinner's 100%.
     pub fn assert_sleeps(&self, while_what: &str, max_share: f64) {
-        let (start, runnable) = (Instant::now(), self.runnable_time());
-        // A measuring window, not a synchronisation: nothing happens in it.
-        thread::sleep(Duration::from_millis(500));
-        let busy = self.runnable_time().saturating_sub(runnable);
-        let window = start.elapsed();
+        let (busy, window) = self.runnable_over_half_a_second();
         assert!(
             busy < window.mul_f64(max_share),
             "the server spins {while_what}: runnable {busy:?} of {window:?}"
         );
+    }
+
+    /// How long the server was runnable over about half a second, and how
+    /// long that window really was: `(busy, window)`.
+    pub fn runnable_over_half_a_second(&self) -> (Duration, Duration) {
+        let (start, runnable) = (Instant::now(), self.runnable_time());
+        // A measuring window, not a synchronisation: nothing happens in it.
+        thread::sleep(Duration::from_millis(500));
+        let busy = self.runnable_time().saturating_sub(runnable);
+        (busy, start.elapsed())
     }
 
     /// The server's resident set size in bytes (`VmRSS` in `/proc/PID/status`).
