@@ -232,8 +232,9 @@ fn starts_item(lines: &[Line], i: usize) -> bool {
 }
 
 /// The longest run of changed lines left whole; a chapter may show at most
-/// 60 code lines without prose between them.
-const MAX_RUN: usize = 60;
+/// 60 code lines without prose between them, and a part shows its `@@`
+/// line and up to three lines of context too.
+const MAX_RUN: usize = 56;
 
 /// The most lines a piece of one item may have before it is cut again.
 const MAX_PIECE: usize = 40;

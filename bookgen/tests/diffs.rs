@@ -210,7 +210,10 @@ const OVERSIZE: &[(&str, &str)] = &[
         "5e",
         "signals, the EMFILE pause, the lingering close and the limits in one step",
     ),
-    ("7", "stage 7 is one step until it is split"),
+    (
+        "7",
+        "after 7a and 7b: the outbox and sequence numbers, cluster-wide names, and leases, to be cut into steps of their own",
+    ),
 ];
 
 /// The most lines a step's generated diff may have (its new files, shown as

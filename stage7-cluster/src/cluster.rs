@@ -1,4 +1,3 @@
-// ANCHOR: top
 //! One node of a cluster of chat servers, joined through Redis: two more
 //! connections and a timer in the server's epoll set. Lines and notices go
 //! through one Redis stream (`XADD`, and `XREAD BLOCK` on a connection of
@@ -26,9 +25,7 @@ use crate::sanitize::sanitize;
 pub const COMMANDS: u64 = u64::MAX - 2;
 pub const READER: u64 = u64::MAX - 3;
 pub const TIMER: u64 = u64::MAX - 4;
-// ANCHOR_END: top
 
-// ANCHOR: keys
 /// The stream every node appends to and reads.
 const STREAM: &[u8] = b"chat:stream";
 /// Every name in the cluster: name -> "NODE NUMBER".
@@ -62,9 +59,7 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 /// How long Redis remembers that a node was taken for dead, so that the
 /// node finds out when it comes back (a day: longer than any pause).
 const DEAD_MS: &[u8] = b"86400000";
-// ANCHOR_END: keys
 
-// ANCHOR: scripts
 /// Frees a name only if it is still the one this owner claimed.
 const FREE_NAME: &[u8] = b"if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
     return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
@@ -95,9 +90,7 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
 for _, name in ipairs(names) do redis.call('HDEL', KEYS[2], name) end
 return #names
 "#;
-// ANCHOR_END: scripts
 
-// ANCHOR: for
 /// What a request was for: the link keeps one per request, in order, and
 /// hands it back with the reply.
 #[derive(Debug)]
@@ -141,9 +134,7 @@ enum Claim {
         name: String,
     },
 }
-// ANCHOR_END: for
 
-// ANCHOR: contact
 /// Where the node is with the other servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Contact {
@@ -180,9 +171,7 @@ impl fmt::Display for Loss {
         }
     }
 }
-// ANCHOR_END: contact
 
-// ANCHOR: joining
 /// A connection waiting for its name before it joins.
 struct Joining {
     fd: OwnedFd,
@@ -221,9 +210,7 @@ pub enum Done {
     /// this client left: tell it `line`, and close it.
     Expel { fd: RawFd, line: &'static str },
 }
-// ANCHOR_END: joining
 
-// ANCHOR: cluster
 pub struct Cluster {
     node: String,
     commands: Link<For>,
@@ -262,9 +249,7 @@ pub struct Cluster {
     quiet: bool,
     said_unreachable: bool,
 }
-// ANCHOR_END: cluster
 
-// ANCHOR: new
 impl Cluster {
     /// A node that will connect to Redis at `addr`, with its timer in the
     /// epoll set. Its name is random enough to be unique among nodes.
@@ -315,9 +300,7 @@ impl Cluster {
         cluster.reconnect(epoll);
         Ok(cluster)
     }
-    // ANCHOR_END: new
 
-    // ANCHOR: helpers
     /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
     fn log(&self, line: fmt::Arguments<'_>) {
         if !self.quiet {
@@ -353,9 +336,7 @@ impl Cluster {
     fn is_ready(&self) -> bool {
         matches!(self.contact, Contact::Ready { .. })
     }
-    // ANCHOR_END: helpers
 
-    // ANCHOR: ready
     /// A readiness event for one of the cluster's descriptors.
     pub fn ready(
         &mut self,
@@ -377,9 +358,7 @@ impl Cluster {
         self.read_stream();
         self.flush(epoll, clients, done);
     }
-    // ANCHOR_END: ready
 
-    // ANCHOR: serve
     /// Read what one connection has for us, and act on every reply. The
     /// first error reply ends the connection: what Redis refused did not
     /// happen, and neither, as far as this node can tell, did what came
@@ -423,9 +402,7 @@ impl Cluster {
             self.lost(token, loss, unanswered, epoll, clients, done);
         }
     }
-    // ANCHOR_END: serve
 
-    // ANCHOR: tick
     /// Every tick: read what came (a node back from a pause may see its
     /// timer before its sockets), give up a connection whose reply is
     /// late, reconnect what is down, and every second renew the lease and
@@ -474,9 +451,7 @@ impl Cluster {
         self.commands.request(&set, For::Nothing);
         self.commands.request(&[b"EXEC"], For::Lease);
     }
-    // ANCHOR_END: tick
 
-    // ANCHOR: on_connected
     fn reconnect(&mut self, epoll: &Epoll) {
         for token in [COMMANDS, READER] {
             let link = self.link(token);
@@ -504,9 +479,7 @@ impl Cluster {
             self.commands.request(&[b"EXEC"], For::Snapshot);
         }
     }
-    // ANCHOR_END: on_connected
 
-    // ANCHOR: lost
     /// A connection is gone, or given up: say so once, hand back what
     /// waited on it, and retry after the backoff.
     fn lost(
@@ -544,8 +517,6 @@ impl Cluster {
                 _ => {}
             }
         }
-        // ANCHOR_END: lost
-        // ANCHOR: answer_waiting
         // A client waiting for `/nick` or `/who` is answered now, not
         // when Redis is back: it may never be.
         for (fd, hold) in std::mem::take(&mut self.holds) {
@@ -596,9 +567,7 @@ impl Cluster {
             self.send_outbox();
         }
     }
-    // ANCHOR_END: answer_waiting
 
-    // ANCHOR: reply
     fn reply(&mut self, what: For, reply: Value, clients: &mut Clients, done: &mut Vec<Done>) {
         match what {
             For::Nothing => {}
@@ -631,8 +600,6 @@ impl Cluster {
                     self.catching_up.push_back((at, ticket));
                 }
             }
-            // ANCHOR_END: reply
-            // ANCHOR: reply_alive
             For::Alive(node) => {
                 if let Some(lease) = reply.bytes() {
                     self.missing.remove(&node);
@@ -672,9 +639,7 @@ impl Cluster {
             }
         }
     }
-    // ANCHOR_END: reply_alive
 
-    // ANCHOR: leased
     /// The lease's answer: `[DEL of the dead mark, the lease before]`.
     fn leased(&mut self, reply: &Value, clients: &mut Clients, done: &mut Vec<Done>) {
         let [dead, before] = reply.items() else {
@@ -726,9 +691,7 @@ impl Cluster {
             }
         }
     }
-    // ANCHOR_END: leased
 
-    // ANCHOR: restore
     /// Redis restarted (or this node was away past its lease, and nobody
     /// took it for dead): claim our names again, raise the counter past
     /// our numbers, append again the last entries it may have lost, and
@@ -781,9 +744,7 @@ impl Cluster {
         let _ = self.outbox.append(None, Some("#0".to_string()));
         self.send_outbox();
     }
-    // ANCHOR_END: restore
 
-    // ANCHOR: append
     /// Write the writes Redis has not confirmed, oldest first.
     fn send_outbox(&mut self) {
         if !self.is_ready() {
@@ -832,9 +793,7 @@ impl Cluster {
         sanitize(text, &mut line);
         self.append(Some(line), None)
     }
-    // ANCHOR_END: append
 
-    // ANCHOR: join
     /// A new connection waits for a cluster-wide name.
     pub fn join(&mut self, fd: OwnedFd) {
         self.next_ticket += 1;
@@ -855,9 +814,7 @@ impl Cluster {
     pub fn waiting(&self) -> usize {
         self.joining.len()
     }
-    // ANCHOR_END: join
 
-    // ANCHOR: ask_names
     /// Ask Redis for what the waiting connections and `/nick`s need.
     fn ask_names(&mut self) {
         if !self.is_ready() {
@@ -896,9 +853,7 @@ impl Cluster {
             claim(commands, &owner, &name, what);
         }
     }
-    // ANCHOR_END: ask_names
 
-    // ANCHOR: claimed
     /// The answer to a claim of a name.
     fn claimed(
         &mut self,
@@ -952,9 +907,7 @@ impl Cluster {
             }
         }
     }
-    // ANCHOR_END: claimed
 
-    // ANCHOR: let_in
     /// Let in at most `max` of the clients whose place in the stream this
     /// node has read. Replies come in the order of the requests, so their
     /// places grow: only the front can be next.
@@ -982,9 +935,7 @@ impl Cluster {
             .map_or(StreamId(0, 0), StreamId::parse);
         self.catching_up.front().is_some_and(|&(at, _)| at <= read)
     }
-    // ANCHOR_END: let_in
 
-    // ANCHOR: wait
     /// `/nick NEW` for a client: refused at once while out of contact,
     /// otherwise the client waits, alone, for Redis's answer.
     pub fn nick(&mut self, fd: RawFd, number: u64, name: &str) -> Result<(), &'static str> {
@@ -1039,9 +990,7 @@ impl Cluster {
         }
         true
     }
-    // ANCHOR_END: wait
 
-    // ANCHOR: joined
     /// A local client joined as `client<number>`: the others are told.
     pub fn joined(&mut self, name: &str, number: u64, announce: bool) {
         let notice = announce.then(|| format!("* {name} joined").into_bytes());
@@ -1078,9 +1027,7 @@ impl Cluster {
             self.others.insert(node.to_string(), count);
         }
     }
-    // ANCHOR_END: joined
 
-    // ANCHOR: read_stream
     /// Keep one `XREAD BLOCK` waiting on the reader connection.
     fn read_stream(&mut self) {
         let Some(last_id) = &self.last_id else {
@@ -1117,9 +1064,7 @@ impl Cluster {
             }
         }
     }
-    // ANCHOR_END: read_stream
 
-    // ANCHOR: deliver
     /// One entry: skipped if it is ours or seen, or from a node taken for
     /// dead; else applied and delivered, after the count of what was
     /// missed before it, if anything was.
@@ -1164,9 +1109,7 @@ impl Cluster {
             clients.broadcast(text, None);
         }
     }
-    // ANCHOR_END: deliver
 
-    // ANCHOR: announce_gone
     /// The entry of whoever freed a dead node's names: every node's
     /// clients are told who left with it, once (the names are freed once).
     fn announce_gone(&mut self, dead: &str, who: &str, clients: &mut Clients) {
@@ -1211,9 +1154,7 @@ impl Cluster {
             For::Gone(node.to_string()),
         );
     }
-    // ANCHOR_END: announce_gone
 
-    // ANCHOR: flush
     /// Write what was queued on either connection this round.
     pub fn flush(&mut self, epoll: &Epoll, clients: &mut Clients, done: &mut Vec<Done>) {
         for token in [COMMANDS, READER] {
@@ -1247,9 +1188,7 @@ fn refusal(reply: &Value) -> Option<String> {
         _ => None,
     }
 }
-// ANCHOR_END: flush
 
-// ANCHOR: fields
 /// The fields of one entry of the stream.
 #[derive(Default)]
 struct Fields {
@@ -1290,9 +1229,7 @@ impl Fields {
         entry
     }
 }
-// ANCHOR_END: fields
 
-// ANCHOR: names
 /// Who holds a name in Redis: a node's client `number`.
 fn owner(node: &str, number: u64) -> String {
     format!("{node} {number}")
@@ -1324,9 +1261,7 @@ fn names_by_number(reply: &Value) -> Vec<(u64, String, String)> {
     names.sort();
     names
 }
-// ANCHOR_END: names
 
-// ANCHOR: stream_id
 /// A stream entry's id, `MILLISECONDS-SEQUENCE`, in the order Redis gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct StreamId(u64, u64);
@@ -1364,7 +1299,6 @@ fn encode_append(link: &mut Link<For>, node: &str, entry: &Entry, what: For) {
     }
     link.request(&args, what);
 }
-// ANCHOR_END: stream_id
 
 #[cfg(test)]
 mod tests {

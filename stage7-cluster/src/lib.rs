@@ -10,6 +10,8 @@ pub mod delivery;
 pub mod framer;
 #[path = "../../stage5-chat/src/queue.rs"]
 pub mod queue;
+// 7a's connection to Redis, unchanged: used by path, not copied.
+#[path = "../steps/link/src/redis.rs"]
 pub mod redis;
 // Stage 5's sanitizer, unchanged: used by path, not copied.
 #[path = "../../stage5-chat/steps/commands/src/sanitize.rs"]

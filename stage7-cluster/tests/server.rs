@@ -42,3 +42,11 @@ mod commands;
 /// Stage 5e's checks: a server you can leave running.
 #[path = "../../stage5-chat/steps/running/tests/checks/running.rs"]
 mod running;
+
+/// Stage 7a's checks: the link to Redis.
+#[path = "../steps/link/tests/checks/link.rs"]
+mod link;
+
+/// Stage 7b's checks: the stream, read.
+#[path = "../steps/stream/tests/checks/stream.rs"]
+mod stream;
