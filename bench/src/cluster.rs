@@ -300,7 +300,7 @@ fn wall(m: &mut Measurement, bench: &Bench, bin: &Path, nodes: u32) -> Result<()
 /// Each node's descriptors once they stop changing: a node opens its
 /// Redis connections and its timer after it prints `listening on`, and
 /// those are not client connections. Gives up waiting after a few seconds.
-fn settled_fds(pids: &[u32]) -> Vec<Option<u64>> {
+pub(crate) fn settled_fds(pids: &[u32]) -> Vec<Option<u64>> {
     let look = || -> Vec<Option<u64>> { pids.iter().map(|&p| open_fds(p)).collect() };
     let mut last = look();
     for _ in 0..SETTLE_LOOKS {

@@ -8,6 +8,7 @@
 
 mod charts;
 mod cluster;
+mod cluster_faults;
 mod idle;
 mod machine;
 mod measure;
@@ -216,6 +217,7 @@ fn part_name(part: Part) -> &'static str {
     match part {
         Part::Chaos => "chaos",
         Part::Cluster => "cluster",
+        Part::ClusterFaults => "cluster-faults",
     }
 }
 
@@ -224,6 +226,7 @@ fn part_of(part: Part, target_key: &str) -> bool {
     match part {
         Part::Chaos => target_key == targets::CHAOS,
         Part::Cluster => targets::CLUSTER_TARGETS.contains(&target_key),
+        Part::ClusterFaults => target_key == targets::CLUSTER_FAULTS,
     }
 }
 
@@ -232,6 +235,7 @@ fn in_part(part: Part, test: &Test) -> bool {
     match part {
         Part::Chaos => matches!(test, Test::Chaos { .. }),
         Part::Cluster => matches!(test, Test::ClusterHold { .. } | Test::ClusterChat { .. }),
+        Part::ClusterFaults => matches!(test, Test::ClusterFaults { .. }),
     }
 }
 

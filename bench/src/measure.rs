@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::cluster;
+use crate::cluster_faults;
 use crate::idle;
 use crate::machine::{load_average, time_wait_sockets};
 use crate::noise::Snapshot;
@@ -68,6 +69,10 @@ pub fn run_all(
         }
         Some(Part::Cluster) => {
             measurements.extend(cluster::part(bench, bin_dir));
+            return (servers, measurements);
+        }
+        Some(Part::ClusterFaults) => {
+            measurements.push(cluster_faults::part(bench, bin_dir));
             return (servers, measurements);
         }
         None => {}
@@ -160,6 +165,7 @@ pub fn run_all(
     }
     measurements.extend(chaos_part(bench, &built_specs));
     measurements.extend(cluster::part(bench, bin_dir));
+    measurements.push(cluster_faults::part(bench, bin_dir));
     (servers, measurements)
 }
 
@@ -456,7 +462,10 @@ fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<Str
         ],
         // Not a tester run (see `ping_pong`), or not against one server
         // (see `cluster`).
-        Test::PingPong { .. } | Test::ClusterHold { .. } | Test::ClusterChat { .. } => Vec::new(),
+        Test::PingPong { .. }
+        | Test::ClusterHold { .. }
+        | Test::ClusterChat { .. }
+        | Test::ClusterFaults { .. } => Vec::new(),
         Test::Chaos { seconds } => vec![
             "chaos".into(),
             addr.into(),
@@ -539,6 +548,7 @@ fn summary(m: &Measurement) -> String {
             let p99 = m.figure("/latency/p99_us").unwrap_or(0.0);
             format!("{v:.0} deliveries/s, p99 {p99:.0} µs")
         }),
+        Test::ClusterFaults { .. } => Some(cluster_faults::summary(m)),
     };
     match (&m.error, figure) {
         (Some(err), _) => format!("{what}: FAILED: {err}"),

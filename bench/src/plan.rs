@@ -232,6 +232,12 @@ pub struct Numbers {
     /// Sends/s across the first chat client count in the cluster part's
     /// side-by-side runs.
     pub cluster_rate: u64,
+    /// How long the cluster's fault run injects faults around its checked
+    /// clients, and how long one Redis fault lasts (a freeze, a refusal of
+    /// writes; a restart keeps Redis down half of it). A freeze longer
+    /// than the nodes' 3 s wait for a reply is noticed and told.
+    pub cluster_faults_for: Duration,
+    pub cluster_fault_hold: Duration,
     /// Any single tester run taking longer than this is stopped and recorded
     /// as failed.
     pub run_limit: Duration,
@@ -267,6 +273,8 @@ impl Profile {
                 chaos_for: Duration::from_secs(3),
                 cluster_hold: 40,
                 cluster_rate: 200,
+                cluster_faults_for: Duration::from_secs(4),
+                cluster_fault_hold: Duration::from_secs(1),
                 run_limit: Duration::from_secs(30),
             },
             Profile::Quick => Numbers {
@@ -294,6 +302,9 @@ impl Profile {
                 chaos_for: Duration::from_secs(30),
                 cluster_hold: 4000,
                 cluster_rate: TARGET_RATE,
+                // Each kind once.
+                cluster_faults_for: Duration::from_secs(30),
+                cluster_fault_hold: Duration::from_secs(4),
                 run_limit: Duration::from_secs(60),
             },
             Profile::Full => Numbers {
@@ -320,6 +331,10 @@ impl Profile {
                 chaos_for: Duration::from_secs(180),
                 cluster_hold: 75_000,
                 cluster_rate: TARGET_RATE,
+                // Each kind about three times, the freezes and refusals
+                // past the nodes' leases.
+                cluster_faults_for: Duration::from_secs(100),
+                cluster_fault_hold: Duration::from_secs(8),
                 run_limit: Duration::from_secs(120),
             },
         }
@@ -335,17 +350,30 @@ pub enum Part {
     /// Stage 7's nodes through a Redis of the benchmark's own: the wall of
     /// idle connections and the cost of the bus.
     Cluster,
+    /// Stage 7's nodes under faults of Redis and of a node, around checked
+    /// clients: lines lost silently.
+    ClusterFaults,
 }
 
 /// The seed of the chaos run: the same faults in the same order every time,
 /// so two runs differ only in timing.
 pub const CHAOS_SEED: u64 = 2026;
 
+/// The seed of the cluster's fault run: the same kinds in the same order.
+pub const CLUSTER_FAULTS_SEED: u64 = 2026;
+
 impl Numbers {
     /// The limit of the chaos run: its duration, the tester's wait for late
     /// lines and the closing checks, and a margin for a busy machine.
     pub fn chaos_limit(&self) -> Duration {
         self.chaos_for + Duration::from_secs(60)
+    }
+
+    /// The limit of the cluster's fault run: its faults (the last may
+    /// start just before the end, and a node's pause waits up to 20 s for
+    /// its lease to be taken), the recovery and the closing checks.
+    pub fn cluster_faults_limit(&self) -> Duration {
+        self.cluster_faults_for + self.cluster_fault_hold + Duration::from_secs(90)
     }
 
     /// Keep `connect_count` below a third of the machine's ephemeral ports

@@ -1,5 +1,7 @@
 //! A `redis-server` of the benchmark's own for one cluster run: a free
-//! loopback port, no persistence, killed by its PID when done.
+//! loopback port, no persistence, killed by its PID when done; for the
+//! fault run, also stopped, killed and started again empty on its port,
+//! and told to refuse writes.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -8,6 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::pin::pin;
 use crate::process::{cpu_split_of, rss_of};
@@ -32,6 +36,7 @@ pub fn installed() -> bool {
 pub struct Redis {
     child: Child,
     pub addr: SocketAddr,
+    cpu: Option<usize>,
 }
 
 impl Redis {
@@ -42,6 +47,11 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .context("cannot find a free port for redis-server")?
             .port();
+        Redis::on_port(port, cpu)
+    }
+
+    /// Start one on `port`, and wait until it answers PING.
+    fn on_port(port: u16, cpu: Option<usize>) -> Result<Redis> {
         let mut command = Command::new(REDIS_SERVER);
         pin(&mut command, cpu);
         let child = command
@@ -55,6 +65,7 @@ impl Redis {
         let redis = Redis {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            cpu,
         };
         let started = Instant::now();
         while !redis.answers() {
@@ -65,6 +76,60 @@ impl Redis {
             thread::sleep(Duration::from_millis(20));
         }
         Ok(redis)
+    }
+
+    /// Send it a signal: `SIGSTOP` freezes it with its connections open,
+    /// answering nothing, until `SIGCONT`.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        kill(Pid::from_raw(self.pid() as i32), signal)
+            .with_context(|| format!("cannot send {signal} to redis-server"))
+    }
+
+    /// Kill it (everything it held is gone), wait `down`, and start a new,
+    /// empty one on the same port.
+    pub fn restart_empty(&mut self, down: Duration) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        thread::sleep(down);
+        *self = Redis::on_port(self.addr.port(), self.cpu)?;
+        Ok(())
+    }
+
+    /// Refuse every write that needs memory (`-OOM`), as a full Redis does,
+    /// or (`refuse` false) lift that.
+    pub fn refuse_writes(&self, refuse: bool) -> Result<()> {
+        if refuse {
+            self.expect_ok(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])?;
+        }
+        self.expect_ok(&["CONFIG", "SET", "maxmemory", if refuse { "1" } else { "0" }])
+    }
+
+    /// One command on a connection of its own, its reply `+OK`.
+    fn expect_ok(&self, args: &[&str]) -> Result<()> {
+        let limit = Duration::from_secs(5);
+        let mut stream = TcpStream::connect_timeout(&self.addr, limit)
+            .with_context(|| format!("cannot connect to redis-server for {args:?}"))?;
+        stream.set_read_timeout(Some(limit))?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes())?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            stream
+                .read_exact(&mut byte)
+                .with_context(|| format!("no reply from redis-server to {args:?}"))?;
+            reply.push(byte[0]);
+        }
+        if reply != b"+OK\r\n" {
+            bail!(
+                "redis-server answered {args:?} with {:?}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+        Ok(())
     }
 
     /// Whether it answers PING with +PONG.

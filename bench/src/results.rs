@@ -102,6 +102,14 @@ pub enum Test {
         clients: u32,
         rate: u64,
     },
+    /// The benchmark's own checked clients on `nodes` stage 7 nodes while
+    /// faults of Redis and of a node are injected for `seconds`, in an
+    /// order drawn from `seed`.
+    ClusterFaults {
+        nodes: u32,
+        seconds: u64,
+        seed: u64,
+    },
 }
 
 /// One tester run against a freshly started server.

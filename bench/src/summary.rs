@@ -39,6 +39,7 @@ pub fn render(r: &Results, reports: &[PathBuf]) -> String {
     }
     ping_pong(&mut out, r);
     chaos(&mut out, r);
+    cluster_faults(&mut out, r);
     let total = r.measurements.len();
     let failed: Vec<_> = r
         .measurements
@@ -94,6 +95,18 @@ fn ping_pong(out: &mut String, r: &Results) {
             let _ = writeln!(out, "{line}");
         }
     }
+}
+
+/// The cluster's fault run, when it ran: its progress line.
+fn cluster_faults(out: &mut String, r: &Results) {
+    let Some(m) = r
+        .measurements
+        .iter()
+        .find(|m| matches!(m.test, Test::ClusterFaults { .. }) && !m.skipped())
+    else {
+        return;
+    };
+    let _ = writeln!(out, "{}", crate::cluster_faults::summary(m));
 }
 
 /// The chaos run in one line: faults, lines that went wrong, the server.

@@ -81,6 +81,7 @@ fn plan(out: &mut String, r: &Results) {
         "chaos",
         "cluster hold",
         "cluster chat",
+        "cluster faults",
     ];
     for kind in kinds {
         let runs: Vec<&Measurement> = r
@@ -136,6 +137,9 @@ fn plan(out: &mut String, r: &Results) {
                     count(f64::from(clients)),
                     count(rate as f64)
                 ),
+                Test::ClusterFaults { nodes, seconds, .. } => {
+                    format!("{seconds} s of faults around checked clients on {nodes} nodes")
+                }
             };
             if !sizes.contains(&size) {
                 sizes.push(size);
@@ -195,6 +199,7 @@ fn test_kind(test: &Test) -> &'static str {
         Test::Chaos { .. } => "chaos",
         Test::ClusterHold { .. } => "cluster hold",
         Test::ClusterChat { .. } => "cluster chat",
+        Test::ClusterFaults { .. } => "cluster faults",
     }
 }
 
@@ -663,8 +668,119 @@ fn join(out: &mut String, r: &Results) {
 }
 
 /// The cluster part: the wall (each node's connections and memory, and
-/// Redis's), then the chat setups side by side.
+/// Redis's), the chat setups side by side, then the fault run.
 fn cluster(out: &mut String, r: &Results) {
+    let faults = r
+        .measurements
+        .iter()
+        .any(|m| matches!(m.test, Test::ClusterFaults { .. }));
+    let others = r
+        .measurements
+        .iter()
+        .any(|m| matches!(m.test, Test::ClusterHold { .. } | Test::ClusterChat { .. }));
+    // Results of the fault run alone (`--only cluster-faults` into an
+    // empty folder) say nothing of the runs they lack.
+    if others || !faults {
+        cluster_runs(out, r);
+    }
+    cluster_faults(out, r);
+}
+
+/// The cluster's fault run: the faults by kind, and what became of the
+/// checked clients' lines.
+fn cluster_faults(out: &mut String, r: &Results) {
+    let Some(m) = r
+        .measurements
+        .iter()
+        .find(|m| matches!(m.test, Test::ClusterFaults { .. }))
+    else {
+        return;
+    };
+    if let Some(why) = m.cluster.as_ref().and_then(|c| c.skipped.as_ref()) {
+        let _ = writeln!(out, "The cluster's fault run was skipped: {why}.\n");
+        return;
+    }
+    let run = m.run.clone().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "The cluster's fault run, measured with `{}`: {}. Load average {} before, {} after.\n",
+        run.bench_command,
+        m.command,
+        run.load_before.as_deref().unwrap_or("unknown"),
+        run.load_after.as_deref().unwrap_or("unknown")
+    );
+    let n = |p: &str| figure(Some(m), p, count);
+    out.push_str("| fault | injected |\n| --- | --- |\n");
+    for (key, label) in [
+        ("redis_frozen", "Redis frozen (`SIGSTOP`, then `SIGCONT`)"),
+        ("redis_restarted_empty", "Redis killed, started again empty"),
+        (
+            "node_paused_past_lease",
+            "a node paused past its lease, then continued",
+        ),
+        (
+            "redis_refusing_writes",
+            "Redis refusing writes (`maxmemory`, `noeviction`), then lifted",
+        ),
+    ] {
+        let _ = writeln!(out, "| {label} | {} |", n(&format!("/injected/{key}")));
+    }
+    let _ = writeln!(
+        out,
+        "\n| lines sent | delivered | lost and told | lost silently | duplicated or reordered \
+         | ghost lines |\n| --- | --- | --- | --- | --- | --- |\n| {} | {} | {} | {} | {} | {} |\n",
+        n("/sent"),
+        n("/delivered"),
+        n("/lost_told"),
+        n("/lost_silently"),
+        n("/duplicated_or_reordered"),
+        n("/ghost_lines"),
+    );
+    let json = m.tester.as_ref();
+    let list = |key: &str| {
+        json.and_then(|j| j.get(key))
+            .and_then(|v| v.as_array())
+            .map_or("—".into(), |a| {
+                a.iter()
+                    .map(|v| v.as_u64().map_or("—".into(), |n| n.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+    };
+    let who = json
+        .and_then(|j| j.get("who_exact"))
+        .and_then(|v| v.as_bool());
+    let _ = writeln!(
+        out,
+        "`* NAME left (server lost)` heard {} times of {}; `/who` listed exactly the live \
+         clients: {}; `lost contact` {} times, `back in contact` {}; each node's descriptors \
+         {} before, {} after.\n",
+        n("/left_announced"),
+        n("/left_expected"),
+        match who {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        },
+        n("/lost_contact_notices"),
+        n("/back_in_contact_notices"),
+        list("fds_before"),
+        list("fds_after"),
+    );
+    let failures: Vec<&str> = json
+        .and_then(|j| j.get("failures"))
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    for failure in failures {
+        let _ = writeln!(out, "**Not as it should be**: {}\n", cell(failure));
+    }
+    if let Some(err) = &m.error {
+        let _ = writeln!(out, "**The run failed**: {}\n", cell(err));
+    }
+}
+
+fn cluster_runs(out: &mut String, r: &Results) {
     let runs: Vec<&Measurement> = r
         .measurements
         .iter()

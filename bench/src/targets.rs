@@ -51,6 +51,7 @@ pub fn evaluate(ms: &[Measurement], numbers: &Numbers) -> Vec<Target> {
         chaos(ms),
         cluster_idle_bytes(ms),
         cluster_p99(ms),
+        cluster_faults(ms),
     ];
     // A figure a run did not report makes a ratio infinite (or NaN), which
     // JSON cannot hold: results.json would say `null` where this run's
@@ -189,6 +190,86 @@ fn paced_p99(key: String, goal: String, runs: &[&Measurement], limit_us: f64) ->
 
 /// The chaos target's key.
 pub const CHAOS: &str = "chaos";
+
+/// The cluster fault run's target's key.
+pub const CLUSTER_FAULTS: &str = "cluster_faults";
+
+/// Stage 7 under faults of Redis and of a node: not a checked line lost
+/// without its receiver (or its sender) being told, none twice or out of
+/// order, no ghost of a paused node, `/who` exact, no descriptor leaked,
+/// every node up. The ratio is the count of lines lost silently.
+fn cluster_faults(ms: &[Measurement]) -> Target {
+    let run = find(ms, CLUSTER, |t| matches!(t, Test::ClusterFaults { .. }));
+    let goal = "stage 7 under faults (Redis frozen, restarted empty, refusing writes; a node \
+                paused past its lease): checked lines lost silently = 0, none twice or out of \
+                order, no ghost, `/who` exact, no descriptor leaked, every node up"
+        .to_string();
+    let key = CLUSTER_FAULTS;
+    if let Some(t) = run.and_then(|r| cluster_skipped(key, &goal, "= 0", r)) {
+        return t;
+    }
+    let Some(run) = run.filter(|m| m.tester.is_some()) else {
+        return unmeasured(key, goal.clone(), "= 0", &[run]).unwrap_or(Target {
+            key: key.into(),
+            goal,
+            measured: "no figures".into(),
+            ratio: None,
+            needs: "= 0".into(),
+            met: Some(false),
+        });
+    };
+    let n = |p: &str| run.figure(p).unwrap_or(f64::NAN);
+    let flag = |k: &str| {
+        run.tester
+            .as_ref()
+            .and_then(|j| j.get(k))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+    };
+    let failures = run
+        .tester
+        .as_ref()
+        .and_then(|j| j.get("failures"))
+        .and_then(|v| v.as_array())
+        .map_or(0, Vec::len);
+    let silent = n("/lost_silently");
+    let up = n("/nodes_up") == 1.0;
+    let clean = n("/duplicated_or_reordered") == 0.0
+        && n("/ghost_lines") == 0.0
+        && n("/leaked_fds") == 0.0
+        && flag("who_exact")
+        && failures == 0;
+    let failed = run
+        .error
+        .as_ref()
+        .map_or(String::new(), |e| format!("; run failed: {e}"));
+    Target {
+        key: key.into(),
+        goal,
+        measured: format!(
+            "{} faults in {:.1} min; {} lines delivered, {} lost and told, {} lost silently; \
+             {} duplicated or reordered, {} ghost lines, {} descriptors leaked, `/who` {}; \
+             nodes {}{failed}",
+            count(n("/injected_total")),
+            n("/elapsed_s") / 60.0,
+            count(n("/delivered")),
+            count(n("/lost_told")),
+            count(silent),
+            n("/duplicated_or_reordered"),
+            n("/ghost_lines"),
+            n("/leaked_fds"),
+            if flag("who_exact") {
+                "exact"
+            } else {
+                "NOT exact"
+            },
+            if up { "up" } else { "DOWN" }
+        ),
+        ratio: Some(silent),
+        needs: "= 0".into(),
+        met: Some(silent == 0.0 && clean && up && run.error.is_none()),
+    }
+}
 
 fn find<'a>(
     ms: &'a [Measurement],

@@ -27,7 +27,7 @@ const SERVERS: &[(&str, &str, &str)] = &[
 ];
 
 /// The targets' keys, in the order results.json lists them.
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 9] = [
     "fanout",
     "latency",
     "idle_bytes",
@@ -36,6 +36,7 @@ const TARGETS: [&str; 8] = [
     "chaos",
     "cluster_idle_bytes",
     "cluster_p99",
+    "cluster_faults",
 ];
 
 /// The folder of the workspace's debug binaries (the tester and the servers).
@@ -618,4 +619,51 @@ fn only_cluster_without_redis_is_skipped_and_says_why() {
         table.contains("The cluster part was skipped: redis-server is not installed"),
         "{table}"
     );
+}
+
+/// `--only cluster-faults` in tiny form, with a real Redis: three nodes,
+/// faults injected by kind, and every checked line accounted for.
+#[test]
+fn only_cluster_faults_injects_faults_and_accounts_for_every_line() {
+    // Skips (or with REQUIRE_REDIS=1 fails) without redis-server.
+    let Some(_redis) = testkit::redis::Redis::start() else {
+        return;
+    };
+    let out = tempfile::tempdir().expect("a temporary folder");
+    Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--smoke", "--only", "cluster-faults", "--bin-dir"])
+        .arg(bin_dir())
+        .arg("--out")
+        .arg(out.path())
+        .timeout(RUN_TIMEOUT)
+        .assert()
+        .success();
+    let text = fs::read_to_string(out.path().join("results.json")).unwrap();
+    let results: Value = serde_json::from_str(&text).unwrap();
+    let runs = tests_of(&results, "stage7-cluster");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let m = runs[0];
+    assert_eq!(m["test"], "cluster_faults", "{m}");
+    assert!(m["error"].is_null(), "{m}");
+    let figures = &m["tester"];
+    let kinds = figures["injected"].as_object().expect("faults by kind");
+    let sum: u64 = kinds.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(Some(sum), figures["injected_total"].as_u64(), "{m}");
+    assert!(sum > 0, "no fault injected: {m}");
+    assert!(figures["delivered"].as_u64() > Some(0), "{m}");
+    for figure in [
+        "lost_silently",
+        "duplicated_or_reordered",
+        "ghost_lines",
+        "leaked_fds",
+    ] {
+        assert_eq!(figures[figure], 0, "{figure}: {m}");
+    }
+    assert!(figures["lost_told"].is_u64(), "{m}");
+    assert_eq!(figures["who_exact"], true, "{m}");
+    let target = &results["targets"][0];
+    assert_eq!(target["key"], "cluster_faults", "{target}");
+    assert_eq!(target["met"], true, "{target}");
+    let table = fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(table.contains("| lines sent | delivered |"), "{table}");
 }

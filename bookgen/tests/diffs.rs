@@ -201,20 +201,10 @@ fn a_step_that_changes_only_the_client_carries_the_server_on() {
 /// The steps whose diff is still larger than one lesson, and why: each is
 /// to be cut in two. The check below fails for any other step past the
 /// bound, and for a step listed here once it fits, so the list only shrinks.
-const OVERSIZE: &[(&str, &str)] = &[
-    (
-        "5b",
-        "the move to a Server with methods comes with the fan-out",
-    ),
-    (
-        "5e",
-        "signals, the EMFILE pause, the lingering close and the limits in one step",
-    ),
-    (
-        "7",
-        "after 7a and 7b: the outbox and sequence numbers, cluster-wide names, and leases, to be cut into steps of their own",
-    ),
-];
+const OVERSIZE: &[(&str, &str)] = &[(
+    "7",
+    "after 7a and 7b: the outbox and sequence numbers, cluster-wide names, and leases, to be cut into steps of their own",
+)];
 
 /// The most lines a step's generated diff may have (its new files, shown as
 /// listings, are not part of it).

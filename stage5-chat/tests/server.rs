@@ -1,6 +1,7 @@
 //! Exercise checks for the stage 5 chat server: the checks of every step
 //! before it (5a lines, 5b the chat, 5c commands, 5e a server you can leave
-//! running), and its own. Run them against your own server with
+//! running, 5g a server at its limits), and its own. Run them against
+//! your own server with
 //! `STAGE5_SERVER_BIN=/path/to/your/server cargo test -p stage5-chat`.
 
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 /// client edge-triggered with `EPOLLRDHUP`, and a client that never reads
 /// dropped before what it is owed grows without bound.
 const DESIGN: Design = Design {
-    stage: "stage 5g",
+    stage: "stage 5h",
     listener: Interest::at_least(EPOLLIN | EPOLLET),
     clients: Interest::at_least(EPOLLIN | EPOLLET | EPOLLRDHUP),
     load: Load::Chat,
@@ -42,6 +43,10 @@ mod commands;
 /// Stage 5e's checks: a server you can leave running.
 #[path = "../steps/running/tests/checks/running.rs"]
 mod running;
+
+/// Stage 5g's checks: a server at its limits.
+#[path = "../steps/limits/tests/checks/limits.rs"]
+mod limits;
 
 // ---------------------------------------------------------------------
 // Its own: fewer system calls.

@@ -1,6 +1,6 @@
 //! Without `--redis`, stage 7 is stage 5: the checks of stage 5's steps
-//! (5a lines, 5b the chat, 5c commands, 5e a server you can leave running)
-//! run against this binary unchanged. Run them against your own with
+//! (5a lines, 5b the chat, 5c commands, 5e a server you can leave running,
+//! 5g a server at its limits) run against this binary unchanged. Run them against your own with
 //! `STAGE7_BIN=/path/to/your/server cargo test -p stage7-cluster`.
 
 use std::path::PathBuf;
@@ -42,6 +42,10 @@ mod commands;
 /// Stage 5e's checks: a server you can leave running.
 #[path = "../../stage5-chat/steps/running/tests/checks/running.rs"]
 mod running;
+
+/// Stage 5g's checks: a server at its limits.
+#[path = "../../stage5-chat/steps/limits/tests/checks/limits.rs"]
+mod limits;
 
 /// Stage 7a's checks: the link to Redis.
 #[path = "../steps/link/tests/checks/link.rs"]

@@ -44,8 +44,6 @@ pub enum Why {
     TooSlow,
     /// It sent a line over `--max-line`.
     LineTooLong,
-    /// It came when `--max-clients` were in.
-    ServerFull,
     /// The server is shutting down.
     Shutdown,
 }
@@ -60,7 +58,7 @@ impl Why {
     /// What the others are told, or nothing when everyone is leaving.
     pub fn notice(self, name: &str) -> Option<String> {
         match self {
-            Why::Shutdown | Why::ServerFull => None,
+            Why::Shutdown => None,
             Why::TooSlow => Some(format!("* {name} left (too slow)")),
             _ => Some(format!("* {name} left")),
         }
@@ -76,7 +74,6 @@ impl fmt::Display for Why {
             Why::Error(errno) => write!(f, "{errno:?}"), // the man pages' name
             Why::TooSlow => f.write_str("too slow"),
             Why::LineTooLong => f.write_str("line too long"),
-            Why::ServerFull => f.write_str("server full"),
             Why::Shutdown => f.write_str("shutdown"),
         }
     }
@@ -245,11 +242,6 @@ impl Clients {
         self.names.insert(Rc::clone(&name), raw);
         self.online_count += 1;
         (raw, name)
-    }
-
-    /// Add a connection that is never in the chat, only told why.
-    pub fn refuse(&mut self, fd: OwnedFd, why: Why, deadline: Instant) -> RawFd {
-        self.insert(fd, Rc::from(""), Phase::Leaving { why, deadline })
     }
 
     fn insert(&mut self, fd: OwnedFd, name: Rc<str>, phase: Phase) -> RawFd {

@@ -1,6 +1,6 @@
-//! Fault checks for stage 5b, a server you can leave running, run as a reader runs it (its
-//! connection log on): clients that reset, half-close or churn end only
-//! their own connection. Run them against your own server with
+//! Fault checks for stage 5e, a server you can leave running, run as a
+//! reader runs it (its connection log on): clients that reset, half-close
+//! or churn end only their own connection. Run them against your own server with
 //! `STAGE5E_BIN=/path/to/your/server cargo test -p stage5e-running`.
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -276,13 +276,21 @@ struct SlowReader {
     slow: Client,
     /// The slow client's descriptor in the server.
     fd: i32,
+    /// Line `n` of the talker's bursts, newline included.
+    line: fn(usize) -> String,
 }
 
 impl SlowReader {
     fn start() -> SlowReader {
+        SlowReader::start_with(Client::connect_small_window, numbered)
+    }
+
+    /// The same, with the slow client connected by `connect`, and the
+    /// talker's lines made by `line`.
+    fn start_with(connect: fn(SocketAddr) -> Client, line: fn(usize) -> String) -> SlowReader {
         let server = Server::start(server_bin(), &["--max-queue", "268435456", "127.0.0.1:0"]);
         let mut c = join(&server, 2);
-        let mut slow = Client::connect_small_window(server.addr);
+        let mut slow = connect(server.addr);
         expect_welcome(&mut slow, "client3", 3);
         for client in &mut c {
             assert_eq!(client.recv_line(), "* client3 joined");
@@ -296,6 +304,7 @@ impl SlowReader {
             witness,
             slow,
             fd,
+            line,
         }
     }
 
@@ -303,10 +312,10 @@ impl SlowReader {
     /// the last one, the server has read them all and queued them for the
     /// slow client too, in the same rounds.
     fn burst(&mut self, range: std::ops::Range<usize>) {
-        let lines: String = range.clone().map(numbered).collect();
+        let lines: String = range.clone().map(self.line).collect();
         self.talker.send(lines.as_bytes());
         for n in range {
-            let expected = format!("client1: {}", numbered(n));
+            let expected = format!("client1: {}", (self.line)(n));
             assert_eq!(
                 self.witness.recv_line(),
                 expected.trim_end(),
@@ -315,24 +324,28 @@ impl SlowReader {
         }
     }
 
-    /// Bursts until the slow reader's socket is full, which the server shows
-    /// by asking for `EPOLLOUT` on it; returns how many lines were sent. The
-    /// kernel buffers a few megabytes at most, so 64 MiB owed with no
-    /// `EPOLLOUT` means the server drops lines or forgets to ask.
-    fn fill(&mut self) -> usize {
+    /// Bursts, from line `from` on, until the slow reader's socket is full,
+    /// which the server shows by asking for `EPOLLOUT` on it; returns the
+    /// number of the next line to send. The kernel buffers a few megabytes
+    /// at most, so 640,000 lines owed with no `EPOLLOUT` means the server
+    /// drops lines or forgets to ask.
+    fn fill(&mut self, from: usize) -> usize {
         const BURST: usize = 2000;
         let epollout = libc::EPOLLOUT as u32;
-        let mut sent = 0;
+        let mut sent = from;
         loop {
+            // Only once a burst has gone through: an EPOLLOUT left from
+            // before it proves nothing about this fill.
             let interest = self.server.epoll_interest();
-            if interest
-                .iter()
-                .any(|&(f, events)| f == self.fd && events & epollout != 0)
+            if sent > from
+                && interest
+                    .iter()
+                    .any(|&(f, events)| f == self.fd && events & epollout != 0)
             {
                 return sent;
             }
             assert!(
-                sent < 640_000,
+                sent - from < 640_000,
                 "{sent} lines owed to a client that reads nothing, and no EPOLLOUT: {}",
                 testkit::interest_list(&interest)
             );
@@ -350,7 +363,7 @@ fn numbered(n: usize) -> String {
 #[test]
 fn lines_left_for_a_full_socket_arrive_in_order_without_more_traffic() {
     let mut room = SlowReader::start();
-    let full = room.fill();
+    let full = room.fill(0);
     // More lines while the socket is full: queued behind the others.
     room.burst(full..full + 2000);
     // Nothing else happens now: only EPOLLOUT can tell the server that the
@@ -361,10 +374,66 @@ fn lines_left_for_a_full_socket_arrive_in_order_without_more_traffic() {
     }
 }
 
+/// A client whose path the server fills in a few kilobytes, cut in
+/// segments of 76 bytes: a small receive buffer, and the smallest MSS
+/// Linux takes (88 bytes, 76 once the timestamp option is counted), both
+/// set before `connect` so that the handshake announces them. The
+/// server's kernel then packs the 76-byte lines of [`segment_line`] whole
+/// into its segments, so its socket most often fills at the end of a
+/// line: the next write gets `EAGAIN`, not a short count.
+fn connect_small_segments(addr: SocketAddr) -> Client {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrStorage, connect, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    setsockopt(&fd, sockopt::RcvBuf, &4096).expect("SO_RCVBUF");
+    setsockopt(&fd, sockopt::TcpMaxSeg, &88).expect("TCP_MAXSEG");
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(addr))
+        .unwrap_or_else(|e| panic!("the slow reader cannot connect to {addr}: {e}"));
+    Client::from_stream(TcpStream::from(fd)).named("the slow reader")
+}
+
+/// Line `n` of the talker's bursts: 67 bytes, newline included, which the
+/// server relays as 76 (`client1: ` in front).
+fn segment_line(n: usize) -> String {
+    format!("line {n:06} {}\n", "x".repeat(54))
+}
+
+#[test]
+fn lines_a_write_found_no_room_for_are_kept_for_epollout_not_dropped() {
+    const ROUNDS: usize = 3;
+    let mut room = SlowReader::start_with(connect_small_segments, segment_line);
+    let mut next = 0;
+    for round in 1..=ROUNDS {
+        // The socket fills, and lines go on coming while it is full: the
+        // server must keep every one it could not write, whole, until
+        // EPOLLOUT says there is room again.
+        let full = room.fill(next);
+        room.burst(full..full + 2000);
+        for n in next..full + 2000 {
+            let expected = format!("client1: {}", segment_line(n));
+            let line = room.slow.recv_line();
+            assert_eq!(
+                line,
+                expected.trim_end(),
+                "round {round} of {ROUNDS}, line {n}: a line owed while the socket was full \
+                 (EAGAIN) must wait in the queue for EPOLLOUT, whole, not be dropped or cut"
+            );
+        }
+        next = full + 2000;
+    }
+}
+
 #[test]
 fn end_of_file_still_gets_every_line_it_is_owed_then_the_close() {
     let mut room = SlowReader::start();
-    let full = room.fill();
+    let full = room.fill(0);
     // More lines while the socket is full, so the server still owes some
     // of them when the end-of-file comes.
     room.burst(full..full + 2000);

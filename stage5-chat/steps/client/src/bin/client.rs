@@ -80,7 +80,8 @@ fn parse_args() -> Args {
     while let Some(arg) = argv.next() {
         match arg.as_str() {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                // A reader gone (`client --help | head -1`) is no error.
+                let _ = writeln!(io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             "--max-line" => match argv.next().map(|value| value.parse::<usize>()) {

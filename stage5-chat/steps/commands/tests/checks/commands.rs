@@ -81,6 +81,43 @@ fn who_lists_everyone_online_in_the_order_they_joined() {
 }
 
 #[test]
+fn who_keeps_the_order_of_joining_when_descriptors_and_names_differ() {
+    let server = start(&[]);
+    let mut c = join(&server, 3);
+    let before = server.open_fds();
+    drop(c.remove(0));
+    for client in &mut c {
+        assert_eq!(client.recv_line(), "* client1 left");
+    }
+    // Once client1's socket is closed, its descriptor is the lowest free
+    // one, and the kernel gives it to the next newcomer: the last to join
+    // has the smallest descriptor.
+    testkit::wait_until("the server closes client1's socket", || {
+        server.open_fds() < before
+    });
+    let mut fourth = server.connect();
+    expect_welcome(&mut fourth, "client4", 3);
+    for client in &mut c {
+        assert_eq!(client.recv_line(), "* client4 joined");
+    }
+    c.push(fourth);
+    // Names sorted are in another order again: amy joined last.
+    for (who, old, new) in [(0, "client2", "zed"), (2, "client4", "amy")] {
+        c[who].send(format!("/nick {new}\n").as_bytes());
+        for client in &mut c {
+            assert_eq!(client.recv_line(), format!("* {old} is now {new}"));
+        }
+    }
+    c[1].send(b"/who\n");
+    assert_eq!(
+        c[1].recv_line(),
+        "* online: zed, client3, amy",
+        "/who lists who is online in the order they joined; by descriptor it would be \
+         amy, zed, client3 (amy has the descriptor client1 left free), by name amy, client3, zed"
+    );
+}
+
+#[test]
 fn quit_says_bye_closes_and_tells_the_others() {
     let server = start(&[]);
     let mut c = join(&server, 2);

@@ -4,7 +4,8 @@
 //! `read` may return half a line, or several lines and the start of the
 //! next. The framer cuts what each read returns into lines; each whole line
 //! is echoed, the start of an unfinished one is kept for the next read, and
-//! a line over the limit ends the connection.
+//! a line over the limit ends the connection. One `Server` owns the epoll
+//! instance and every connection, and serves them in its methods.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +49,18 @@ An edge-triggered epoll server that echoes every line a client sends.
 /// client that sends without reading cannot grow the server without bound.
 const MAX_PENDING: usize = 1 << 20;
 
+/// The event data of the listener: a client's is its fd, which is never
+/// this large.
+const LISTENER: u64 = u64::MAX;
+/// What the listener is registered for.
+const LISTENER_EVENTS: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLET);
+/// What every client socket is registered for. EPOLLRDHUP reports the
+/// client's end-of-file even while we still owe it lines.
+const CLIENT_EVENTS: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLET);
+
+#[derive(Clone)]
 struct Args {
     addr: SocketAddr,
     quiet: bool,
@@ -57,35 +70,49 @@ struct Args {
 /// What the server keeps per client.
 struct Connection {
     fd: OwnedFd,
+    phase: Phase,
     /// The start of a line whose `\n` has not arrived yet.
     partial: Vec<u8>,
     /// Echo the socket could not take yet, oldest first.
     pending: Vec<u8>,
-    /// Why the server reads no more from the client (end-of-file, or a line
-    /// too long): flush `pending`, then close for that reason.
-    read_closed: Option<Closed>,
     /// `EPOLLOUT` is in the interest list (only while `pending` is not empty).
     want_write: bool,
 }
 
-/// Why a connection ended: what its `closed fd N (...)` line says.
-#[derive(Clone, Copy)]
-enum Closed {
-    /// The client sent end-of-file and has all its echo.
-    EndOfFile,
-    /// The client sent a line over `--max-line`, and has its error.
-    LineTooLong,
-    /// A call on the socket failed (`ECONNRESET`, `EPIPE`, ...).
-    Failed(Errno),
+/// Where a client is in its life.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Read from, and sent the echo of each line.
+    Online,
+    /// Read no more; closed once it is sent the echo it is still owed.
+    Leaving { why: Why },
 }
 
-impl fmt::Display for Closed {
+/// Why a connection ended: what its `closed fd N (...)` line says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The client sent end-of-file and has all its echo.
+    EndOfFile,
+    /// A call on the socket failed (`ECONNRESET`, `EPIPE`, ...).
+    Error(Errno),
+    /// The client sent a line over `--max-line`, and has its error.
+    LineTooLong,
+}
+
+impl Why {
+    /// Whether the client is still sent what it is owed: not after an error.
+    fn owes_output(self) -> bool {
+        !matches!(self, Why::Error(_))
+    }
+}
+
+impl fmt::Display for Why {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            Closed::EndOfFile => f.write_str("end of file"),
-            Closed::LineTooLong => f.write_str("line too long"),
+            Why::EndOfFile => f.write_str("end of file"),
             // Debug prints the errno's name, as the man pages spell it.
-            Closed::Failed(errno) => write!(f, "{errno:?}"),
+            Why::Error(errno) => write!(f, "{errno:?}"),
+            Why::LineTooLong => f.write_str("line too long"),
         }
     }
 }
@@ -171,115 +198,6 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
     Ok(listen_fd)
 }
 
-fn run(args: &Args) -> Result<()> {
-    let listen_fd = listen_on(args.addr)?;
-    let local: SockaddrStorage =
-        getsockname(listen_fd.as_raw_fd()).context("cannot read the bound address")?;
-    // Scripts and tests wait for this line, so it goes out at once.
-    writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
-    io::stdout().flush().context("cannot write to stdout")?;
-
-    // epoll_create1(2): the kernel object that watches every socket for us.
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
-        .map_err(io::Error::from)
-        .context("epoll_create1 failed")?;
-    // epoll_ctl(EPOLL_CTL_ADD): the event's data is the fd, so a ready event
-    // names the socket it is about.
-    let listener = listen_fd.as_raw_fd();
-    let interest = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, listener as u64);
-    epoll
-        .add(&listen_fd, interest)
-        .map_err(io::Error::from)
-        .context("epoll_ctl ADD listener failed")?;
-
-    let mut clients: HashMap<RawFd, Connection> = HashMap::new();
-    // One buffer serves every read: a connection keeps only what it owes.
-    let mut scratch = vec![0u8; 64 * 1024];
-    let mut ready = [EpollEvent::empty(); 64];
-    // Connections left in the accept queue when accept4 failed: no new edge
-    // will report them, so we must remember to come back.
-    let mut backlog_left = false;
-    loop {
-        // epoll_wait(2) sleeps until at least one watched socket is ready.
-        let n = match epoll.wait(&mut ready, EpollTimeout::NONE) {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
-        };
-        for event in &ready[..n] {
-            let fd = event.data() as RawFd;
-            if fd == listener {
-                backlog_left = !accept_clients(&listen_fd, &epoll, &mut clients, args.quiet);
-            } else if let Some(conn) = clients.get_mut(&fd) {
-                // Whatever the event says, try both directions: reading may
-                // have paused for a full buffer that writing just emptied.
-                let why = match serve(conn, &mut scratch, args.max_line) {
-                    Ok(()) => match conn.read_closed {
-                        Some(why) if conn.pending.is_empty() => why,
-                        _ => match update_interest(&epoll, conn) {
-                            Ok(()) => continue,
-                            Err(err) => Closed::Failed(err),
-                        },
-                    },
-                    // A reset or other error ends only this client.
-                    Err(err) => Closed::Failed(err),
-                };
-                close_client(&epoll, &mut clients, fd, why, args.quiet);
-                if backlog_left {
-                    backlog_left = !accept_clients(&listen_fd, &epoll, &mut clients, args.quiet);
-                }
-            }
-        }
-    }
-}
-
-/// Accept until `EAGAIN`: an edge-triggered listener is reported once for a
-/// burst of connections, and any left in the queue would wait for the next
-/// newcomer. Returns whether the queue was drained.
-fn accept_clients(
-    listen_fd: &OwnedFd,
-    epoll: &Epoll,
-    clients: &mut HashMap<RawFd, Connection>,
-    quiet: bool,
-) -> bool {
-    loop {
-        // accept4(2) sets the new socket non-blocking in the same call.
-        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-        let fd = match accept4(listen_fd.as_raw_fd(), flags) {
-            Ok(fd) => fd,
-            Err(Errno::EAGAIN) => return true, // the queue is empty
-            // The client gave up before we got to it.
-            Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
-            // Out of descriptors (EMFILE) or memory, or one connection's
-            // failure (EPROTO, ...): keep serving the clients we have, and
-            // come back to the queue when one of them leaves.
-            Err(err) => {
-                log!("cannot accept: {err:?}");
-                return false;
-            }
-        };
-        // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
-        let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if !quiet {
-            log_accepted(fd);
-        }
-        // EPOLLRDHUP reports the client's end-of-file even while we still owe it echo.
-        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
-        let added = epoll.add(&client_fd, EpollEvent::new(flags, fd as u64));
-        let conn = Connection {
-            fd: client_fd,
-            partial: Vec::new(),
-            pending: Vec::new(),
-            read_closed: None,
-            want_write: false,
-        };
-        clients.insert(fd, conn);
-        if let Err(err) = added {
-            close_client(epoll, clients, fd, Closed::Failed(err), quiet);
-        }
-    }
-}
-
 /// The `accepted` line names the peer when it can: a client that reset
 /// while it waited in the accept queue has none (`getpeername` fails with
 /// `ENOTCONN`), and the first read on its socket reports the reset.
@@ -290,51 +208,280 @@ fn log_accepted(fd: RawFd) {
     }
 }
 
-/// Read until `EAGAIN` (or end-of-file, or a full `pending`), echoing each
-/// whole line as we go. `Err` means the connection is broken.
-fn serve(conn: &mut Connection, scratch: &mut [u8], max_line: usize) -> nix::Result<()> {
-    flush(conn)?;
-    while conn.read_closed.is_none() && conn.pending.len() < MAX_PENDING {
-        match read(&conn.fd, scratch) {
-            Ok(0) => {
-                // End-of-file: no more input, so an unfinished last line is
-                // as whole as it will get. It goes back as it came.
-                conn.pending.append(&mut conn.partial);
-                conn.read_closed = Some(Closed::EndOfFile);
-            }
-            Ok(n) => {
-                echo_lines(conn, &scratch[..n], max_line);
-                flush(conn)?;
-            }
-            Err(Errno::EAGAIN) => break, // drained: wait for the next edge
-            Err(Errno::EINTR) => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
+/// Whether, and how, the listener is being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accepting {
+    /// Its queue was empty at the last look: the next edge says when not.
+    Open,
+    /// `accept4` failed (out of descriptors) with connections left in its
+    /// queue: no new edge will report them, so accept when a client closes.
+    Backlogged,
 }
 
-/// Frame `input`, the next bytes from the client, into lines, and queue
-/// each whole one in `pending`, with its `\n` (a `\r\n` comes back as
-/// `\n`); empty lines are ignored. A line over `max_line` bytes is answered
-/// with an error, and the server reads no more from that client.
-fn echo_lines(conn: &mut Connection, input: &[u8], max_line: usize) {
-    let framed = split_lines(&mut conn.partial, input, max_line, |line| {
-        if !line.is_empty() {
-            conn.pending.extend_from_slice(line);
-            conn.pending.push(b'\n');
+/// Everything the event loop keeps between rounds.
+struct Server {
+    args: Args,
+    epoll: Epoll,
+    listen_fd: OwnedFd,
+    accepting: Accepting,
+    clients: HashMap<RawFd, Connection>,
+}
+
+fn run(args: &Args) -> Result<()> {
+    let listen_fd = listen_on(args.addr)?;
+    // epoll_create1(2): the kernel object that watches every socket for us.
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        .map_err(io::Error::from)
+        .context("epoll_create1 failed")?;
+    // epoll_ctl(EPOLL_CTL_ADD): the event's data says which descriptor a
+    // ready event is about: a token for the listener, the fd for a client.
+    epoll
+        .add(&listen_fd, EpollEvent::new(LISTENER_EVENTS, LISTENER))
+        .map_err(io::Error::from)
+        .context("epoll_ctl ADD listener failed")?;
+    let local: SockaddrStorage =
+        getsockname(listen_fd.as_raw_fd()).context("cannot read the bound address")?;
+    // Scripts and tests wait for this line, so it goes out at once, and
+    // only once the server is ready to serve.
+    writeln!(io::stdout(), "listening on {local}").context("cannot write to stdout")?;
+    io::stdout().flush().context("cannot write to stdout")?;
+
+    let mut server = Server::new(args.clone(), epoll, listen_fd);
+    // One buffer serves every read: a connection keeps only what it owes.
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut ready = [EpollEvent::empty(); 64];
+    loop {
+        // epoll_wait(2) sleeps until at least one watched socket is ready.
+        let n = match server.epoll.wait(&mut ready, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
+        };
+        for event in &ready[..n] {
+            match event.data() {
+                LISTENER => server.accept_clients(),
+                fd => server.serve_event(fd as RawFd, &mut scratch),
+            }
         }
+    }
+}
+
+impl Server {
+    fn new(args: Args, epoll: Epoll, listen_fd: OwnedFd) -> Server {
+        Server {
+            clients: HashMap::new(),
+            args,
+            epoll,
+            listen_fd,
+            accepting: Accepting::Open,
+        }
+    }
+
+    /// Accept until `EAGAIN`: an edge-triggered listener is reported once for
+    /// a burst of connections, and any left in the queue would wait for the
+    /// next newcomer.
+    fn accept_clients(&mut self) {
+        loop {
+            // accept4(2) sets the new socket non-blocking in the same call.
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            let fd = match accept4(self.listen_fd.as_raw_fd(), flags) {
+                Ok(fd) => fd,
+                Err(Errno::EAGAIN) => {
+                    self.accepting = Accepting::Open; // the queue is empty
+                    return;
+                }
+                // The client gave up before we got to it.
+                Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
+                // Out of descriptors (EMFILE) or memory: keep serving the
+                // clients we have, and come back when one of them leaves.
+                Err(err) => {
+                    self.log(format_args!("cannot accept: {err:?}"));
+                    self.accepting = Accepting::Backlogged;
+                    return;
+                }
+            };
+            // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
+            let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            if let Err(err) = self
+                .epoll
+                .add(&client_fd, EpollEvent::new(CLIENT_EVENTS, fd as u64))
+            {
+                self.log(format_args!(
+                    "epoll_ctl ADD fd {fd}: {}",
+                    io::Error::from(err)
+                ));
+                continue; // dropping client_fd closes it
+            }
+            if !self.args.quiet {
+                log_accepted(fd);
+            }
+            self.admit(client_fd);
+        }
+    }
+
+    /// A new connection goes into the table, owed nothing yet.
+    fn admit(&mut self, client_fd: OwnedFd) {
+        let client = Connection {
+            fd: client_fd,
+            phase: Phase::Online,
+            partial: Vec::new(),
+            pending: Vec::new(),
+            want_write: false,
+        };
+        self.clients.insert(client.fd.as_raw_fd(), client);
+    }
+
+    /// A descriptor is free: accept what waited in the queue meanwhile.
+    fn resume_accepting(&mut self) {
+        if self.accepting == Accepting::Backlogged {
+            self.accept_clients();
+        }
+    }
+
+    /// One ready event for a client. Whatever the event says, try both
+    /// directions: reading may have paused for a full `pending` that
+    /// writing just emptied.
+    fn serve_event(&mut self, fd: RawFd, scratch: &mut [u8]) {
+        self.flush(fd);
+        self.serve(fd, scratch);
+    }
+
+    /// Read until `EAGAIN` or end-of-file, handling each line as it is
+    /// framed.
+    fn serve(&mut self, fd: RawFd, scratch: &mut [u8]) {
+        loop {
+            let Some(client) = self.clients.get_mut(&fd) else {
+                return;
+            };
+            // A client that has left is read no more, and one that owes
+            // MAX_PENDING is read again once it has taken some echo.
+            if client.phase != Phase::Online || client.pending.len() >= MAX_PENDING {
+                return;
+            }
+            match read(&client.fd, scratch) {
+                Ok(0) => self.end_of_file(fd),
+                Ok(n) => self.handle_input(fd, &scratch[..n]),
+                Err(Errno::EAGAIN) => return, // drained: wait for the next edge
+                Err(Errno::EINTR) => {}
+                Err(err) => return self.end(fd, Why::Error(err)),
+            }
+            self.flush(fd); // the echo goes out as it is made
+        }
+    }
+
+    /// `read` returned 0: the client sends no more.
+    fn end_of_file(&mut self, fd: RawFd) {
+        // An unfinished last line is as whole as it will get: it goes back
+        // as it came.
+        if let Some(client) = self.clients.get_mut(&fd) {
+            client.pending.append(&mut client.partial);
+        }
+        self.end(fd, Why::EndOfFile);
+    }
+
+    /// Frame what was read into lines and act on each.
+    fn handle_input(&mut self, fd: RawFd, input: &[u8]) {
+        let max_line = self.args.max_line;
+        let Some(client) = self.clients.get_mut(&fd) else {
+            return;
+        };
+        // Lent to the framer out of the client: each line needs `self`.
+        let mut partial = std::mem::take(&mut client.partial);
+        let framed = split_lines(&mut partial, input, max_line, |text| {
+            self.handle_line(fd, text)
+        });
+        match framed {
+            Ok(_) => {
+                if let Some(client) = self.clients.get_mut(&fd) {
+                    client.partial = partial;
+                }
+            }
+            Err(LineTooLong) => {
+                let error = format!("* error: line too long (max {max_line} bytes)");
+                self.queue_line(fd, error);
+                self.end(fd, Why::LineTooLong);
+            }
+        }
+    }
+
+    /// One line from the client `fd`: its echo.
+    fn handle_line(&mut self, fd: RawFd, text: &[u8]) -> ControlFlow<()> {
+        if text.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        self.queue_line(fd, text);
         ControlFlow::Continue(())
-    });
-    if let Err(LineTooLong) = framed {
-        let error = format!("* error: line too long (max {max_line} bytes)\n");
-        conn.pending.extend_from_slice(error.as_bytes());
-        conn.read_closed = Some(Closed::LineTooLong);
+    }
+
+    /// Queue `text` and a newline for the client `fd`.
+    fn queue_line(&mut self, fd: RawFd, text: impl AsRef<[u8]>) {
+        if let Some(client) = self.clients.get_mut(&fd) {
+            client.pending.extend_from_slice(text.as_ref());
+            client.pending.push(b'\n');
+        }
+    }
+
+    /// The one way a client ends: read no more, and closed now if it is
+    /// owed nothing more, or else once what it is owed is written.
+    fn end(&mut self, fd: RawFd, why: Why) {
+        if let Some(client) = self.clients.get_mut(&fd) {
+            client.phase = Phase::Leaving { why };
+        }
+        if why.owes_output() {
+            self.finish(fd);
+        } else {
+            self.close(fd);
+        }
+    }
+
+    /// Close a client that has left once it is owed nothing.
+    fn finish(&mut self, fd: RawFd) {
+        if let Some(client) = self.clients.get(&fd)
+            && let Phase::Leaving { .. } = client.phase
+            && client.pending.is_empty()
+        {
+            self.close(fd);
+        }
+    }
+
+    /// `EPOLL_CTL_DEL` before `close(2)`: the interest list forgets the
+    /// socket while its descriptor number is still ours. A free descriptor
+    /// lets a backlogged listener accept again.
+    fn close(&mut self, fd: RawFd) {
+        let Some(client) = self.clients.remove(&fd) else {
+            return;
+        };
+        let _ = self.epoll.delete(&client.fd);
+        if let Phase::Leaving { why } = client.phase {
+            self.log(format_args!("closed fd {fd} ({why})"));
+        }
+        drop(client); // close(2)
+        self.resume_accepting();
+    }
+
+    /// Write what the socket takes, ask for `EPOLLOUT` if it took less,
+    /// and close a client that has left once it is owed nothing.
+    fn flush(&mut self, fd: RawFd) {
+        let Some(client) = self.clients.get_mut(&fd) else {
+            return;
+        };
+        let written = send_pending(client).and_then(|()| update_interest(&self.epoll, client));
+        if let Err(err) = written {
+            return self.end(fd, Why::Error(err));
+        }
+        self.finish(fd);
+    }
+
+    /// One line of the connection log on stderr, unless `-q`.
+    fn log(&self, line: std::fmt::Arguments<'_>) {
+        if !self.args.quiet {
+            log!("{line}");
+        }
     }
 }
 
 /// Send as much of `pending` as the socket takes; stop at `EAGAIN`.
-fn flush(conn: &mut Connection) -> nix::Result<()> {
+fn send_pending(conn: &mut Connection) -> nix::Result<()> {
     while !conn.pending.is_empty() {
         // MSG_NOSIGNAL: a write to a reset peer fails (ECONNRESET, then
         // EPIPE) instead of raising SIGPIPE, which would kill the server.
@@ -366,22 +513,4 @@ fn update_interest(epoll: &Epoll, conn: &mut Connection) -> nix::Result<()> {
     epoll.modify(&conn.fd, &mut EpollEvent::new(flags, fd as u64))?;
     conn.want_write = want_write;
     Ok(())
-}
-
-/// The one way a connection ends. `EPOLL_CTL_DEL` before `close(2)`: the
-/// interest list forgets the socket while its descriptor number is still ours.
-fn close_client(
-    epoll: &Epoll,
-    clients: &mut HashMap<RawFd, Connection>,
-    fd: RawFd,
-    why: Closed,
-    quiet: bool,
-) {
-    if let Some(conn) = clients.remove(&fd) {
-        let _ = epoll.delete(&conn.fd);
-        drop(conn); // close(2)
-        if !quiet {
-            log!("closed fd {fd} ({why})");
-        }
-    }
 }

@@ -1,10 +1,9 @@
 //! Stage 5e: an edge-triggered epoll chat server you can leave running.
 //!
 //! Stage 5c's chat, made to last: SIGINT/SIGTERM arrive through a
-//! `signalfd` in the same epoll set and end it cleanly, a server out of
-//! descriptors pauses accepting instead of spinning, a client that is sent
-//! an error still reads it before the close, the clients and the join
-//! notices are limited, and no client can starve the others.
+//! `signalfd` in the same epoll set and end it cleanly, and a client that
+//! is sent an error still reads it before the close, since the server ends
+//! its side first and waits, for a while, for the client's.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -17,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
@@ -48,17 +46,14 @@ const HELP: [&str; 4] = [
 ];
 
 const USAGE: &str = "\
-usage: stage5e-running [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
-              [--announce-limit N] [ADDR]
+usage: stage5e-running [-q] [--max-queue BYTES] [--max-line BYTES] [ADDR]
 
 An edge-triggered epoll chat server: every line a client sends goes to
 every other client.
 
   ADDR                  HOST:PORT to listen on (default 127.0.0.1:8080; port 0 picks a free port)
-  --max-clients N       clients in the chat at once; the next is told the server is full (default 100000)
   --max-queue BYTES     output owed to one client before it is dropped as too slow (default 1048576)
   --max-line BYTES      longest line a client may send (default 4096)
-  --announce-limit N    send join/leave notices only while at most N clients are online (default 1000)
   -q                    do not log connections to stderr
   -h, --help            print this help";
 
@@ -66,14 +61,6 @@ every other client.
 const LINGER: Duration = Duration::from_secs(1);
 /// How long SIGINT/SIGTERM waits for the goodbye notices to go out.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
-/// How often a server out of descriptors tries `accept` again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// Reads of one client per round before the others get their turn.
-const READS_PER_ROUND: usize = 8;
-/// Connections accepted per round: between batches the round's output is
-/// written, so a burst of joins never piles thousands of notices into
-/// every queue at once (memory the allocator would keep afterwards).
-const ACCEPTS_PER_ROUND: usize = 64;
 /// The event data of the listener and the `signalfd`: a client's is its
 /// fd, which is never this large.
 const LISTENER: u64 = u64::MAX;
@@ -89,10 +76,8 @@ const CLIENT_EVENTS: EpollFlags = EpollFlags::EPOLLIN
 struct Args {
     addr: SocketAddr,
     quiet: bool,
-    max_clients: usize,
     max_queue: usize,
     max_line: usize,
-    announce_limit: usize,
 }
 
 fn main() -> ExitCode {
@@ -111,10 +96,8 @@ fn parse_args() -> Args {
     let mut args = Args {
         addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         quiet: false,
-        max_clients: 100_000,
         max_queue: 1 << 20,
         max_line: 4096,
-        announce_limit: 1000,
     };
     let mut addr_given = false;
     let mut argv = std::env::args().skip(1);
@@ -131,10 +114,8 @@ fn parse_args() -> Args {
                 std::process::exit(0);
             }
             "-q" => args.quiet = true,
-            "--max-clients" => args.max_clients = number(&arg),
             "--max-queue" => args.max_queue = number(&arg),
             "--max-line" => args.max_line = number(&arg),
-            "--announce-limit" => args.announce_limit = number(&arg),
             // A host name is resolved once, here, to its first address.
             _ if !addr_given && !arg.starts_with('-') => match arg.to_socket_addrs() {
                 Ok(mut addrs) => match addrs.next() {
@@ -182,17 +163,6 @@ fn listen_on(addr: SocketAddr) -> Result<OwnedFd> {
     Ok(listen_fd)
 }
 
-/// Raise the soft `RLIMIT_NOFILE` to the hard limit: every client is a
-/// descriptor, and the soft default (often 1024) would cap the chat.
-fn raise_fd_limit() -> Result<()> {
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)
-        .map_err(io::Error::from)
-        .context("getrlimit(RLIMIT_NOFILE) failed")?;
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-        .map_err(io::Error::from)
-        .context("setrlimit(RLIMIT_NOFILE) failed")
-}
-
 /// Block SIGINT and SIGTERM and receive them from a `signalfd(2)` instead:
 /// a signal becomes one more readable descriptor in the epoll set, handled
 /// between rounds like any event, with no handler running at a random point.
@@ -221,14 +191,11 @@ fn log_accepted(fd: RawFd) {
 /// Whether, and how, the listener is being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accepting {
-    /// In the interest list, and its queue was empty at the last look.
+    /// Its queue was empty at the last look: the next edge says when not.
     Open,
-    /// In the interest list, with connections left in its queue after the
-    /// round's share: no new edge will report them, so accept next round.
+    /// `accept4` failed (out of descriptors) with connections left in its
+    /// queue: no new edge will report them, so accept when a client closes.
     Backlogged,
-    /// Out of descriptors: out of the interest list until a client closes,
-    /// or until `until`.
-    Paused { until: Instant },
     /// Shutting down: out of the interest list for good.
     Closed,
 }
@@ -239,11 +206,7 @@ struct Server {
     epoll: Epoll,
     listen_fd: OwnedFd,
     accepting: Accepting,
-    /// The error last logged for `accept4`, so a shortage is logged once.
-    accept_error: Option<Errno>,
     clients: Clients,
-    /// Clients whose reads stopped before `EAGAIN`: read again next round.
-    unread: Vec<RawFd>,
     /// When clients that are leaving are closed whatever happens, oldest
     /// first.
     deadlines: VecDeque<(Instant, RawFd)>,
@@ -252,7 +215,6 @@ struct Server {
 }
 
 fn run(args: &Args) -> Result<()> {
-    raise_fd_limit()?;
     let listen_fd = listen_on(args.addr)?;
     let signal_fd = watch_signals()?;
     // epoll_create1(2): the kernel object that watches every socket for us.
@@ -287,10 +249,6 @@ fn run(args: &Args) -> Result<()> {
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(io::Error::from(err)).context("epoll_wait failed"),
         };
-        // Work carried over from the last round: edge-triggered epoll will
-        // not report it again, so we must remember it ourselves.
-        let unread = std::mem::take(&mut server.unread);
-        let backlogged = server.accepting == Accepting::Backlogged;
         for event in &ready[..n] {
             match event.data() {
                 LISTENER => server.accept_clients(),
@@ -301,12 +259,6 @@ fn run(args: &Args) -> Result<()> {
                 }
                 fd => server.serve_event(fd as RawFd, event.events(), &mut scratch),
             }
-        }
-        for fd in unread {
-            server.serve(fd, &mut scratch);
-        }
-        if backlogged {
-            server.accept_clients();
         }
         server.expire_deadlines();
         // Every queue written once, at the end of the round.
@@ -325,31 +277,18 @@ impl Server {
             epoll,
             listen_fd,
             accepting: Accepting::Open,
-            accept_error: None,
-            unread: Vec::new(),
             deadlines: VecDeque::new(),
             shutdown: None,
         }
     }
 
-    /// How long `epoll_wait` may sleep: not at all while work is carried
-    /// over, otherwise until the next deadline (or for ever).
+    /// How long `epoll_wait` may sleep: until the next deadline, or for
+    /// ever.
     fn timeout(&self) -> EpollTimeout {
-        if !self.unread.is_empty() || self.accepting == Accepting::Backlogged {
-            return EpollTimeout::ZERO;
-        }
-        let retry = match self.accepting {
-            Accepting::Paused { until } => Some(until),
-            _ => None,
-        };
-        let next = [
-            retry,
-            self.deadlines.front().map(|&(at, _)| at),
-            self.shutdown,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let next = [self.deadlines.front().map(|&(at, _)| at), self.shutdown]
+            .into_iter()
+            .flatten()
+            .min();
         let Some(next) = next else {
             return EpollTimeout::NONE;
         };
@@ -361,29 +300,22 @@ impl Server {
         EpollTimeout::try_from(millis).unwrap_or(EpollTimeout::MAX)
     }
 
-    /// After a shutdown, once everyone is gone or its time is up. Also the
-    /// end of every round's bookkeeping: a paused listener whose retry is
-    /// due goes back in the interest list.
-    fn is_done(&mut self) -> bool {
-        if let Some(deadline) = self.shutdown {
-            return self.clients.is_empty() || Instant::now() >= deadline;
+    /// After a shutdown, once everyone is gone or its time is up.
+    fn is_done(&self) -> bool {
+        match self.shutdown {
+            Some(deadline) => self.clients.is_empty() || Instant::now() >= deadline,
+            None => false,
         }
-        if let Accepting::Paused { until } = self.accepting
-            && Instant::now() >= until
-        {
-            self.resume_accepting();
-        }
-        false
     }
 
     /// Accept until `EAGAIN`: an edge-triggered listener is reported once for
-    /// a burst of connections. After `ACCEPTS_PER_ROUND` the rest waits for
-    /// the next round.
+    /// a burst of connections, and any left in the queue would wait for the
+    /// next newcomer.
     fn accept_clients(&mut self) {
-        if matches!(self.accepting, Accepting::Paused { .. } | Accepting::Closed) {
+        if self.accepting == Accepting::Closed {
             return; // a stale event from before the listener left the interest list
         }
-        for _ in 0..ACCEPTS_PER_ROUND {
+        loop {
             // accept4(2) sets the new socket non-blocking in the same call.
             let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
             let fd = match accept4(self.listen_fd.as_raw_fd(), flags) {
@@ -392,22 +324,16 @@ impl Server {
                     self.accepting = Accepting::Open; // the queue is empty
                     return;
                 }
-                // The client gave up before we got to it, or its network did.
-                Err(
-                    Errno::ECONNABORTED
-                    | Errno::EINTR
-                    | Errno::EPROTO
-                    | Errno::EPERM
-                    | Errno::ENETDOWN
-                    | Errno::ENETUNREACH
-                    | Errno::EHOSTUNREACH,
-                ) => continue,
-                // Out of descriptors (EMFILE, ENFILE) or memory, or anything
-                // else: retrying at once would fail again, so pause instead
-                // of spinning, and never exit for it.
-                Err(err) => return self.pause_accepting(err),
+                // The client gave up before we got to it.
+                Err(Errno::ECONNABORTED | Errno::EINTR) => continue,
+                // Out of descriptors (EMFILE) or memory: keep serving the
+                // clients we have, and come back when one of them leaves.
+                Err(err) => {
+                    self.log(format_args!("cannot accept: {err:?}"));
+                    self.accepting = Accepting::Backlogged;
+                    return;
+                }
             };
-            self.accept_error = None;
             // SAFETY: accept4(2) just returned this descriptor; nothing else owns it.
             let client_fd = unsafe { OwnedFd::from_raw_fd(fd) };
             if let Err(err) = self
@@ -425,68 +351,22 @@ impl Server {
             }
             self.admit(client_fd);
         }
-        self.accepting = Accepting::Backlogged;
     }
 
-    /// A new connection joins the chat, or is told the server is full.
+    /// A new connection joins the chat: a name, a welcome, and a notice to
+    /// everyone else.
     fn admit(&mut self, client_fd: OwnedFd) {
-        if self.clients.online_count() >= self.args.max_clients {
-            let deadline = Instant::now() + LINGER;
-            let fd = self.clients.refuse(client_fd, Why::ServerFull, deadline);
-            self.deadlines.push_back((deadline, fd));
-            self.clients.queue_line(fd, "* error: server full");
-            return;
-        }
         let (fd, name) = self.clients.join(client_fd);
         let online = self.clients.online_count();
         let welcome = format!("* welcome {name} ({online} online); /help lists the commands");
         self.clients.queue_line(fd, welcome);
-        // Past the limit, N clients joining would cost N² notices.
-        if online <= self.args.announce_limit {
-            self.clients.broadcast(format!("* {name} joined"), Some(fd));
-        }
+        self.clients.broadcast(format!("* {name} joined"), Some(fd));
     }
 
-    /// Take the listener out of the interest list: until a descriptor is
-    /// free, its readiness would wake the loop only to fail again.
-    fn pause_accepting(&mut self, err: Errno) {
-        if let Err(del) = self.epoll.delete(&self.listen_fd) {
-            self.log(format_args!(
-                "epoll_ctl DEL listener: {}",
-                io::Error::from(del)
-            ));
-        }
-        self.accepting = Accepting::Paused {
-            until: Instant::now() + ACCEPT_RETRY,
-        };
-        if self.accept_error != Some(err) {
-            self.accept_error = Some(err);
-            self.log(format_args!(
-                "accept4: {}: waiting for a client to leave",
-                io::Error::from(err)
-            ));
-        }
-    }
-
-    /// Put a paused listener back, once a client closed (or after a while).
-    /// `EPOLL_CTL_ADD` checks readiness at once, so connections that waited
-    /// in the accept queue meanwhile are reported on the next round.
+    /// A descriptor is free: accept what waited in the queue meanwhile.
     fn resume_accepting(&mut self) {
-        if !matches!(self.accepting, Accepting::Paused { .. }) {
-            return;
-        }
-        let interest = EpollEvent::new(LISTENER_EVENTS, LISTENER);
-        match self.epoll.add(&self.listen_fd, interest) {
-            Ok(()) => self.accepting = Accepting::Open,
-            Err(err) => {
-                self.log(format_args!(
-                    "epoll_ctl ADD listener: {}",
-                    io::Error::from(err)
-                ));
-                self.accepting = Accepting::Paused {
-                    until: Instant::now() + ACCEPT_RETRY,
-                };
-            }
+        if self.accepting == Accepting::Backlogged {
+            self.accept_clients();
         }
     }
 
@@ -511,10 +391,9 @@ impl Server {
     }
 
     /// Read until `EAGAIN` or end-of-file, handling each line as it is
-    /// framed. A client that still has input after `READS_PER_ROUND` reads
-    /// is read again next round, so one fast sender cannot starve the rest.
+    /// framed.
     fn serve(&mut self, fd: RawFd, scratch: &mut [u8]) {
-        for _ in 0..READS_PER_ROUND {
+        loop {
             let Some(client) = self.clients.get_mut(fd) else {
                 return;
             };
@@ -526,7 +405,6 @@ impl Server {
                 Err(err) => return self.end(fd, Why::Error(err)),
             }
         }
-        self.unread.push(fd);
     }
 
     /// `read` returned 0: the client sends no more.
@@ -625,15 +503,13 @@ impl Server {
         ControlFlow::Continue(())
     }
 
-    /// The one way a client ends: out of the chat, the others told why
-    /// (while few enough are online), and closed now if it is owed nothing
-    /// more, or else once what it is owed is written (or at a deadline).
+    /// The one way a client ends: out of the chat, the others told why, and
+    /// closed now if it is owed nothing more, or else once what it is owed
+    /// is written (or at a deadline).
     fn end(&mut self, fd: RawFd, why: Why) {
-        let online = self.clients.online_count();
         let deadline = Instant::now() + LINGER;
         let left = self.clients.leave(fd, why, deadline);
         if let Some(name) = &left
-            && online <= self.args.announce_limit
             && let Some(notice) = why.notice(name)
         {
             self.clients.broadcast(notice, None);
@@ -692,7 +568,7 @@ impl Server {
 
     /// `EPOLL_CTL_DEL` before `close(2)`: the interest list forgets the
     /// socket while its descriptor number is still ours. A free descriptor
-    /// lets a paused listener accept again.
+    /// lets a backlogged listener accept again.
     fn close(&mut self, fd: RawFd) {
         let Some(client) = self.clients.remove(fd) else {
             return;
@@ -758,9 +634,7 @@ impl Server {
             self.log(format_args!("{signal}: shutting down"));
         }
         self.shutdown = Some(Instant::now() + SHUTDOWN_FLUSH);
-        if !matches!(self.accepting, Accepting::Paused { .. }) {
-            let _ = self.epoll.delete(&self.listen_fd);
-        }
+        let _ = self.epoll.delete(&self.listen_fd);
         self.accepting = Accepting::Closed;
         self.clients.broadcast("* server shutting down", None);
         for fd in self.clients.online_fds() {
