@@ -1,0 +1,204 @@
+//! The committed mistakes against the chapters: each patch, planted in the
+//! project's own step, fails exactly the checks it lists; and each row of a
+//! chapter's table of mistakes has its patch, which fails the checks the
+//! row names.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use workbook::checks;
+use workbook::mistakes::{self, Mistake};
+
+/// The stages whose chapters have a table of mistakes with patches.
+const STAGES: &[&str] = &["4"];
+
+/// The most one planted step's checks may run.
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// Checks run at once against one planted step: most of a failing check's
+/// time is spent waiting out a timeout, not on the processor.
+const THREADS: usize = 6;
+
+fn root() -> PathBuf {
+    bookgen::workspace_root()
+}
+
+/// The rows of a chapter's table of mistakes: `(mistake, checks named)`.
+/// A row that says "the same two" names the checks of the row above.
+fn table(chapter: &str) -> Vec<(String, Vec<String>)> {
+    let Some(start) = chapter.find("| mistake planted | the check that fails |") else {
+        return Vec::new();
+    };
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    for line in chapter[start..].lines().skip(2) {
+        let Some(row) = line.strip_prefix('|').and_then(|l| l.strip_suffix('|')) else {
+            break;
+        };
+        let cells: Vec<&str> = row.split(" | ").map(str::trim).collect();
+        let [what, fails] = cells[..] else {
+            panic!("a row of the table of mistakes is not two cells: {line}");
+        };
+        // A check's name has an underscore; `accept` in prose has none.
+        let mut named: Vec<String> = fails
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| w.contains('_') && !w.contains(' '))
+            .map(str::to_string)
+            .collect();
+        if named.is_empty() && fails.starts_with("the same") {
+            named = rows.last().map(|(_, n)| n.clone()).unwrap_or_default();
+        }
+        rows.push((what.to_string(), named));
+    }
+    rows
+}
+
+#[test]
+fn every_row_of_the_table_of_mistakes_has_its_patch_and_every_patch_its_row() {
+    let root = root();
+    for stage in STAGES {
+        let chapter = std::fs::read_to_string(bookgen::chapter_path(&root, stage)).unwrap();
+        let rows = table(&chapter);
+        assert!(!rows.is_empty(), "stage{stage}.md has no table of mistakes");
+        let patches = mistakes::of_stage(&root, stage).unwrap();
+        let mut problems = Vec::new();
+        for (what, named) in &rows {
+            let Some(patch) = patches.iter().find(|m| m.what == *what) else {
+                problems.push(format!(
+                    "the row \"{what}\" of stage{stage}.md has no patch in mistakes/{stage}/ (one whose `mistake:` line is the row's first cell)"
+                ));
+                continue;
+            };
+            for check in named {
+                // A check the mistake fails in some runs only is listed
+                // under `may fail:`, and still counts as the row's.
+                let listed = |c: &String| c == check || c.ends_with(&format!("::{check}"));
+                if !patch.fails.iter().chain(&patch.may_fail).any(listed) {
+                    problems.push(format!(
+                        "the row \"{what}\" names `{check}`, which {} lists neither in `fails:` nor in `may fail:`",
+                        patch.path.display()
+                    ));
+                }
+            }
+        }
+        for patch in &patches {
+            if !rows.iter().any(|(what, _)| *what == patch.what) {
+                problems.push(format!(
+                    "{} is in no row of stage{stage}.md's table of mistakes: its `mistake:` line is \"{}\"",
+                    patch.path.display(),
+                    patch.what
+                ));
+            }
+        }
+        let table_at = chapter.find("| mistake planted |").unwrap();
+        let opened = chapter[..table_at].rfind("<details>");
+        let closed = chapter[..table_at].rfind("</details>");
+        if opened.is_none() || closed > opened {
+            problems.push(format!(
+                "the table of mistakes of stage{stage}.md is not inside <details>: a reader trying the exercises should not see the answers at once"
+            ));
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}
+
+/// What a planted step failed that its patch does not allow, what it
+/// passed that its patch says it fails, or that it failed nothing.
+fn disagreement(m: &Mistake, failed: &BTreeSet<String>) -> Option<String> {
+    let must: BTreeSet<&String> = m.fails.iter().collect();
+    let may: BTreeSet<&String> = m.may_fail.iter().collect();
+    let passed: Vec<&&String> = must.iter().filter(|c| !failed.contains(**c)).collect();
+    let extra: Vec<&String> = failed
+        .iter()
+        .filter(|c| !must.contains(c) && !may.contains(c))
+        .collect();
+    if failed.is_empty() {
+        return Some(format!(
+            "{}: every check passed: no check catches the mistake",
+            m.path.display()
+        ));
+    }
+    if passed.is_empty() && extra.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}: passed {passed:?}, which it must fail; failed {extra:?}, which it does not list (it failed {failed:?})",
+        m.path.display()
+    ))
+}
+
+#[test]
+#[ignore = "slow: run by .ci/run"]
+fn each_committed_mistake_fails_exactly_its_checks() {
+    let root = root();
+    let out = root.join("target/mistakes");
+    // One build folder, so only each planted crate is compiled.
+    let target = out.join("target");
+    let started = Instant::now();
+    let mut jobs = Vec::new();
+    for name in STAGES {
+        let stage = bookgen::stage(name).unwrap();
+        let exes = checks::build_tests(&root, stage).unwrap();
+        let vars = checks::variables(&root, stage).unwrap();
+        for m in mistakes::of_stage(&root, name).unwrap() {
+            // Written just before it is built: its sources are newer than
+            // the last build in the shared folder, so cargo rebuilds it.
+            let dir = out.join(format!("stage{name}-{}", m.name));
+            workbook::write_step(&root, stage, Some(&m), &dir, true).unwrap();
+            let built = checks::build_crate(&dir, Some(&target))
+                .unwrap_or_else(|e| panic!("{} does not build: {e:#}", m.path.display()));
+            // The shared folder's binary is the next crate's after its build.
+            let bins = out.join("bin").join(format!("stage{name}-{}", m.name));
+            std::fs::create_dir_all(&bins).unwrap();
+            let mut envs = Vec::new();
+            for var in &vars {
+                if let Some((_, path)) = built.iter().find(|(n, _)| *n == var.bin) {
+                    let copy = bins.join(&var.bin);
+                    std::fs::copy(path, &copy).unwrap();
+                    envs.push((var.name.clone(), copy));
+                }
+            }
+            jobs.push((m, exes.clone(), envs));
+        }
+    }
+    let built_in = started.elapsed();
+
+    // Two planted steps at a time: their checks wait on timeouts more
+    // than they use the processor.
+    let queue = Mutex::new(jobs.into_iter());
+    let problems = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                loop {
+                    let Some((m, exes, envs)) = queue.lock().unwrap().next() else {
+                        break;
+                    };
+                    let mut failed = BTreeSet::new();
+                    for exe in &exes {
+                        let how = checks::Run {
+                            limit: LIMIT,
+                            threads: Some(THREADS),
+                        };
+                        let outcomes = checks::run(exe, &[], &envs, how, &mut |_| {}).unwrap();
+                        failed.extend(outcomes.into_iter().filter(|o| !o.passed).map(|o| o.name));
+                    }
+                    if let Some(problem) = disagreement(&m, &failed) {
+                        problems.lock().unwrap().push(problem);
+                    }
+                }
+            });
+        }
+    });
+    let problems = problems.into_inner().unwrap();
+    eprintln!(
+        "built the planted steps in {} s, checked them in {} s",
+        built_in.as_secs(),
+        (started.elapsed() - built_in).as_secs()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
