@@ -26,6 +26,11 @@ use nix::sys::termios::{
 };
 use nix::unistd::{isatty, read};
 
+// In `src/`, not `src/bin/`, where cargo would take it for a program.
+#[path = "../input_line.rs"]
+mod input_line;
+use input_line::{InputLine, Keys};
+
 const USAGE: &str = "\
 usage: client [--max-line BYTES] [ADDR]
 
@@ -512,45 +517,14 @@ fn watch_signals() -> Result<SignalFd> {
         .context("signalfd failed")
 }
 
-/// What the keys read from the terminal ask of the loop.
-enum Keys {
-    Typed,
-    /// Ctrl-D on an empty line: the end of input, as at the end of a file.
-    EndOfInput,
-    /// Ctrl-C: quit now, sending nothing more.
-    Interrupt,
-}
-
-/// Where the keys are in an escape sequence (an arrow key sends `ESC [ A`):
-/// its bytes are skipped, not typed.
-enum Escape {
-    None,
-    /// After `ESC`.
-    Started,
-    /// After `ESC [` or `ESC O`, until the final byte (`@` to `~`).
-    Sequence,
-}
-
 /// The terminal when stdin and stdout are one: raw mode, the signals that
 /// must not leave it raw, and the input line drawn under what arrives.
 struct Terminal {
     /// Kept for its `Drop`, which restores the terminal.
     _raw: RawMode,
     signal_fd: SignalFd,
-    /// Our name, from `* welcome NAME ...` and `* OLD is now NEW`.
-    name: String,
-    /// What has been typed and not yet sent.
-    typed: Vec<u8>,
-    escape: Escape,
-    /// Received bytes after the last `\n`: printed once their line is whole.
-    partial: Vec<u8>,
-    /// The prompt and input line are drawn (until the input or the
-    /// connection ends).
-    prompt: bool,
-    /// The columns the last drawing of the prompt and input line took.
-    drawn: usize,
-    /// The server's line limit: a longer line is refused at Enter.
-    max_line: usize,
+    /// What is typed, and how it is drawn with what arrives.
+    line: InputLine,
 }
 
 impl Terminal {
@@ -565,15 +539,9 @@ impl Terminal {
         let mut terminal = Terminal {
             _raw: RawMode::enter()?,
             signal_fd,
-            name: "you".to_string(), // until the welcome names us
-            typed: Vec::new(),
-            escape: Escape::None,
-            partial: Vec::new(),
-            prompt: true,
-            drawn: 0,
-            max_line,
+            line: InputLine::new(max_line),
         };
-        terminal.draw(b"")?;
+        show(&terminal.line.redraw(terminal_width()))?;
         Ok(terminal)
     }
 
@@ -588,9 +556,7 @@ impl Terminal {
             .context("cannot read the signalfd")?;
         match info {
             Some(info) if info.ssi_signo == Signal::SIGWINCH as u32 => {
-                if self.prompt {
-                    self.draw(b"")?;
-                }
+                show(&self.line.redraw(terminal_width()))?;
                 Ok(None)
             }
             Some(info) => Ok(Some(ExitCode::from(128 + info.ssi_signo as u8))),
@@ -601,152 +567,26 @@ impl Terminal {
     /// Edit the input line with the keys just read; Enter moves the line
     /// to `unsent`.
     fn keys(&mut self, keys: &[u8], unsent: &mut Vec<u8>) -> io::Result<Keys> {
-        let mut above = Vec::new(); // our own lines, printed above the prompt
-        for &key in keys {
-            match self.escape {
-                Escape::Started if key == b'[' || key == b'O' => self.escape = Escape::Sequence,
-                Escape::Sequence if !(0x40..=0x7e).contains(&key) => {}
-                Escape::Started | Escape::Sequence => self.escape = Escape::None,
-                Escape::None => match key {
-                    b'\r' | b'\n' => self.enter(&mut above, unsent),
-                    0x7f | 0x08 => {
-                        // Backspace: one character, which in UTF-8 is one
-                        // leading byte and the continuation bytes after it.
-                        while self.typed.pop().is_some_and(is_continuation) {}
-                    }
-                    0x15 => self.typed.clear(),         // Ctrl-U
-                    0x03 => return Ok(Keys::Interrupt), // Ctrl-C
-                    0x04 if self.typed.is_empty() => {
-                        self.prompt = false; // Ctrl-D
-                        self.draw(&above)?;
-                        return Ok(Keys::EndOfInput);
-                    }
-                    0x1b => self.escape = Escape::Started,
-                    b'\t' | b' '.. => self.typed.push(key),
-                    _ => {} // other control keys do nothing
-                },
-            }
-        }
-        self.draw(&above)?;
-        Ok(Keys::Typed)
+        let (keys, screen) = self.line.keys(keys, unsent, terminal_width());
+        show(&screen)?;
+        Ok(keys)
     }
 
-    /// Enter: send the line and show it as the others will see it, or a
-    /// command as it was typed. An empty line is not sent, nor one over the
-    /// server's limit, which stays in the input line to be cut.
-    fn enter(&mut self, above: &mut Vec<u8>, unsent: &mut Vec<u8>) {
-        if self.typed.is_empty() {
-            return;
-        }
-        if self.typed.len() > self.max_line {
-            above.extend_from_slice(too_long(self.max_line).as_bytes());
-            above.push(b'\n');
-            return;
-        }
-        if self.typed.starts_with(b"/") {
-            above.extend_from_slice(self.prompt_text().as_bytes());
-        } else {
-            above.extend_from_slice(format!("{}: ", self.name).as_bytes());
-        }
-        above.extend_from_slice(&self.typed);
-        above.push(b'\n');
-        unsent.append(&mut self.typed);
-        unsent.push(b'\n');
-    }
-
-    /// Print the whole lines received so far above the input line. Once the
-    /// connection has `closed`, print the rest too, and no prompt after it.
+    /// Print the whole lines received so far above the input line.
     fn print_received(&mut self, received: &[u8], closed: bool) -> io::Result<()> {
-        self.partial.extend_from_slice(received);
-        let end = match self.partial.iter().rposition(|&b| b == b'\n') {
-            _ if closed => self.partial.len(),
-            // A line longer than any chat line is printed in pieces.
-            None if self.partial.len() >= MAX_UNSENT => self.partial.len(),
-            None => return Ok(()),
-            Some(newline) => newline + 1,
-        };
-        let mut lines: Vec<u8> = self.partial.drain(..end).collect();
-        if lines.last().is_some_and(|&b| b != b'\n') {
-            lines.push(b'\n');
-        }
-        for line in lines.split(|&b| b == b'\n') {
-            self.learn_name(line);
-        }
-        if closed {
-            self.prompt = false;
-        }
-        self.draw(&lines)
-    }
-
-    /// Follow our name: the server gives it in the welcome and announces
-    /// every change.
-    fn learn_name(&mut self, line: &[u8]) {
-        let Ok(line) = std::str::from_utf8(line) else {
-            return;
-        };
-        if let Some(rest) = line.strip_prefix("* welcome ") {
-            self.name = rest.split(' ').next().unwrap_or_default().to_string();
-        } else if let Some((old, new)) = line
-            .strip_prefix("* ")
-            .and_then(|notice| notice.split_once(" is now "))
-            && old == self.name
-        {
-            self.name = new.to_string();
-        }
-    }
-
-    /// Erase the input line, print `above` (whole lines), then draw the
-    /// prompt and what has been typed under them again.
-    fn draw(&mut self, above: &[u8]) -> io::Result<()> {
-        let width = terminal_width();
-        // `\r` goes to the start of the row, `ESC [ 2K` erases all of it.
-        let mut screen = b"\r\x1b[2K".to_vec();
-        // The last drawing fitted on one row, but a window made narrower
-        // since rewraps it onto several, with the cursor after its end:
-        // each row above is erased too, going up (`ESC [ A`) to the first.
-        // (`ESC [ J` from the first would erase them all at once, but from
-        // the top row it clears the screen, which tmux keeps in its
-        // history, one copy of the input line at a time.)
-        for _ in 0..self.drawn.saturating_sub(1) / width {
-            screen.extend_from_slice(b"\x1b[A\x1b[2K");
-        }
-        screen.extend_from_slice(above);
-        let mut drawn = 0;
-        if self.prompt {
-            let prompt = self.prompt_text();
-            let prompt_width = prompt.chars().count();
-            let visible = self.visible(prompt_width, width);
-            screen.extend_from_slice(prompt.as_bytes());
-            screen.extend_from_slice(visible);
-            drawn = prompt_width + visible.iter().filter(|&&b| !is_continuation(b)).count();
-        }
-        self.drawn = drawn;
-        let mut stdout = io::stdout().lock();
-        stdout.write_all(&screen)?;
-        stdout.flush()
-    }
-
-    fn prompt_text(&self) -> String {
-        format!("{}> ", self.name)
-    }
-
-    /// The end of the typed line that fits on the row after the prompt, in
-    /// a terminal `width` columns wide: a line wrapped onto more rows than
-    /// the screen has could not be erased, as the cursor cannot go above
-    /// the top row.
-    fn visible(&self, prompt_width: usize, width: usize) -> &[u8] {
-        let room = width.saturating_sub(prompt_width + 1).max(1);
-        let starts: Vec<usize> = (0..self.typed.len())
-            .filter(|&i| !is_continuation(self.typed[i]))
-            .collect();
-        let first = starts.len().saturating_sub(room);
-        &self.typed[starts.get(first).copied().unwrap_or(0)..]
+        show(&self.line.received(received, closed, terminal_width()))
     }
 }
 
-/// A UTF-8 continuation byte (`10xxxxxx`): part of the character before it.
-fn is_continuation(byte: u8) -> bool {
-    byte & 0xc0 == 0x80
+/// Write a drawing of the input line at once, so the screen does not
+/// flicker.
+fn show(screen: &[u8]) -> io::Result<()> {
+    if screen.is_empty() {
+        return Ok(());
+    }
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(screen)?;
+    stdout.flush()
 }
 
 /// The terminal's width in columns (`TIOCGWINSZ`), asked at every redraw,
