@@ -1,4 +1,3 @@
-// ANCHOR: entry
 //! What a node keeps so that nothing is lost silently through the stream:
 //! its **outbox**, the writes it owes Redis, each kept until Redis confirms
 //! it; and its **senders**, the last sequence number it has read from every
@@ -38,9 +37,7 @@ pub enum Write {
     /// name that may have been taken for a client that never got it.
     Free { name: String, owner: String },
 }
-// ANCHOR_END: entry
 
-// ANCHOR: outbox
 /// The writes Redis has not confirmed, oldest first, each with an id its
 /// reply is matched by; the first `sent` are written on this connection.
 #[derive(Default)]
@@ -90,9 +87,7 @@ impl Outbox {
         self.next_id += 1;
         self.queue.push_back((self.next_id, write));
     }
-    // ANCHOR_END: outbox
 
-    // ANCHOR: unsent
     /// The writes not yet sent on this connection, now counted as sent.
     pub fn unsent(&mut self) -> impl Iterator<Item = &(u64, Write)> {
         let from = self.sent;
@@ -137,9 +132,7 @@ impl Outbox {
         crate::redis::shrink(&mut self.queue);
     }
 }
-// ANCHOR_END: unsent
 
-// ANCHOR: senders
 /// What has been read from one other node.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
@@ -186,9 +179,7 @@ impl Senders {
         self.seen.get(node).map(|seen| seen.seq)
     }
 }
-// ANCHOR_END: senders
 
-// ANCHOR: lost_notice
 /// What the clients are told of lines that never came:
 /// `* 1,287 lines from server NODE were lost`.
 pub fn lost_notice(missed: u64, node: &str) -> String {
@@ -206,7 +197,6 @@ pub fn lost_notice(missed: u64, node: &str) -> String {
         format!("* {count} lines from server {node} were lost")
     }
 }
-// ANCHOR_END: lost_notice
 
 #[cfg(test)]
 mod tests {

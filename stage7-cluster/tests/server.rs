@@ -54,3 +54,7 @@ mod link;
 /// Stage 7b's checks: the stream, read.
 #[path = "../steps/stream/tests/checks/stream.rs"]
 mod stream;
+
+/// Stage 7c's checks: nothing lost silently.
+#[path = "../steps/lossless/tests/checks/lossless.rs"]
+mod lossless;

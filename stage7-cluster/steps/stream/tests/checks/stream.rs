@@ -17,7 +17,7 @@ use super::link::{chat_line, join, node};
 /// of another server: a server reads the stream from where it ends when it
 /// connects, so lines sent before that never come. `from` sends `probe N`
 /// until `to` hears something, then `to` reads up to the last probe sent.
-fn wait_crossing(from: &mut Client, to: &mut Client, from_name: &str) {
+pub fn wait_crossing(from: &mut Client, to: &mut Client, from_name: &str) {
     // Probes of every wait are told apart: a later step may append again
     // what a Redis that restarted lost.
     static WAITS: AtomicUsize = AtomicUsize::new(0);
