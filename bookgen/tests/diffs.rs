@@ -94,10 +94,10 @@ fn write(root: &Path, path: &str, text: &str) {
 fn anchors_are_left_out_and_renamed_files_are_compared() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    write(root, "stage4-edge-triggered/Cargo.toml", "");
+    write(root, "stage4-edge-triggered/steps/server/Cargo.toml", "");
     write(
         root,
-        "stage4-edge-triggered/src/main.rs",
+        "stage4-edge-triggered/steps/server/src/main.rs",
         "fn main() {\n    // ANCHOR: run\n    serve();\n    // ANCHOR_END: run\n}\n",
     );
     let step = "stage5-chat/steps/lines";
@@ -116,7 +116,7 @@ fn anchors_are_left_out_and_renamed_files_are_compared() {
     assert!(!diff.contains("ANCHOR: run"), "{diff}");
     assert!(
         diff.contains(
-            "--- stage4-edge-triggered/src/main.rs\n+++ stage5-chat/steps/lines/src/bin/server.rs\n"
+            "--- stage4-edge-triggered/steps/server/src/main.rs\n+++ stage5-chat/steps/lines/src/bin/server.rs\n"
         ),
         "{diff}"
     );
