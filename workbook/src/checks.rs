@@ -175,6 +175,15 @@ pub fn build_tests(root: &Path, stage: &Stage) -> Result<Vec<TestExe>> {
 pub fn build_crate(dir: &Path, target_dir: Option<&Path>) -> Result<Vec<(String, PathBuf)>> {
     let manifest = dir.join("Cargo.toml");
     let manifest = manifest.to_string_lossy();
+    // A crate of its own (a `[workspace]` table: the reader's, or a
+    // planted copy) builds in its own folder unless told: a
+    // CARGO_TARGET_DIR inherited from the reader's shell would put it
+    // beside the workspace's step of the same name, and cargo could take
+    // the step's binary, built later, for the crate's.
+    let own = dir.join("target");
+    let standalone = std::fs::read_to_string(dir.join("Cargo.toml"))
+        .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"));
+    let target_dir = target_dir.or(standalone.then_some(own.as_path()));
     let envs: Vec<(&str, &Path)> = target_dir
         .map(|t| ("CARGO_TARGET_DIR", t))
         .into_iter()
