@@ -6,7 +6,7 @@
 // `include!`, not as a module, so each check keeps its own name
 // (`returns_a_one_mib_burst_whole`, `faults::log_reader_gone`) in both.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::thread;
@@ -65,6 +65,15 @@ fn send_in_background(
         }
         Ok(())
     })
+}
+
+/// The most the kernel lets a TCP socket keep for sending once it has
+/// grown its buffer: the last of the three figures in `tcp_wmem`.
+fn send_buffer_max() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().last()?.parse().ok())
+        .unwrap_or(4 * MIB)
 }
 
 /// Send the pattern without reading until the server stops reading (nothing
@@ -163,6 +172,55 @@ fn flushes_everything_before_closing_after_end_of_file() {
     assert!(
         echo == data,
         "the echo differs from what was sent from byte {} on: is the output kept in order?",
+        count(first_difference(&echo, &data))
+    );
+}
+
+#[test]
+fn keeps_the_echo_it_owes_when_end_of_file_arrives_first() {
+    let server = Server::start(server_bin(), &["-q", "127.0.0.1:0"]);
+    // The client reads only while the server offers no window (it has
+    // stopped reading: it holds all it may), a little at a time, until its
+    // end-of-file is in the server's kernel. The event that reports the
+    // end-of-file then finds the server owing echo it holds itself, and a
+    // close loses it, whatever the timing. The data is larger than what
+    // the server's kernel keeps for sending (the last figure of
+    // `tcp_wmem`), or the kernel would hold all the echo owed.
+    let mut client = Client::connect_small_window(server.addr);
+    let data = pattern(0, send_buffer_max() + 2 * MIB);
+    let sender = send_in_background(&client, &data, true);
+    let mut early = Vec::new();
+    let mut chunk = vec![0; 64 * 1024];
+    // A server that never takes it all before the client reads more is
+    // right too: the wait ends at its timeout and the client reads on.
+    let _ = testkit::holds_within_timeout(|| {
+        if sender.is_finished() && client.all_delivered() {
+            return true;
+        }
+        if client.send_window() > 0 {
+            return false;
+        }
+        match client.stream.read(&mut chunk) {
+            Ok(n) if n > 0 => early.extend_from_slice(&chunk[..n]),
+            _ => return true, // closed early: the checks below say how
+        }
+        false
+    });
+    let echo = client.try_recv_to_eof().map(|rest| [early, rest].concat());
+    assert!(
+        echo.is_ok(),
+        "{}: does the server close a connection once it has read end-of-file \
+         and written out all it owes?",
+        echo.as_ref().unwrap_err()
+    );
+    let echo = echo.unwrap();
+    sender.join().unwrap().unwrap();
+    assert!(
+        echo == data,
+        "the client got {} of {} bytes back, different from byte {} on: did the server \
+         close when end-of-file arrived (an event with EPOLLRDHUP), with echo still owed?",
+        count(echo.len()),
+        count(data.len()),
         count(first_difference(&echo, &data))
     );
 }
