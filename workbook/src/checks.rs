@@ -206,28 +206,60 @@ pub fn build_crate(dir: &Path, target_dir: Option<&Path>) -> Result<Vec<(String,
         .collect())
 }
 
+/// Build the unit tests of a crate's binaries (`cargo test --bins
+/// --no-run`) in `target_dir`: for a planted copy whose mistake only its
+/// own unit tests catch.
+pub fn build_unit_tests(dir: &Path, target_dir: &Path) -> Result<Vec<TestExe>> {
+    let manifest = dir.join("Cargo.toml");
+    let manifest = manifest.to_string_lossy();
+    let out = cargo_json(
+        dir,
+        &[
+            "test",
+            "--manifest-path",
+            &manifest,
+            "--bins",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ],
+        &[("CARGO_TARGET_DIR", target_dir)],
+    )?;
+    Ok(artifacts(&out)
+        .into_iter()
+        .filter(|(kind, _, test, _, _)| kind == "bin" && *test)
+        .map(|(_, _, _, path, source)| TestExe { path, source })
+        .collect())
+}
+
 /// The checks of a test executable that run by default (not `#[ignore]`d).
 pub fn list(exe: &TestExe) -> Result<Vec<String>> {
-    let names = |ignored: bool| -> Result<Vec<String>> {
-        let mut command = Command::new(&exe.path);
-        command.args(["--list", "--format", "terse"]);
-        if ignored {
-            command.arg("--ignored");
-        }
-        let output = command
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", exe.path.display()))?;
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|l| l.strip_suffix(": test"))
-            .map(str::to_string)
-            .collect())
-    };
-    let ignored = names(true)?;
-    Ok(names(false)?
+    let ignored = listed(exe, true)?;
+    Ok(listed(exe, false)?
         .into_iter()
         .filter(|n| !ignored.contains(n))
+        .collect())
+}
+
+/// The `#[ignore]`d checks of a test executable (an exercise's).
+pub fn list_ignored(exe: &TestExe) -> Result<Vec<String>> {
+    listed(exe, true)
+}
+
+/// What `--list` names: every check, or only the ignored ones.
+fn listed(exe: &TestExe, ignored: bool) -> Result<Vec<String>> {
+    let mut command = Command::new(&exe.path);
+    command.args(["--list", "--format", "terse"]);
+    if ignored {
+        command.arg("--ignored");
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", exe.path.display()))?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
         .collect())
 }
 
@@ -249,12 +281,15 @@ pub struct Run {
     /// processor, when `None`): a failing check mostly waits out its
     /// timeouts, so more threads than processors finish failures sooner.
     pub threads: Option<usize>,
+    /// Run the `#[ignore]`d checks (an exercise's) instead of the others.
+    pub ignored: bool,
 }
 
-/// Run the checks `names` of `exe` (all of them when empty) with `envs`
-/// set, in one process, for at most `how.limit`; `done` hears of each
-/// check as it finishes. A check still running at the limit fails, and the
-/// process and everything it started (its process group) are killed.
+/// Run the checks `names` of `exe` (all of them when empty; a name it has no
+/// check of is left out) with `envs` set, in one process, for at most
+/// `how.limit`; `done` hears of each check as it finishes. A check still
+/// running at the limit fails, and the process and everything it started
+/// (its process group) are killed.
 pub fn run(
     exe: &TestExe,
     names: &[String],
@@ -268,6 +303,9 @@ pub fn run(
     command.args(names);
     if !names.is_empty() {
         command.arg("--exact");
+    }
+    if how.ignored {
+        command.arg("--ignored");
     }
     if let Some(threads) = how.threads {
         command.arg(format!("--test-threads={threads}"));
@@ -365,10 +403,17 @@ pub fn run(
     }
     // A check that never reported ran out of time, or the executable ended
     // before it (a binary that cannot be run ends it at once).
-    let wanted: Vec<String> = if names.is_empty() {
-        list(exe)?
+    // Only the names this executable has: a stage's checks are spread
+    // over several, and the others' names are not this one's to fail.
+    let held = if how.ignored {
+        list_ignored(exe)?
     } else {
-        names.to_vec()
+        list(exe)?
+    };
+    let wanted: Vec<String> = if names.is_empty() {
+        held
+    } else {
+        names.iter().filter(|n| held.contains(n)).cloned().collect()
     };
     for name in wanted {
         if outcomes.iter().any(|o| o.name == name) {

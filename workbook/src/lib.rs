@@ -5,6 +5,7 @@
 
 pub mod chapter;
 pub mod checks;
+pub mod exercises;
 pub mod materialise;
 pub mod mistakes;
 pub mod source;
@@ -85,6 +86,26 @@ pub fn write_step(
         }
         None => format!("The project's stage {}, whole.", stage.name),
     };
+    let manifest = materialise::manifest(root, stage, &heading(root, stage, &what, dir))?;
+    materialise::write_crate(root, dir, &files, &manifest, force)
+}
+
+/// Write the project's own stage `stage` into `dir` with the solution of
+/// the exercise `exercise` applied.
+pub fn write_solved(
+    root: &Path,
+    stage: &Stage,
+    exercise: &exercises::Exercise,
+    dir: &Path,
+    force: bool,
+) -> Result<()> {
+    let what = format!(
+        "The project's stage {}, with the solution of an exercise: {}.",
+        stage.name, exercise.what
+    );
+    // The solution is a diff of the workspace's files, anchors and all.
+    let files = materialise::stage_files_patched(root, stage, stage, Some(&exercise.diff))
+        .with_context(|| format!("cannot apply {}", exercise.path.display()))?;
     let manifest = materialise::manifest(root, stage, &heading(root, stage, &what, dir))?;
     materialise::write_crate(root, dir, &files, &manifest, force)
 }

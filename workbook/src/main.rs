@@ -330,6 +330,7 @@ fn check(root: &Path, args: &[String]) -> Result<bool> {
         let how = checks::Run {
             limit: LIMIT,
             threads: None,
+            ignored: false,
         };
         let outcomes = checks::run(exe, &[], &envs, how, &mut progress)?;
         failures.extend(outcomes.into_iter().filter(|o| !o.passed).map(|o| (i, o)));

@@ -26,6 +26,18 @@ pub struct CrateFile {
 /// `stage`'s diff renames them (5a's `src/main.rs` is its
 /// `src/bin/server.rs`). `#[path]` attributes point at the copies.
 pub fn stage_files(root: &Path, stage: &Stage, from: &Stage) -> Result<Vec<CrateFile>> {
+    stage_files_patched(root, stage, from, None)
+}
+
+/// [`stage_files`], with `diff` (a diff of the workspace's files as they
+/// are, anchor lines and all: an exercise's solution) applied before the
+/// anchors are taken out.
+pub fn stage_files_patched(
+    root: &Path,
+    stage: &Stage,
+    from: &Stage,
+    diff: Option<&str>,
+) -> Result<Vec<CrateFile>> {
     let renames = match stage.diff {
         Some(spec) if spec.base == from.name => spec.renames,
         _ => &[],
@@ -38,11 +50,13 @@ pub fn stage_files(root: &Path, stage: &Stage, from: &Stage) -> Result<Vec<Crate
             .iter()
             .find(|(old, _)| *old == name)
             .map_or(name, |(_, new)| new.to_string());
-        files.push(CrateFile {
-            path,
-            real,
-            text: bookgen::strip_anchors(&text),
-        });
+        files.push(CrateFile { path, real, text });
+    }
+    if let Some(diff) = diff {
+        crate::mistakes::apply(&mut files, diff)?;
+    }
+    for file in &mut files {
+        file.text = bookgen::strip_anchors(&file.text);
     }
     fix_path_attributes(&mut files);
     if files.iter().any(|f| f.path == "src/lib.rs") {

@@ -198,6 +198,7 @@ fn second_look(
         let how = checks::Run {
             limit: LIMIT,
             threads: Some(1),
+            ignored: false,
         };
         exes.iter().find_map(|exe| {
             let outcomes = checks::run(exe, &[name.to_string()], envs, how, &mut |_| {}).ok()?;
@@ -235,6 +236,10 @@ fn each_committed_mistake_fails_exactly_its_checks() {
     for name in STAGES {
         let stage = bookgen::stage(name).unwrap();
         let exes = checks::build_tests(&root, stage).unwrap();
+        let names: BTreeSet<String> = exes
+            .iter()
+            .flat_map(|exe| checks::list(exe).unwrap())
+            .collect();
         let vars = checks::variables(&root, stage).unwrap();
         for m in mistakes::of_stage(&root, name).unwrap() {
             // Written just before it is built: its sources are newer than
@@ -254,7 +259,27 @@ fn each_committed_mistake_fails_exactly_its_checks() {
                     envs.push((var.name.clone(), copy));
                 }
             }
-            jobs.push((m, exes.clone(), envs));
+            // A name that is none of the step's checks is a unit test of
+            // the planted crate's own: only then are they built and run.
+            let mut exes = exes.clone();
+            if m.fails
+                .iter()
+                .chain(&m.may_fail)
+                .any(|c| !names.contains(c))
+            {
+                let units = checks::build_unit_tests(&dir, &target).unwrap_or_else(|e| {
+                    panic!("{}: its unit tests do not build: {e:#}", m.path.display())
+                });
+                for (i, unit) in units.into_iter().enumerate() {
+                    let copy = bins.join(format!("unit-{i}"));
+                    std::fs::copy(&unit.path, &copy).unwrap();
+                    exes.push(checks::TestExe {
+                        path: copy,
+                        source: unit.source,
+                    });
+                }
+            }
+            jobs.push((m, exes, envs));
         }
     }
     let built_in = started.elapsed();
@@ -275,6 +300,7 @@ fn each_committed_mistake_fails_exactly_its_checks() {
                         let how = checks::Run {
                             limit: LIMIT,
                             threads: Some(THREADS),
+                            ignored: false,
                         };
                         let outcomes = checks::run(exe, &[], &envs, how, &mut |_| {}).unwrap();
                         failed.extend(outcomes.into_iter().filter(|o| !o.passed).map(|o| o.name));
