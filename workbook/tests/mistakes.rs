@@ -13,7 +13,7 @@ use workbook::checks;
 use workbook::mistakes::{self, Mistake};
 
 /// The stages whose chapters have a table of mistakes with patches.
-const STAGES: &[&str] = &["4", "4b", "5a", "5b", "5c", "5g", "5e", "5"];
+const STAGES: &[&str] = &["4", "4b", "5a", "5b", "5c", "5d", "5e", "5f", "5g", "5"];
 
 /// The most one planted step's checks may run.
 const LIMIT: Duration = Duration::from_secs(300);
