@@ -285,6 +285,30 @@ pub struct Run {
     pub ignored: bool,
 }
 
+/// Whether the check `name` passed, run alone (one thread) in whichever of
+/// a stage's test executables has it; `None` when none has it, or it could
+/// not be run.
+pub fn passes_alone(
+    exes: &[TestExe],
+    name: &str,
+    envs: &[(String, PathBuf)],
+    limit: Duration,
+    ignored: bool,
+) -> Option<bool> {
+    let how = Run {
+        limit,
+        threads: Some(1),
+        ignored,
+    };
+    exes.iter().find_map(|exe| {
+        let outcomes = run(exe, &[name.to_string()], envs, how, &mut |_| {}).ok()?;
+        outcomes
+            .into_iter()
+            .find(|o| o.name == name)
+            .map(|o| o.passed)
+    })
+}
+
 /// Run the checks `names` of `exe` (all of them when empty; a name it has no
 /// check of is left out) with `envs` set, in one process, for at most
 /// `how.limit`; `done` hears of each check as it finishes. A check still

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use workbook::checks::{self, TestExe};
+use workbook::checks;
 use workbook::exercises::{self, Exercise};
 
 /// The most one exercise check may run.
@@ -47,23 +47,6 @@ fn built(
     envs
 }
 
-/// Whether the exercise check `name` passed, run alone; `None` when no
-/// test executable of the step has a check of that name.
-fn passes(exes: &[TestExe], name: &str, envs: &[(String, PathBuf)]) -> Option<bool> {
-    let how = checks::Run {
-        limit: LIMIT,
-        threads: Some(1),
-        ignored: true,
-    };
-    exes.iter().find_map(|exe| {
-        let outcomes = checks::run(exe, &[name.to_string()], envs, how, &mut |_| {}).ok()?;
-        outcomes
-            .into_iter()
-            .find(|o| o.name == name)
-            .map(|o| o.passed)
-    })
-}
-
 #[test]
 #[ignore = "slow: run by .ci/run"]
 fn each_exercise_fails_without_its_solution_and_passes_with_it() {
@@ -79,7 +62,7 @@ fn each_exercise_fails_without_its_solution_and_passes_with_it() {
         let as_it_is = built(&root, e, false, &out, &target);
         let solved = built(&root, e, true, &out, &target);
         for check in &e.passes {
-            match passes(&exes, check, &as_it_is) {
+            match checks::passes_alone(&exes, check, &as_it_is, LIMIT, true) {
                 None => {
                     problems.push(format!(
                         "{}: stage {} has no exercise check {check}",
@@ -94,7 +77,7 @@ fn each_exercise_fails_without_its_solution_and_passes_with_it() {
                 )),
                 Some(false) => {}
             }
-            if passes(&exes, check, &solved) != Some(true) {
+            if checks::passes_alone(&exes, check, &solved, LIMIT, true) != Some(true) {
                 problems.push(format!(
                     "{}: {check} fails with the solution",
                     e.path.display()

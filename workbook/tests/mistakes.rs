@@ -194,20 +194,7 @@ fn second_look(
         .filter(|c| !m.fails.contains(c) && !m.may_fail.contains(c))
         .cloned()
         .collect();
-    let alone = |name: &str| -> Option<bool> {
-        let how = checks::Run {
-            limit: LIMIT,
-            threads: Some(1),
-            ignored: false,
-        };
-        exes.iter().find_map(|exe| {
-            let outcomes = checks::run(exe, &[name.to_string()], envs, how, &mut |_| {}).ok()?;
-            outcomes
-                .into_iter()
-                .find(|o| o.name == name)
-                .map(|o| o.passed)
-        })
-    };
+    let alone = |name: &str| checks::passes_alone(exes, name, envs, LIMIT, false);
     for name in passed {
         if (0..RETRIES).any(|_| alone(&name) == Some(false)) {
             failed.insert(name);

@@ -67,6 +67,17 @@ fn send_in_background(
     })
 }
 
+/// The bytes read until the server closed, failing if the connection did
+/// not end in a close (a reset, or no close within the timeout).
+fn closed_once_all_is_sent(echo: Result<Vec<u8>, testkit::ReadFailure>) -> Vec<u8> {
+    echo.unwrap_or_else(|e| {
+        panic!(
+            "{e}: does the server close a connection once it has read end-of-file \
+             and written out all it owes?"
+        )
+    })
+}
+
 /// The most the kernel lets a TCP socket keep for sending once it has
 /// grown its buffer: the last of the three figures in `tcp_wmem`.
 fn send_buffer_max() -> usize {
@@ -152,14 +163,7 @@ fn flushes_everything_before_closing_after_end_of_file() {
     let mut client = Client::connect_small_window(server.addr);
     let data = pattern(0, 8 * MIB);
     let sender = send_in_background(&client, &data, true);
-    let echo = client.try_recv_to_eof();
-    assert!(
-        echo.is_ok(),
-        "{}: does the server close a connection once it has read end-of-file \
-         and written out all it owes?",
-        echo.as_ref().unwrap_err()
-    );
-    let echo = echo.unwrap();
+    let echo = closed_once_all_is_sent(client.try_recv_to_eof());
     sender.join().unwrap().unwrap();
     assert!(
         echo.len() == data.len(),
@@ -206,14 +210,8 @@ fn keeps_the_echo_it_owes_when_end_of_file_arrives_first() {
         }
         false
     });
-    let echo = client.try_recv_to_eof().map(|rest| [early, rest].concat());
-    assert!(
-        echo.is_ok(),
-        "{}: does the server close a connection once it has read end-of-file \
-         and written out all it owes?",
-        echo.as_ref().unwrap_err()
-    );
-    let echo = echo.unwrap();
+    let echo = closed_once_all_is_sent(client.try_recv_to_eof());
+    let echo = [early, echo].concat();
     sender.join().unwrap().unwrap();
     assert!(
         echo == data,
