@@ -513,36 +513,6 @@ impl Client {
     }
 }
 
-/// `TCP_ESTABLISHED` in the `st` column of `/proc/net/tcp`.
-pub(crate) const TCP_ESTABLISHED: u8 = 1;
-
-/// The state of the TCP socket bound to `local` and connected to `remote`
-/// (`/proc/net/tcp` or `tcp6`), or `None` when there is none.
-pub(crate) fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
-    // Addresses as the kernel prints them: each 32-bit word in host order.
-    fn hex(addr: SocketAddr) -> String {
-        let ip = match addr.ip() {
-            std::net::IpAddr::V4(ip) => u32::from_ne_bytes(ip.octets()).to_be_bytes().to_vec(),
-            std::net::IpAddr::V6(ip) => ip
-                .octets()
-                .chunks(4)
-                .flat_map(|w| u32::from_ne_bytes(w.try_into().unwrap()).to_be_bytes())
-                .collect(),
-        };
-        let ip: String = ip.iter().map(|b| format!("{b:02X}")).collect();
-        format!("{ip}:{:04X}", addr.port())
-    }
-    let (local, remote) = (hex(local), hex(remote));
-    let table = if local.len() > 13 { "tcp6" } else { "tcp" };
-    let text = std::fs::read_to_string(format!("/proc/net/{table}")).ok()?;
-    text.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
-            .then(|| u8::from_str_radix(fields[3], 16).ok())
-            .flatten()
-    })
-}
-
 /// Make `close` send a reset (RST) instead of a FIN.
 pub fn set_linger_zero(stream: &TcpStream) {
     use nix::sys::socket::{setsockopt, sockopt};

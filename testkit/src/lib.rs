@@ -15,6 +15,7 @@ pub mod faults;
 mod interest;
 pub mod redis;
 mod server;
+mod sock_diag;
 mod words;
 
 pub use bins::{bin, workspace_bin, workspace_root};

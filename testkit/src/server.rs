@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::client::{TCP_ESTABLISHED, tcp_state};
+use crate::sock_diag::{TCP_ESTABLISHED, tcp_state};
 use crate::words::duration;
 use crate::{Client, TIMEOUT};
 
@@ -279,7 +279,7 @@ impl Server {
 
     /// Whether the server's side of `client`'s connection has left
     /// `ESTABLISHED`: it has sent its end-of-file (`shutdown` or `close`)
-    /// or reset the connection (from `/proc/net/tcp` and `tcp6`).
+    /// or reset the connection (asked of the kernel with `sock_diag`).
     pub fn has_ended_its_side(&self, client: &Client) -> bool {
         // A connection the server reset has no peer any more: its side has
         // ended (`getpeername` fails with ENOTCONN).
