@@ -51,6 +51,13 @@ enum End {
     Error(io::Error),
 }
 
+/// Whether a reset ends a read to end-of-file, or fails it.
+#[derive(Clone, Copy, PartialEq)]
+enum Reset {
+    Ends,
+    Fails,
+}
+
 impl End {
     fn of(error: io::Error) -> End {
         match error.kind() {
@@ -429,11 +436,20 @@ impl Client {
     /// reset: a server that closes with unread input sends one); returns
     /// what came first, or says what came and that the connection is open.
     pub fn try_recv_to_eof(&mut self) -> Result<Vec<u8>, ReadFailure> {
-        self.eof_within(TIMEOUT)
+        self.eof_within(TIMEOUT, Reset::Ends)
+    }
+
+    /// Read until the server's FIN, its end-of-file, and fail on a reset:
+    /// for a check that the server closed gracefully, since a reset throws
+    /// away whatever the server's kernel had not yet sent, and what the
+    /// client's own kernel happened to hold first proves nothing.
+    pub fn recv_to_fin(&mut self) -> Vec<u8> {
+        self.eof_within(TIMEOUT, Reset::Fails)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// [`Client::try_recv_to_eof`], waiting `wait` in all.
-    fn eof_within(&mut self, wait: Duration) -> Result<Vec<u8>, ReadFailure> {
+    fn eof_within(&mut self, wait: Duration, reset: Reset) -> Result<Vec<u8>, ReadFailure> {
         let deadline = Instant::now() + wait;
         let mut rest = Vec::new();
         let mut buf = [0u8; 4096];
@@ -445,7 +461,9 @@ impl Client {
                 Ok(0) => break None,
                 Ok(k) => rest.extend_from_slice(&buf[..k]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break None,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset && reset == Reset::Ends => {
+                    break None;
+                }
                 Err(e) => break Some(End::of(e).after(wait)),
             }
         };
@@ -638,7 +656,7 @@ mod tests {
         let trickler = trickle(server);
         let start = Instant::now();
         let failure = client
-            .eof_within(Duration::from_millis(300))
+            .eof_within(Duration::from_millis(300), Reset::Ends)
             .expect_err("the trickle never closes, yet the read saw the end");
         let waited = start.elapsed();
         drop(client);
