@@ -34,7 +34,12 @@ impl Latency {
     }
 
     pub fn record_ns(&mut self, ns: u64) {
-        self.histogram.saturating_record(ns.max(1));
+        self.record_ns_n(ns, 1);
+    }
+
+    /// `count` samples of the same latency at once.
+    pub fn record_ns_n(&mut self, ns: u64, count: u64) {
+        self.histogram.saturating_record_n(ns.max(1), count);
     }
 
     pub fn count(&self) -> u64 {
