@@ -63,7 +63,8 @@ struct Cli {
     /// The book's folder of figures, for --update-book
     #[arg(long, value_name = "DIR", default_value = "book/src/measuring")]
     book_dir: PathBuf,
-    /// Measure nothing: redraw results.md and the charts from OUT/results.json
+    /// Measure nothing: redraw results.md and the charts from OUT/results.json,
+    /// the targets judged again from its figures
     #[arg(long)]
     render_only: bool,
     /// Let the scheduler place the servers and the tester (by default each
@@ -101,7 +102,15 @@ fn run(cli: &Cli) -> Result<bool> {
         let path = cli.out.join("results.json");
         let text =
             fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?
+        let mut results: Results = serde_json::from_str(&text)
+            .with_context(|| format!("cannot parse {}", path.display()))?;
+        // Judged again from the figures, so that a target whose rule
+        // changed is judged by the rule of this build; a target the run
+        // did not judge (its part was not run) stays out.
+        let judged: Vec<String> = results.targets.iter().map(|t| t.key.clone()).collect();
+        results.targets = targets::evaluate(&results.measurements, &results.profile.numbers());
+        results.targets.retain(|t| judged.contains(&t.key));
+        results
     } else {
         measure(cli)?
     };
