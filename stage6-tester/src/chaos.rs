@@ -524,6 +524,7 @@ pub fn run(args: &ChaosArgs) -> Result<Outcome> {
             clients: args.clients,
             max_seq: u32::try_from(lines / u64::from(args.clients) + 2).unwrap_or(u32::MAX),
             hello: None,
+            publish: None,
             greeting: true,
             timeout,
         },

@@ -77,6 +77,45 @@ struct Client {
     notices: u64,
 }
 
+/// How a line goes on the wire.
+enum Framing {
+    /// The line and a newline: the workbook's chat servers, and any server
+    /// that relays lines.
+    Lines,
+    /// Redis pub/sub: each client sends `HELLO 3` and `SUBSCRIBE CHANNEL`
+    /// first, then each line as `PUBLISH CHANNEL LINE`. What comes back
+    /// is RESP3: the line is one line of a push frame, found like any other
+    /// (the frame's other lines carry no token), and a publisher gets its
+    /// own lines too, which the check leaves out.
+    Publish(String),
+}
+
+impl Framing {
+    /// Append `line`, without its newline, to `out`, framed.
+    fn push(&self, out: &mut Vec<u8>, line: &[u8]) {
+        match self {
+            Framing::Lines => {
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+            Framing::Publish(channel) => {
+                resp_command(out, &[b"PUBLISH", channel.as_bytes(), line]);
+            }
+        }
+    }
+}
+
+/// A command as a RESP array of bulk strings: `*2\r\n$5\r\nHELLO\r\n...`.
+fn resp_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "*{}\r\n", args.len());
+    for arg in args {
+        let _ = write!(out, "${}\r\n", arg.len());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The line the first client repeats until every other client has received it.
 const SYNC: &[u8] = b"~sync~";
 /// How often it is repeated.
@@ -109,6 +148,8 @@ pub struct Setup<'a> {
     /// foreign.
     pub max_seq: u32,
     pub hello: Option<&'a str>,
+    /// Speak Redis pub/sub on this channel instead of lines.
+    pub publish: Option<&'a str>,
     pub greeting: bool,
     pub timeout: Duration,
 }
@@ -127,6 +168,7 @@ pub struct Group {
     /// Clients that could not connect (or were never greeted), by kind.
     pub errors: Errors,
     max_seq: u32,
+    framing: Framing,
     buf: Vec<u8>,
     tokens: Vec<(u32, u32, u64)>,
     /// Lines sent, and first deliveries, over all clients.
@@ -175,6 +217,9 @@ impl Group {
             latency: Latency::default(),
             errors: Errors::default(),
             max_seq: setup.max_seq,
+            framing: setup
+                .publish
+                .map_or(Framing::Lines, |c| Framing::Publish(c.into())),
             buf: vec![0u8; 64 * 1024],
             tokens: Vec::new(),
             sent: 0,
@@ -246,6 +291,10 @@ impl Group {
                             if let Some(hello) = setup.hello {
                                 client.out.extend_from_slice(hello.as_bytes());
                                 client.out.push(b'\n');
+                            }
+                            if let Framing::Publish(channel) = &self.framing {
+                                resp_command(&mut client.out, &[b"HELLO", b"3"]);
+                                resp_command(&mut client.out, &[b"SUBSCRIBE", channel.as_bytes()]);
                             }
                             if setup.greeting {
                                 client.state = State::Greeting;
@@ -352,8 +401,7 @@ impl Group {
             }
             if now >= next_sync {
                 let syncer = &mut self.clients[first];
-                syncer.out.extend_from_slice(SYNC);
-                syncer.out.push(b'\n');
+                self.framing.push(&mut syncer.out, SYNC);
                 next_sync = now + SYNC_EVERY;
             }
             // Sending happens in service(); the first client may have no
@@ -439,7 +487,8 @@ impl Group {
     /// client the send finds gone counts as disconnected. Returns the
     /// lines queued.
     pub fn send(&mut self, index: usize, lines: u32, epoll: &Epoll) -> u64 {
-        let queued = send_lines(&mut self.clients[index], lines, epoll, &mut self.check);
+        let client = &mut self.clients[index];
+        let queued = send_lines(client, lines, &self.framing, epoll, &mut self.check);
         self.sent += queued;
         queued
     }
@@ -597,6 +646,7 @@ pub fn run(args: &ChatArgs) -> Result<Outcome> {
             clients: args.clients,
             max_seq: args.messages,
             hello: args.hello.as_deref(),
+            publish: args.publish.as_deref(),
             greeting: !args.no_greeting,
             timeout: args.common.timeout,
         },
@@ -726,22 +776,26 @@ fn slowest_receivers(clients: &[Client], slowest: &mut [u32]) {
 /// Queue this client's next `lines` lines (tokens all carrying the same
 /// send time, since they go in one write) and try to send them. Returns
 /// the number of lines queued.
-fn send_lines(client: &mut Client, lines: u32, epoll: &Epoll, check: &mut Check) -> u64 {
+fn send_lines(
+    client: &mut Client,
+    lines: u32,
+    framing: &Framing,
+    epoll: &Epoll,
+    check: &mut Check,
+) -> u64 {
     let Some(fd) = client.fd.take() else {
         return 0;
     };
     let now_ns = net::monotonic_ns();
+    let mut line = Vec::with_capacity(64);
     for _ in 0..lines {
         client.sent += 1;
         let seq = client.sent;
-        // Writing to a Vec cannot fail.
-        // The send time 16 digits wide (115 days of uptime fit), so the
-        // receiver reads it in two words.
-        let _ = writeln!(
-            client.out,
-            "line {seq} ~t:{}:{seq}:{now_ns:016}~",
-            client.id
-        );
+        // Writing to a Vec cannot fail. The send time 16 digits wide (115
+        // days of uptime fit), so the receiver reads it in two words.
+        let _ = write!(line, "line {seq} ~t:{}:{seq}:{now_ns:016}~", client.id);
+        framing.push(&mut client.out, &line);
+        line.clear();
     }
     client.highest[client.id as usize - 1] = client.sent;
     match flush(&fd, client) {
@@ -832,6 +886,7 @@ fn service_fd(
 /// second.
 pub fn find_token(line: &[u8]) -> Option<(u32, u32, u64)> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     token_at_end(line).or_else(|| {
         let start = memmem::rfind(line, b"~t:")?;
         // Where a later `~` ends it.
@@ -1011,6 +1066,9 @@ fn report(
         show_duration(args.drain_timeout),
         show_duration(args.common.timeout)
     );
+    if let Some(channel) = &args.publish {
+        settings += &format!(" --publish {channel:?}");
+    }
     if let Some(hello) = &args.hello {
         settings += &format!(" --hello {hello:?}");
     }
@@ -1111,6 +1169,7 @@ fn report(
             "messages": args.messages,
             "rate": args.rate,
             "hello": args.hello,
+            "publish": args.publish,
             "greeting": !args.no_greeting,
             "drain_timeout_s": args.drain_timeout.as_secs_f64(),
             "batch": args.batch,

@@ -136,6 +136,10 @@ pub struct ChatArgs {
     /// A line each client sends first, for servers that want a name
     #[arg(long, value_name = "LINE")]
     pub hello: Option<String>,
+    /// Measure Redis pub/sub as a chat: each client sends `HELLO 3` and
+    /// `SUBSCRIBE CHANNEL`, then every line as `PUBLISH CHANNEL LINE`
+    #[arg(long, value_name = "CHANNEL", conflicts_with = "hello")]
+    pub publish: Option<String>,
     /// Do not wait for a first line from the server before sending (for servers that say nothing on connect)
     #[arg(long)]
     pub no_greeting: bool,

@@ -452,6 +452,38 @@ fn chat_through_stage5_loses_nothing() {
 }
 
 #[test]
+fn chat_with_publish_measures_redis_pub_sub_as_a_chat() {
+    let Some(redis) = testkit::redis::Redis::start() else {
+        return;
+    };
+    let addr = redis.arg();
+    for rate in ["0", "400"] {
+        let report = run_json(&[
+            "chat",
+            &addr,
+            "--clients",
+            "6",
+            "--messages",
+            "40",
+            "--rate",
+            rate,
+            "--publish",
+            "room",
+        ]);
+        assert_eq!(
+            report["delivered"],
+            6 * 5 * 40,
+            "each line reaches the 5 other subscribers, and a publisher's own \
+             copy is not counted (--rate {rate}): {report}"
+        );
+        for fault in ["lost", "duplicated", "reordered"] {
+            assert_eq!(report[fault], 0, "{fault} (--rate {rate}): {report}");
+        }
+        assert_eq!(report["settings"]["publish"], "room", "{report}");
+    }
+}
+
+#[test]
 fn chat_batch_through_stage5_delivers_every_line_once_in_order() {
     let (_server, addr) = start_quiet(stage5());
     // Several lines per write, several writes in flight per client.
