@@ -229,6 +229,13 @@ impl Measurement {
         Some(cpu * 1e9 / n).filter(|&ns| ns > 0.0)
     }
 
+    /// How busy a process kept its CPU: its CPU time per item (`per`, in
+    /// ns) times the items a second (`rate`, a JSON pointer). Each process
+    /// has one CPU, so the one near 1 set the pace.
+    pub fn busy(&self, per: fn(&Measurement) -> Option<f64>, rate: &str) -> Option<f64> {
+        Some(per(self)? * self.figure(rate)? / 1e9)
+    }
+
     /// The run in a few words: its command, or for the benchmark's own
     /// ping-pong driver a description.
     pub fn what(&self) -> String {

@@ -343,11 +343,8 @@ fn connection_costs(out: &mut String, r: &Results) {
         let kernel = median(&runs, |m| {
             Some(m.cpu_ns_per("/connections")? - m.user_ns_per("/connections")?)
         });
-        // CPU time per connection times connections per second.
         let busy = |per: fn(&Measurement) -> Option<f64>| {
-            median(&runs, |m| {
-                Some(per(m)? * m.figure("/connections_per_s")? / 1e9)
-            })
+            median(&runs, |m| m.busy(per, "/connections_per_s"))
         };
         let server_busy = busy(|m| m.cpu_ns_per("/connections"));
         let tester_busy = busy(|m| m.tester_ns_per("/connections"));

@@ -335,8 +335,6 @@ fn fanout(ms: &[Measurement], clients: u32) -> Target {
     let (ours_runs, theirs_runs) = (runs(STAGE5), runs(TOKIO));
     let rate = |m: &Measurement| m.figure("/deliveries_per_s");
     let cpu = |m: &Measurement| m.cpu_ns_per("/delivered");
-    // How busy the tester's CPU was: its time per line times lines a second.
-    let tester_busy = |m: &Measurement| Some(m.tester_ns_per("/delivered")? * rate(m)? / 1e9);
     let ours = median(&ours_runs, rate).unwrap_or(0.0);
     let theirs = median(&theirs_runs, rate).unwrap_or(0.0);
     let (ours_cpu, theirs_cpu) = (median(&ours_runs, cpu), median(&theirs_runs, cpu));
@@ -353,6 +351,8 @@ fn fanout(ms: &[Measurement], clients: u32) -> Target {
         (Some(a), Some(b)) => format!("server CPU {a:.0} vs {b:.0} ns per delivery"),
         _ => "server CPU per delivery not measured".into(),
     };
+    let tester_busy =
+        |m: &Measurement| m.busy(|m| m.tester_ns_per("/delivered"), "/deliveries_per_s");
     let busy_note = median(&ours_runs, tester_busy)
         .map(|b| {
             format!(

@@ -91,6 +91,22 @@ enum Framing {
 }
 
 impl Framing {
+    /// What a client sends once connected, before its first line: the
+    /// `--hello` line, or for pub/sub `HELLO 3` and the subscription.
+    fn open(&self, out: &mut Vec<u8>, hello: Option<&str>) {
+        match self {
+            Framing::Lines => {
+                if let Some(hello) = hello {
+                    self.push(out, hello.as_bytes());
+                }
+            }
+            Framing::Publish(channel) => {
+                resp_command(out, &[b"HELLO", b"3"]);
+                resp_command(out, &[b"SUBSCRIBE", channel.as_bytes()]);
+            }
+        }
+    }
+
     /// Append `line`, without its newline, to `out`, framed.
     fn push(&self, out: &mut Vec<u8>, line: &[u8]) {
         match self {
@@ -288,14 +304,7 @@ impl Group {
                         Err(errno) => failure = Some(Failure::Os(errno)),
                         Ok(()) => {
                             connecting -= 1;
-                            if let Some(hello) = setup.hello {
-                                client.out.extend_from_slice(hello.as_bytes());
-                                client.out.push(b'\n');
-                            }
-                            if let Framing::Publish(channel) = &self.framing {
-                                resp_command(&mut client.out, &[b"HELLO", b"3"]);
-                                resp_command(&mut client.out, &[b"SUBSCRIBE", channel.as_bytes()]);
-                            }
+                            self.framing.open(&mut client.out, setup.hello);
                             if setup.greeting {
                                 client.state = State::Greeting;
                                 // The greeting has its own deadline, from now.
