@@ -2,7 +2,7 @@
 //! server on its CPU, run one `tester ... --json` against it on the other,
 //! note its peak memory, and kill it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -16,8 +16,9 @@ use crate::idle;
 use crate::machine::{load_average, time_wait_sockets};
 use crate::noise::Snapshot;
 use crate::pin::Pinning;
-use crate::plan::{CHAOS_SEED, Kind, Numbers, Part, SERVERS, STAGE5, ServerSpec};
-use crate::process::{Server, count_lines, process_up, run_tester, server_args};
+use crate::plan::{CHANNEL, CHAOS_SEED, Kind, Numbers, Part, SERVERS, STAGE5, ServerSpec};
+use crate::process::{Server, count_lines, process_up, redis_args, run_tester, server_args};
+use crate::redis;
 use crate::results::{Measurement, RunInfo, ServerInfo, ServerLog, Test};
 
 /// What every run shares: the profile's numbers, the tester, the CPUs,
@@ -44,12 +45,24 @@ pub fn run_all(
     let mut measurements = Vec::new();
     let mut built_specs = Vec::new();
     for spec in SERVERS {
-        let bin = bin_dir.join(spec.bin);
-        let built = bin.is_file();
+        let (bin, built, command) = match spec.kind {
+            // Installed, not built: found on the PATH. It is stage 5's
+            // peer, so it is measured only beside stage 5.
+            Kind::PubSub => (
+                PathBuf::from(spec.bin),
+                redis::installed() && stage5_built(bin_dir),
+                redis_command(),
+            ),
+            _ => {
+                let bin = bin_dir.join(spec.bin);
+                let command = format!("{} {}", spec.bin, server_args(spec.args).join(" "));
+                (bin.clone(), bin.is_file(), command)
+            }
+        };
         servers.push(ServerInfo {
             name: spec.name.into(),
             label: spec.label.into(),
-            command: format!("{} {}", spec.bin, server_args(spec.args).join(" ")),
+            command,
             built,
         });
         if !built {
@@ -86,7 +99,7 @@ pub fn run_all(
             let test = Test::Connect {
                 concurrency,
                 round: 0,
-                greeting: spec.kind != Kind::Echo,
+                greeting: spec.kind.greets(),
             };
             let m = measure(bench, spec, bin, test);
             eprintln!("{:<24} (warm-up, not recorded)", "");
@@ -107,7 +120,7 @@ pub fn run_all(
                 let test = Test::Connect {
                     concurrency,
                     round,
-                    greeting: spec.kind != Kind::Echo,
+                    greeting: spec.kind.greets(),
                 };
                 measurements.push(measure(bench, spec, bin, test));
             }
@@ -118,7 +131,7 @@ pub fn run_all(
     let clients = numbers.chat_clients[0];
     for round in 0..numbers.fanout_rounds {
         for (spec, bin) in &built_specs {
-            if spec.kind == Kind::Chat && !spec.connect_only {
+            if spec.kind.chats() && !spec.connect_only {
                 let test = Test::Chat {
                     clients,
                     messages: numbers.unpaced_messages(clients),
@@ -134,7 +147,7 @@ pub fn run_all(
     let rate = numbers.scaled_rate(numbers.target_rate(), clients);
     for round in 1..numbers.latency_rounds {
         for (spec, bin) in &built_specs {
-            if spec.kind == Kind::Chat && !spec.connect_only {
+            if spec.kind.chats() && !spec.connect_only {
                 let test = Test::Chat {
                     clients,
                     messages: numbers.paced_messages(clients, rate),
@@ -198,7 +211,7 @@ fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<
             messages: numbers.echo_messages(spec.one_at_a_time),
             size: numbers.echo_size,
         }),
-        Kind::Chat => {
+        Kind::Chat | Kind::PubSub => {
             for (i, &clients) in numbers.chat_clients.iter().enumerate() {
                 // The first count's unpaced runs are the fan-out rounds.
                 if i > 0 {
@@ -219,12 +232,36 @@ fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<
                     });
                 }
             }
-            tests.push(Test::Join {
-                clients: numbers.join_clients.min(max_connections),
-            });
+            // Redis has no join to time: its clients subscribe.
+            if spec.kind == Kind::Chat {
+                tests.push(Test::Join {
+                    clients: numbers.join_clients.min(max_connections),
+                });
+            }
         }
     }
     tests
+}
+
+/// Whether stage 5's server is in the bin folder.
+fn stage5_built(bin_dir: &Path) -> bool {
+    SERVERS
+        .iter()
+        .find(|s| s.name == STAGE5)
+        .is_some_and(|s| bin_dir.join(s.bin).is_file())
+}
+
+/// The command line Redis is started with, as the results show it.
+fn redis_command() -> String {
+    let args: Vec<String> = redis_args(0)
+        .into_iter()
+        .map(|a| match a.as_str() {
+            "" => "''".into(),
+            "0" => "PORT".into(),
+            _ => a,
+        })
+        .collect();
+    format!("{} {}", redis::REDIS_SERVER, args.join(" "))
 }
 
 /// One test against a fresh server, so no run inherits another's memory.
@@ -237,7 +274,7 @@ fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurem
         ),
         _ => format!(
             "tester {}",
-            tester_args(&test, bench.numbers, "ADDR", "PID").join(" ")
+            tester_args(spec, &test, bench.numbers, "ADDR", "PID").join(" ")
         ),
     };
     let mut m = Measurement::new(spec.name, command, test);
@@ -253,11 +290,15 @@ fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurem
 }
 
 fn run_one(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) -> Result<()> {
-    let mut server = Server::start(bin, spec.args, bench.pinning.server_cpu)?;
+    let mut server = match spec.kind {
+        Kind::PubSub => Server::start_redis(bench.pinning.server_cpu)?,
+        _ => Server::start(bin, spec.args, bench.pinning.server_cpu)?,
+    };
     if let Test::PingPong { idle, size } = m.test {
         return ping_pong(m, bench, &mut server, idle, size);
     }
     let args = tester_args(
+        spec,
         &m.test,
         bench.numbers,
         &server.addr.to_string(),
@@ -318,6 +359,7 @@ fn chaos(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) -> R
     };
     let mut server = Server::start_logging(bin, spec.args, bench.pinning.server_cpu, &log)?;
     let args = tester_args(
+        spec,
         &m.test,
         bench.numbers,
         &server.addr.to_string(),
@@ -425,7 +467,13 @@ fn ping_pong(
 }
 
 /// The tester's arguments for `test`, with `addr` and `pid` filled in.
-fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<String> {
+fn tester_args(
+    spec: &ServerSpec,
+    test: &Test,
+    numbers: &Numbers,
+    addr: &str,
+    pid: &str,
+) -> Vec<String> {
     let mut args: Vec<String> = match *test {
         Test::Connect {
             concurrency,
@@ -492,6 +540,9 @@ fn tester_args(test: &Test, numbers: &Numbers, addr: &str, pid: &str) -> Vec<Str
             rate.to_string(),
         ],
     };
+    if spec.kind == Kind::PubSub && matches!(test, Test::Chat { .. }) {
+        args.extend(["--publish", CHANNEL, "--no-greeting"].map(String::from));
+    }
     args.push("--json".into());
     args
 }

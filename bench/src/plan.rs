@@ -24,6 +24,21 @@ pub enum Kind {
     /// Speaks first, then echoes: measured in the connect rounds only, with
     /// `--greeting`, like the chat servers.
     GreetingEcho,
+    /// Redis pub/sub used as a chat: the tester speaks RESP3 to it
+    /// (`--publish`), and it says nothing on connect.
+    PubSub,
+}
+
+impl Kind {
+    /// Gets the chat runs.
+    pub fn chats(self) -> bool {
+        matches!(self, Kind::Chat | Kind::PubSub)
+    }
+
+    /// Says something first on every connection.
+    pub fn greets(self) -> bool {
+        matches!(self, Kind::Chat | Kind::GreetingEcho)
+    }
 }
 
 /// One server under test.
@@ -157,7 +172,25 @@ pub const SERVERS: &[ServerSpec] = &[
         one_at_a_time: false,
         idle_scaling: false,
     },
+    // Redis 7 pub/sub used as a chat: the strongest single-threaded epoll
+    // server there is, as a peer. Debian's `redis-server`, from the PATH.
+    ServerSpec {
+        name: REDIS_PUBSUB,
+        bin: crate::redis::REDIS_SERVER,
+        label: "Redis pub/sub",
+        kind: Kind::PubSub,
+        hold: false,
+        args: &[],
+        connect_only: false,
+        one_at_a_time: false,
+        idle_scaling: false,
+    },
 ];
+
+/// Redis pub/sub as a chat: the peer of stage 5's tail target.
+pub const REDIS_PUBSUB: &str = "redis-pubsub";
+/// The channel every client of Redis pub/sub publishes to and reads.
+pub const CHANNEL: &str = "chat";
 
 /// The server whose targets the benchmark checks.
 pub const STAGE5: &str = "stage5-chat";

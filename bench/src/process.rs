@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::unistd::{SysconfVar, sysconf};
@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::machine::{kib, proc_field};
 use crate::pin::pin;
+use crate::redis;
 
 /// How long a server may take to print its `listening on` line.
 const START_LIMIT: Duration = Duration::from_secs(10);
@@ -62,6 +63,47 @@ impl Server {
         log: &Path,
     ) -> Result<Server> {
         Server::spawn(bin, flags, cpu, Some(log), None)
+    }
+
+    /// Start Debian's `redis-server` on a free loopback port on `cpu`, with
+    /// no persistence, and wait until it answers PING: the pub/sub peer of
+    /// the chat servers. It prints no `listening on` line.
+    pub fn start_redis(cpu: Option<usize>) -> Result<Server> {
+        let port = redis::free_port()?;
+        let mut command = Command::new(redis::REDIS_SERVER);
+        pin(&mut command, cpu);
+        let mut child = command
+            .args(redis_args(port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", redis::REDIS_SERVER))?;
+        // Redis logs to stdout.
+        let stderr = Stderr::Tail(keep_tail(child.stdout.take().expect("piped stdout")));
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            stderr,
+        };
+        let started = Instant::now();
+        while !redis::answers(server.addr) {
+            if let Some(how) = server.exited() {
+                bail!(
+                    "{} exited before it answered PING: {how}",
+                    redis::REDIS_SERVER
+                );
+            }
+            if started.elapsed() > START_LIMIT {
+                bail!(
+                    "{} on port {port} did not answer PING within 10 s",
+                    redis::REDIS_SERVER
+                );
+            }
+            // Polling a process that gives no other sign it is ready.
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
     }
 
     fn spawn(
@@ -207,6 +249,23 @@ pub fn server_args<'a>(flags: &[&'a str]) -> Vec<&'a str> {
     args.extend_from_slice(flags);
     args.push("127.0.0.1:0");
     args
+}
+
+/// `redis-server`'s arguments: loopback only, nothing written to disk.
+pub fn redis_args(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// The end of what a child wrote to a pipe.

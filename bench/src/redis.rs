@@ -43,11 +43,7 @@ impl Redis {
     /// Start one on a free loopback port, on `cpu`, and wait until it
     /// answers PING.
     pub fn start(cpu: Option<usize>) -> Result<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("cannot find a free port for redis-server")?
-            .port();
-        Redis::on_port(port, cpu)
+        Redis::on_port(free_port()?, cpu)
     }
 
     /// Start one on `port`, and wait until it answers PING.
@@ -68,7 +64,7 @@ impl Redis {
             cpu,
         };
         let started = Instant::now();
-        while !redis.answers() {
+        while !answers(redis.addr) {
             if started.elapsed() > START_LIMIT {
                 bail!("redis-server on port {port} did not answer PING within 10 s");
             }
@@ -132,19 +128,6 @@ impl Redis {
         Ok(())
     }
 
-    /// Whether it answers PING with +PONG.
-    fn answers(&self) -> bool {
-        let limit = Duration::from_secs(1);
-        let Ok(mut stream) = TcpStream::connect_timeout(&self.addr, limit) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(limit));
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -158,6 +141,27 @@ impl Redis {
     pub fn cpu_seconds(&self) -> Option<f64> {
         cpu_split_of(self.pid()).map(|(user, system)| user + system)
     }
+}
+
+/// Whether the Redis at `addr` answers PING with +PONG.
+pub fn answers(addr: SocketAddr) -> bool {
+    let limit = Duration::from_secs(1);
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, limit) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(limit));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// A free loopback port, for a server that cannot be told port 0.
+pub fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .context("cannot find a free loopback port")
 }
 
 impl Drop for Redis {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{CLUSTER, Setup};
-use crate::plan::{Numbers, STAGE5, STAGE5_NOTICES_OFF, TOKIO};
+use crate::plan::{Numbers, REDIS_PUBSUB, STAGE5, STAGE5_NOTICES_OFF, TOKIO};
 use crate::results::{Measurement, Test, median};
 use crate::table::count;
 
@@ -24,7 +24,7 @@ pub const CONNECT_SHARE: f64 = 0.95;
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Target {
-    /// A short key: fanout, latency, idle_bytes, join_rss, connect, chaos.
+    /// A short key: fanout, latency, tail, idle_bytes, join_rss, connect, chaos.
     pub key: String,
     /// What must hold, in words.
     pub goal: String,
@@ -46,6 +46,7 @@ pub fn evaluate(ms: &[Measurement], numbers: &Numbers) -> Vec<Target> {
     let mut targets = vec![
         fanout(ms, clients),
         latency(ms, clients, rate),
+        tail(ms, clients, rate),
         idle_bytes(ms),
         join_rss(ms, numbers),
         connect(ms, connect_c),
@@ -392,6 +393,105 @@ fn latency(ms: &[Measurement], clients: u32, rate: u64) -> Target {
     paced_p99("latency".into(), goal, &runs, P99_US)
 }
 
+/// The p99s of one server's runs at one load: the median, the lowest and
+/// the highest, and whether every run sent at the rate asked.
+struct P99s {
+    median: f64,
+    lowest: f64,
+    highest: f64,
+    runs: usize,
+    rate_met: bool,
+}
+
+impl P99s {
+    fn of(runs: &[&Measurement]) -> P99s {
+        let ok: Vec<&Measurement> = runs.iter().copied().filter(|m| m.error.is_none()).collect();
+        let p99s: Vec<f64> = ok
+            .iter()
+            .filter_map(|m| m.figure("/latency/p99_us"))
+            .collect();
+        P99s {
+            median: median(&ok, |m| m.figure("/latency/p99_us")).unwrap_or(f64::INFINITY),
+            lowest: p99s.iter().copied().fold(f64::INFINITY, f64::min),
+            highest: p99s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            runs: p99s.len(),
+            rate_met: ok.iter().all(|m| {
+                m.tester
+                    .as_ref()
+                    .and_then(|j| j.get("rate_met"))
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false)
+            }),
+        }
+    }
+
+    fn range(&self) -> f64 {
+        self.highest - self.lowest
+    }
+}
+
+impl std::fmt::Display for P99s {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.3} ms ({:.3}–{:.3} over {} runs)",
+            self.median / 1000.0,
+            self.lowest / 1000.0,
+            self.highest / 1000.0,
+            self.runs
+        )
+    }
+}
+
+/// Stage 5's tail against Redis pub/sub's at the latency target's load, in
+/// the same run: both servers make about the same system calls a round
+/// there, so a looser tail would be the server's own doing.
+fn tail(ms: &[Measurement], clients: u32, rate: u64) -> Target {
+    let paced = |t: &Test| matches!(*t, Test::Chat { clients: c, rate: r, .. } if c == clients && r == rate);
+    let goal = format!(
+        "p99 delivery latency at {rate} sends/s across {clients} clients ≤ Redis pub/sub's \
+         (the median of the runs), and the range of the runs no wider"
+    );
+    let found = [find(ms, STAGE5, paced), find(ms, REDIS_PUBSUB, paced)];
+    if let [Some(_), None] = found {
+        return Target {
+            key: "tail".into(),
+            goal,
+            measured: "skipped: Redis pub/sub was not measured (is redis-server installed?)".into(),
+            ratio: None,
+            needs: "≤ 1".into(),
+            met: None,
+        };
+    }
+    if let Some(t) = unmeasured("tail", goal.clone(), "≤ 1", &found) {
+        return t;
+    }
+    let of = |server: &str| {
+        let runs: Vec<&Measurement> = ms
+            .iter()
+            .filter(|m| m.server == server && paced(&m.test))
+            .collect();
+        P99s::of(&runs)
+    };
+    let (ours, theirs) = (of(STAGE5), of(REDIS_PUBSUB));
+    let rate_met = ours.rate_met && theirs.rate_met;
+    Target {
+        key: "tail".into(),
+        goal,
+        measured: format!(
+            "p99 {ours} against Redis pub/sub's {theirs}{}",
+            if rate_met {
+                ""
+            } else {
+                " (below the asked rate)"
+            }
+        ),
+        ratio: Some(ours.median / theirs.median),
+        needs: "≤ 1".into(),
+        met: Some(ours.median <= theirs.median && ours.range() <= theirs.range() && rate_met),
+    }
+}
+
 fn idle_bytes(ms: &[Measurement]) -> Target {
     let largest = ms
         .iter()
@@ -610,6 +710,47 @@ mod tests {
             })
             .collect();
         fanout(&ms, 100)
+    }
+
+    /// A run at the latency target's load with this p99.
+    fn paced(server: &str, round: u32, p99_us: f64) -> Measurement {
+        let test = Test::Chat {
+            clients: 100,
+            messages: 250,
+            rate: 5000,
+            round,
+        };
+        let mut m = Measurement::new(server, "tester chat".into(), test);
+        m.tester = Some(json!({ "latency": { "p99_us": p99_us }, "rate_met": true }));
+        m
+    }
+
+    fn tail_of(ours: [f64; 3], theirs: [f64; 3]) -> Target {
+        let ms: Vec<Measurement> = (0..3)
+            .flat_map(|i| {
+                [
+                    paced(STAGE5, i as u32, ours[i]),
+                    paced(REDIS_PUBSUB, i as u32, theirs[i]),
+                ]
+            })
+            .collect();
+        tail(&ms, 100, 5000)
+    }
+
+    #[test]
+    fn the_tail_is_judged_on_the_median_and_the_range_of_the_runs() {
+        let tighter = tail_of([1300.0, 1400.0, 1700.0], [1600.0, 2900.0, 3700.0]);
+        assert_eq!(tighter.met, Some(true), "{}", tighter.measured);
+        assert!((tighter.ratio.unwrap() - 1400.0 / 2900.0).abs() < 1e-9);
+        // A lower median, but one round far out: not as tight.
+        let wide = tail_of([900.0, 1000.0, 4000.0], [1100.0, 1200.0, 1300.0]);
+        assert_eq!(wide.met, Some(false), "{}", wide.measured);
+        // As steady, but slower.
+        let slower = tail_of([2000.0, 2100.0, 2200.0], [1100.0, 1200.0, 1300.0]);
+        assert_eq!(slower.met, Some(false), "{}", slower.measured);
+        // No Redis in the run: not judged.
+        let alone: Vec<Measurement> = (0..3).map(|i| paced(STAGE5, i, 1000.0)).collect();
+        assert_eq!(tail(&alone, 100, 5000).met, None);
     }
 
     #[test]

@@ -27,9 +27,10 @@ const SERVERS: &[(&str, &str, &str)] = &[
 ];
 
 /// The targets' keys, in the order results.json lists them.
-const TARGETS: [&str; 9] = [
+const TARGETS: [&str; 10] = [
     "fanout",
     "latency",
+    "tail",
     "idle_bytes",
     "join_rss",
     "connect",
@@ -166,6 +167,38 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         }
     }
 
+    // Redis pub/sub, stage 5's peer, wherever redis-server is installed
+    // (with REQUIRE_REDIS=1 it must be): connect rounds and chat runs, the
+    // chat runs in RESP3 pub/sub, every line checked like any chat's.
+    let redis = results["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "redis-pubsub")
+        .expect("redis-pubsub is among the servers");
+    if redis["built"] == true || std::env::var_os("REQUIRE_REDIS").is_some() {
+        assert_eq!(redis["built"], true, "redis-server not found: {redis}");
+        let runs = tests_of(&results, "redis-pubsub");
+        let kinds: Vec<&str> = runs.iter().map(|m| m["test"].as_str().unwrap()).collect();
+        assert!(
+            kinds.contains(&"connect") && kinds.contains(&"chat"),
+            "{kinds:?}"
+        );
+        for m in runs {
+            assert!(m["error"].is_null(), "redis-pubsub: {m}");
+            if m["test"] == "chat" {
+                assert!(m["command"].as_str().unwrap().contains("--publish"), "{m}");
+                assert!(
+                    m["tester"]["deliveries_per_s"].as_f64().unwrap() > 0.0,
+                    "{m}"
+                );
+                assert_eq!(m["tester"]["lost"], 0, "{m}");
+            } else {
+                assert_eq!(m["greeting"], false, "Redis says nothing on connect: {m}");
+            }
+        }
+    }
+
     // Every target is judged, met or missed (which, is not a test's
     // business on tiny numbers); the cluster's may be skipped, said so,
     // on a machine without redis-server.
@@ -177,7 +210,8 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             let skipped = t["measured"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("skipped: "));
-            if !(t["key"].as_str().unwrap().starts_with("cluster") && skipped) {
+            let key = t["key"].as_str().unwrap();
+            if !((key.starts_with("cluster") || key == "tail") && skipped) {
                 assert!(t["met"].is_boolean(), "{t}");
                 assert!(t["ratio"].is_number(), "{t}");
             }
