@@ -66,11 +66,12 @@ pub fn run_all(
             built,
         });
         if !built {
-            eprintln!(
-                "{:<22} not built ({} missing): skipped",
-                spec.name,
-                bin.display()
-            );
+            let why = match spec.kind {
+                Kind::PubSub if redis::installed() => "stage 5 is not built".to_string(),
+                Kind::PubSub => format!("{} is not installed", spec.bin),
+                _ => format!("{} missing", bin.display()),
+            };
+            eprintln!("{:<22} not built ({why}): skipped", spec.name);
             continue;
         }
         built_specs.push((spec, bin));
