@@ -98,6 +98,9 @@ pub struct HoldArgs {
     /// 127.0.0.2 without 28,000 connections
     #[arg(long, hide = true, value_parser = |s: &str| in_range(s, 1u64, u64::MAX, ""))]
     pub per_source: Option<u64>,
+    /// A line each connection sends once connected, ended by CRLF (`SUBSCRIBE chat`, to hold subscribed Redis clients); what the server answers is read and discarded
+    #[arg(long, value_name = "LINE")]
+    pub send: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -44,6 +44,8 @@ pub struct HoldJob {
     pub per_source: u64,
     pub concurrency: u32,
     pub timeout: Duration,
+    /// What each connection sends once connected (`--send`, with its CRLF).
+    pub send: Option<Vec<u8>>,
 }
 
 /// How the ramp-up to N went (one process's share).
@@ -137,6 +139,10 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
                 per_source,
                 concurrency: (args.concurrency as u64).div_ceil(workers).max(1) as u32,
                 timeout: args.common.timeout,
+                send: args
+                    .send
+                    .as_ref()
+                    .map(|line| format!("{line}\r\n").into_bytes()),
             }
         })
         .collect();
@@ -201,6 +207,9 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
     if let Some(w) = args.workers {
         settings += &format!(" --workers {w}");
     }
+    if let Some(line) = &args.send {
+        settings += &format!(" --send {line:?}");
+    }
     let sources = count.div_ceil(ceiling);
     let mut spread = Vec::new();
     if workers > 1 {
@@ -260,6 +269,7 @@ pub fn run(args: &HoldArgs) -> Result<Outcome> {
             "timeout_s": args.common.timeout.as_secs_f64(),
             "server_pid": args.server_pid,
             "workers": workers,
+            "send": args.send,
         },
         "attempted": count,
         "open": open,
@@ -399,7 +409,17 @@ pub fn run_part(
                     continue;
                 }
                 connecting -= 1;
-                if let Err(errno) = net::connect_result(&conn.fd) {
+                let sent = match (&job.send, net::connect_result(&conn.fd)) {
+                    (_, Err(errno)) => Err(errno),
+                    (None, Ok(())) => Ok(()),
+                    // A fresh socket's buffer takes a short line whole.
+                    (Some(line), Ok(())) => match nix::unistd::write(&conn.fd, line) {
+                        Ok(n) if n == line.len() => Ok(()),
+                        Ok(_) => Err(Errno::EAGAIN),
+                        Err(errno) => Err(errno),
+                    },
+                };
+                if let Err(errno) = sent {
                     ramp.errors.count_for(conn.target, Failure::Os(errno));
                     net::close(&epoll, conns.remove(slot).expect("in use").fd);
                     continue;

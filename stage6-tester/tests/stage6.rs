@@ -484,6 +484,44 @@ fn chat_with_publish_measures_redis_pub_sub_as_a_chat() {
 }
 
 #[test]
+fn hold_with_send_holds_subscribed_redis_clients() {
+    let Some(redis) = testkit::redis::Redis::start() else {
+        return;
+    };
+    let addr = redis.arg();
+    let mut child = KillOnDrop(
+        std::process::Command::new(tester())
+            .args(["hold", &addr, "--connections", "60", "--workers", "2"])
+            .args(["--duration", "3s", "--send", "SUBSCRIBE room", "--json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the tester"),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
+    let stdout = thread::spawn(move || {
+        let mut bytes = Vec::new();
+        stdout.read_to_end(&mut bytes).map(|_| bytes)
+    });
+    // Redis's own count of the channel's subscribers, while the tester holds.
+    let numsub = "return redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2]";
+    let mut seen = String::new();
+    let held = testkit::holds_within_timeout(|| {
+        seen = redis.command(&["EVAL", numsub, "1", "room"]);
+        seen == ":60"
+    });
+    assert!(
+        held,
+        "Redis counted {seen} subscribers of the 60 held: does each connection send --send's line?"
+    );
+    let status = testkit::wait_for_exit(&mut child.0);
+    assert!(status.success(), "tester hold failed: {status}");
+    let stdout = stdout.join().unwrap().expect("read the tester's stdout");
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(report["open_at_end"], 60, "{report}");
+    assert_eq!(report["settings"]["send"], "SUBSCRIBE room", "{report}");
+}
+
+#[test]
 fn chat_batch_through_stage5_delivers_every_line_once_in_order() {
     let (_server, addr) = start_quiet(stage5());
     // Several lines per write, several writes in flight per client.
