@@ -11,7 +11,7 @@ use plotters::coord::CoordTranslate;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::plan::SERVERS;
+use crate::plan::{Runs, SERVERS};
 use crate::results::{Measurement, Results, Test, median};
 
 /// One line of a chart: its legend and its points, sorted by x.
@@ -191,7 +191,10 @@ fn held(r: &Results) -> Vec<Line> {
 /// For each chat server: unpaced deliveries/s by clients.
 fn deliveries(r: &Results) -> Vec<Line> {
     let mut lines = Vec::new();
-    for s in SERVERS.iter().filter(|s| s.kind.chats() && !s.connect_only) {
+    for s in SERVERS
+        .iter()
+        .filter(|s| s.kind.chats() && s.runs == Runs::All)
+    {
         let runs = r.all(s.name, |t| matches!(t, Test::Chat { rate: 0, .. }));
         let points = by_clients(&runs, |m| Some(m.figure("/deliveries_per_s")? / 1e6));
         push_line(&mut lines, r.label(s.name).to_string(), points);
@@ -232,7 +235,10 @@ fn by_clients(
 /// the same deliveries per second).
 fn p99(r: &Results) -> Vec<Line> {
     let mut lines = Vec::new();
-    for s in SERVERS.iter().filter(|s| s.kind.chats() && !s.connect_only) {
+    for s in SERVERS
+        .iter()
+        .filter(|s| s.kind.chats() && s.runs == Runs::All)
+    {
         let runs = r.all(
             s.name,
             |t| matches!(t, Test::Chat { rate, .. } if *rate > 0),

@@ -16,7 +16,7 @@ use crate::idle;
 use crate::machine::{load_average, time_wait_sockets};
 use crate::noise::Snapshot;
 use crate::pin::Pinning;
-use crate::plan::{CHANNEL, CHAOS_SEED, Kind, Numbers, Part, SERVERS, STAGE5, ServerSpec};
+use crate::plan::{CHANNEL, CHAOS_SEED, Kind, Numbers, Part, Runs, SERVERS, STAGE5, ServerSpec};
 use crate::process::{Server, count_lines, process_up, redis_args, run_tester, server_args};
 use crate::redis;
 use crate::results::{Measurement, RunInfo, ServerInfo, ServerLog, Test};
@@ -94,9 +94,13 @@ pub fn run_all(
     // Connection rates first, in rounds across all servers: each connect
     // leaves kernel state behind (TIME_WAIT sockets) that changes the next
     // run's rate, whichever server it measures.
+    let connecting: Vec<&(&ServerSpec, PathBuf)> = built_specs
+        .iter()
+        .filter(|(spec, _)| spec.runs != Runs::Hold)
+        .collect();
     if numbers.connect_warmup {
         let concurrency = *numbers.connect_concurrency.iter().max().unwrap_or(&1);
-        for (spec, bin) in &built_specs {
+        for (spec, bin) in connecting.iter().copied() {
             let test = Test::Connect {
                 concurrency,
                 round: 0,
@@ -110,9 +114,10 @@ pub fn run_all(
     // Each round starts one server later, so that no server is always the
     // one that meets the TIME_WAIT state the others left.
     for round in 0..numbers.connect_rounds {
-        let n = built_specs.len();
-        let order = built_specs
+        let n = connecting.len();
+        let order = connecting
             .iter()
+            .copied()
             .cycle()
             .skip(round as usize % n.max(1))
             .take(n);
@@ -132,7 +137,7 @@ pub fn run_all(
     let clients = numbers.chat_clients[0];
     for round in 0..numbers.fanout_rounds {
         for (spec, bin) in &built_specs {
-            if spec.kind.chats() && !spec.connect_only {
+            if spec.kind.chats() && spec.runs == Runs::All {
                 let test = Test::Chat {
                     clients,
                     messages: numbers.unpaced_messages(clients),
@@ -148,7 +153,7 @@ pub fn run_all(
     let rate = numbers.scaled_rate(numbers.target_rate(), clients);
     for round in 1..numbers.latency_rounds {
         for (spec, bin) in &built_specs {
-            if spec.kind.chats() && !spec.connect_only {
+            if spec.kind.chats() && spec.runs == Runs::All {
                 let test = Test::Chat {
                     clients,
                     messages: numbers.paced_messages(clients, rate),
@@ -196,13 +201,16 @@ fn chaos_part(
 /// The tests a server gets after the connect rounds, in the order they run.
 fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<Test> {
     let mut tests = Vec::new();
-    if spec.connect_only {
+    if spec.runs == Runs::Connect {
         return tests;
     }
     if spec.hold {
         for connections in numbers.hold_sizes(max_connections) {
             tests.push(Test::Hold { connections });
         }
+    }
+    if spec.runs == Runs::Hold {
+        return tests;
     }
     match spec.kind {
         // The echo runs expect no greeting: connect rounds only.
@@ -493,7 +501,13 @@ fn tester_args(
             }
             a
         }
-        Test::Hold { connections } => hold_args(addr, pid, connections, numbers),
+        Test::Hold { connections } => {
+            let mut args = hold_args(addr, pid, connections, numbers);
+            if let Some(line) = spec.hold_send {
+                args.extend(["--send".into(), line.into()]);
+            }
+            args
+        }
         Test::Join { clients } => hold_args(addr, pid, clients, numbers),
         Test::Echo {
             clients,

@@ -41,6 +41,18 @@ impl Kind {
     }
 }
 
+/// Which of the tests a server gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// Every test its kind and `hold` give it.
+    All,
+    /// Only the connect rounds: a variant of another server's settings.
+    Connect,
+    /// Only the holds: a variant of how another server's connections are
+    /// held.
+    Hold,
+}
+
 /// One server under test.
 pub struct ServerSpec {
     /// The key in results.json: the crate or baseline name.
@@ -54,8 +66,11 @@ pub struct ServerSpec {
     pub hold: bool,
     /// Flags before the address, beyond `-q`.
     pub args: &'static [&'static str],
-    /// Only the connect rounds: a variant of another server's settings.
-    pub connect_only: bool,
+    /// Which of the tests it gets.
+    pub runs: Runs,
+    /// A line each connection of its holds sends once connected
+    /// (`tester hold --send`).
+    pub hold_send: Option<&'static str>,
     /// Serves one client at a time (stage 1): its echo run sends as many
     /// round trips in all as one client of the others does, so a slow
     /// machine cannot stretch it past the run limit.
@@ -73,7 +88,8 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::Echo,
         hold: false,
         args: &[],
-        connect_only: false,
+        runs: Runs::All,
+        hold_send: None,
         one_at_a_time: true,
         idle_scaling: false,
     },
@@ -84,7 +100,8 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::Echo,
         hold: true,
         args: &[],
-        connect_only: false,
+        runs: Runs::All,
+        hold_send: None,
         one_at_a_time: false,
         idle_scaling: true,
     },
@@ -95,7 +112,8 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::Echo,
         hold: false,
         args: &[],
-        connect_only: false,
+        runs: Runs::All,
+        hold_send: None,
         one_at_a_time: false,
         idle_scaling: true,
     },
@@ -108,7 +126,8 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::Echo,
         hold: false,
         args: &[],
-        connect_only: false,
+        runs: Runs::All,
+        hold_send: None,
         one_at_a_time: false,
         idle_scaling: true,
     },
@@ -119,7 +138,8 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::Echo,
         hold: true,
         args: &[],
-        connect_only: false,
+        runs: Runs::All,
+        hold_send: None,
         one_at_a_time: false,
         idle_scaling: false,
     },
@@ -130,7 +150,8 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::Chat,
         hold: true,
         args: &[],
-        connect_only: false,
+        runs: Runs::All,
+        hold_send: None,
         one_at_a_time: false,
         idle_scaling: false,
     },
@@ -144,7 +165,8 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::Chat,
         hold: false,
         args: &["--announce-limit", "1"],
-        connect_only: true,
+        runs: Runs::Connect,
+        hold_send: None,
         one_at_a_time: false,
         idle_scaling: false,
     },
@@ -157,7 +179,8 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::GreetingEcho,
         hold: false,
         args: &[],
-        connect_only: true,
+        runs: Runs::Connect,
+        hold_send: None,
         one_at_a_time: false,
         idle_scaling: false,
     },
@@ -168,7 +191,8 @@ pub const SERVERS: &[ServerSpec] = &[
         kind: Kind::Chat,
         hold: true,
         args: &[],
-        connect_only: false,
+        runs: Runs::All,
+        hold_send: None,
         one_at_a_time: false,
         idle_scaling: false,
     },
@@ -179,9 +203,24 @@ pub const SERVERS: &[ServerSpec] = &[
         bin: crate::redis::REDIS_SERVER,
         label: "Redis pub/sub",
         kind: Kind::PubSub,
-        hold: false,
+        hold: true,
         args: &[],
-        connect_only: false,
+        runs: Runs::All,
+        hold_send: None,
+        one_at_a_time: false,
+        idle_scaling: false,
+    },
+    // The same, its held connections subscribed to the channel, as a
+    // chat's clients are: Redis keeps more for a subscriber.
+    ServerSpec {
+        name: "redis-pubsub-subscribed",
+        bin: crate::redis::REDIS_SERVER,
+        label: "Redis pub/sub, subscribed",
+        kind: Kind::PubSub,
+        hold: true,
+        args: &[],
+        runs: Runs::Hold,
+        hold_send: Some("SUBSCRIBE chat"),
         one_at_a_time: false,
         idle_scaling: false,
     },

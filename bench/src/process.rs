@@ -251,7 +251,9 @@ pub fn server_args<'a>(flags: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-/// `redis-server`'s arguments: loopback only, nothing written to disk.
+/// `redis-server`'s arguments: loopback only, nothing written to disk, and
+/// room for as many clients as the holds ask for (Redis lowers
+/// `maxclients` to what its descriptor limit allows, less 32 of its own).
 pub fn redis_args(port: u16) -> Vec<String> {
     let port = port.to_string();
     [
@@ -263,6 +265,8 @@ pub fn redis_args(port: u16) -> Vec<String> {
         "",
         "--appendonly",
         "no",
+        "--maxclients",
+        "20000",
     ]
     .map(String::from)
     .to_vec()

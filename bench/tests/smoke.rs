@@ -168,8 +168,9 @@ fn smoke_run_writes_every_figure_table_and_chart() {
     }
 
     // Redis pub/sub, stage 5's peer, wherever redis-server is installed
-    // (with REQUIRE_REDIS=1 it must be): connect rounds and chat runs, the
-    // chat runs in RESP3 pub/sub, every line checked like any chat's.
+    // (with REQUIRE_REDIS=1 it must be): connect rounds, holds and chat
+    // runs, the chat runs in RESP3 pub/sub, every line checked like any
+    // chat's; and its holds again, subscribed to the channel.
     let redis = results["servers"]
         .as_array()
         .unwrap()
@@ -180,22 +181,42 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         assert_eq!(redis["built"], true, "redis-server not found: {redis}");
         let runs = tests_of(&results, "redis-pubsub");
         let kinds: Vec<&str> = runs.iter().map(|m| m["test"].as_str().unwrap()).collect();
-        assert!(
-            kinds.contains(&"connect") && kinds.contains(&"chat"),
-            "{kinds:?}"
-        );
+        for kind in ["connect", "chat", "hold"] {
+            assert!(
+                kinds.contains(&kind),
+                "redis-pubsub: no {kind} run in {kinds:?}"
+            );
+        }
         for m in runs {
             assert!(m["error"].is_null(), "redis-pubsub: {m}");
-            if m["test"] == "chat" {
-                assert!(m["command"].as_str().unwrap().contains("--publish"), "{m}");
-                assert!(
-                    m["tester"]["deliveries_per_s"].as_f64().unwrap() > 0.0,
+            match m["test"].as_str().unwrap() {
+                "chat" => {
+                    assert!(m["command"].as_str().unwrap().contains("--publish"), "{m}");
+                    assert!(
+                        m["tester"]["deliveries_per_s"].as_f64().unwrap() > 0.0,
+                        "{m}"
+                    );
+                    assert_eq!(m["tester"]["lost"], 0, "{m}");
+                }
+                "connect" => {
+                    assert_eq!(m["greeting"], false, "Redis says nothing on connect: {m}");
+                }
+                _ => assert!(
+                    m["tester"]["server_bytes_per_connection"].is_number(),
                     "{m}"
-                );
-                assert_eq!(m["tester"]["lost"], 0, "{m}");
-            } else {
-                assert_eq!(m["greeting"], false, "Redis says nothing on connect: {m}");
+                ),
             }
+        }
+        let subscribed = tests_of(&results, "redis-pubsub-subscribed");
+        assert!(!subscribed.is_empty(), "no subscribed holds");
+        for m in subscribed {
+            assert!(m["error"].is_null(), "redis-pubsub-subscribed: {m}");
+            assert_eq!(m["test"], "hold", "held subscribed, and nothing else: {m}");
+            assert_eq!(m["tester"]["settings"]["send"], "SUBSCRIBE chat", "{m}");
+            assert!(
+                m["tester"]["server_bytes_per_connection"].is_number(),
+                "{m}"
+            );
         }
     }
 
