@@ -264,13 +264,25 @@ fn stage5_built(bin_dir: &Path) -> bool {
 fn redis_command() -> String {
     let args: Vec<String> = redis_args(0)
         .into_iter()
-        .map(|a| match a.as_str() {
-            "" => "''".into(),
-            "0" => "PORT".into(),
-            _ => a,
+        .map(|a| if a == "0" { "PORT".into() } else { a })
+        .collect();
+    format!("{} {}", redis::REDIS_SERVER, shell_words(&args))
+}
+
+/// Arguments as a shell reads them back: one that is empty or holds a
+/// space in single quotes (`--send 'SUBSCRIBE chat'`).
+fn shell_words(args: &[String]) -> String {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(char::is_whitespace) {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
         })
         .collect();
-    format!("{} {}", redis::REDIS_SERVER, args.join(" "))
+    quoted.join(" ")
 }
 
 /// One test against a fresh server, so no run inherits another's memory.
@@ -283,7 +295,7 @@ fn measure(bench: &Bench, spec: &ServerSpec, bin: &Path, test: Test) -> Measurem
         ),
         _ => format!(
             "tester {}",
-            tester_args(spec, &test, bench.numbers, "ADDR", "PID").join(" ")
+            shell_words(&tester_args(spec, &test, bench.numbers, "ADDR", "PID"))
         ),
     };
     let mut m = Measurement::new(spec.name, command, test);

@@ -213,6 +213,9 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             assert!(m["error"].is_null(), "redis-pubsub-subscribed: {m}");
             assert_eq!(m["test"], "hold", "held subscribed, and nothing else: {m}");
             assert_eq!(m["tester"]["settings"]["send"], "SUBSCRIBE chat", "{m}");
+            // The command as a reader would paste it into a shell.
+            let command = m["command"].as_str().unwrap();
+            assert!(command.contains("--send 'SUBSCRIBE chat'"), "{command}");
             assert!(
                 m["tester"]["server_bytes_per_connection"].is_number(),
                 "{m}"
