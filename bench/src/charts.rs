@@ -11,7 +11,7 @@ use plotters::coord::CoordTranslate;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::plan::{Runs, SERVERS};
+use crate::plan::{Hold, Runs, SERVERS};
 use crate::results::{Measurement, Results, Test, median};
 
 /// One line of a chart: its legend and its points, sorted by x.
@@ -166,7 +166,7 @@ fn ping_pong(r: &Results) -> Vec<Line> {
 /// For each server that held connections: RSS before (at 0) and with N open.
 fn held(r: &Results) -> Vec<Line> {
     let mut lines = Vec::new();
-    for s in SERVERS.iter().filter(|s| s.hold) {
+    for s in SERVERS.iter().filter(|s| s.hold != Hold::No) {
         let runs = r.all(s.name, |t| {
             matches!(t, Test::Hold { .. } | Test::Join { .. })
         });

@@ -16,8 +16,10 @@ use crate::idle;
 use crate::machine::{load_average, time_wait_sockets};
 use crate::noise::Snapshot;
 use crate::pin::Pinning;
-use crate::plan::{CHANNEL, CHAOS_SEED, Kind, Numbers, Part, Runs, SERVERS, STAGE5, ServerSpec};
-use crate::process::{Server, count_lines, process_up, redis_args, run_tester, server_args};
+use crate::plan::{
+    CHANNEL, CHAOS_SEED, Hold, Kind, Numbers, Part, Runs, SERVERS, STAGE5, ServerSpec,
+};
+use crate::process::{Server, count_lines, process_up, run_tester, server_args};
 use crate::redis;
 use crate::results::{Measurement, RunInfo, ServerInfo, ServerLog, Test};
 
@@ -204,7 +206,7 @@ fn tests_for(spec: &ServerSpec, numbers: &Numbers, max_connections: u64) -> Vec<
     if spec.runs == Runs::Connect {
         return tests;
     }
-    if spec.hold {
+    if spec.hold != Hold::No {
         for connections in numbers.hold_sizes(max_connections) {
             tests.push(Test::Hold { connections });
         }
@@ -262,7 +264,7 @@ fn stage5_built(bin_dir: &Path) -> bool {
 
 /// The command line Redis is started with, as the results show it.
 fn redis_command() -> String {
-    let args: Vec<String> = redis_args(0)
+    let args: Vec<String> = redis::args(0)
         .into_iter()
         .map(|a| if a == "0" { "PORT".into() } else { a })
         .collect();
@@ -515,7 +517,7 @@ fn tester_args(
         }
         Test::Hold { connections } => {
             let mut args = hold_args(addr, pid, connections, numbers);
-            if let Some(line) = spec.hold_send {
+            if let Hold::After(line) = spec.hold {
                 args.extend(["--send".into(), line.into()]);
             }
             args

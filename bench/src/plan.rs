@@ -53,6 +53,17 @@ pub enum Runs {
     Hold,
 }
 
+/// Whether a server's held connections are measured, and how they sit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// No `hold` tests.
+    No,
+    /// Held idle, as opened (the servers the held-connections chart compares).
+    Idle,
+    /// Held after each sent this line (`tester hold --send`).
+    After(&'static str),
+}
+
 /// One server under test.
 pub struct ServerSpec {
     /// The key in results.json: the crate or baseline name.
@@ -62,15 +73,11 @@ pub struct ServerSpec {
     /// The short name tables and charts use.
     pub label: &'static str,
     pub kind: Kind,
-    /// Gets the `hold` tests (the servers the held-connections chart compares).
-    pub hold: bool,
+    pub hold: Hold,
     /// Flags before the address, beyond `-q`.
     pub args: &'static [&'static str],
     /// Which of the tests it gets.
     pub runs: Runs,
-    /// A line each connection of its holds sends once connected
-    /// (`tester hold --send`).
-    pub hold_send: Option<&'static str>,
     /// Serves one client at a time (stage 1): its echo run sends as many
     /// round trips in all as one client of the others does, so a slow
     /// machine cannot stretch it past the run limit.
@@ -79,43 +86,42 @@ pub struct ServerSpec {
     pub idle_scaling: bool,
 }
 
+/// What a server is unless its entry says otherwise.
+const PLAIN: ServerSpec = ServerSpec {
+    name: "",
+    bin: "",
+    label: "",
+    kind: Kind::Echo,
+    hold: Hold::No,
+    args: &[],
+    runs: Runs::All,
+    one_at_a_time: false,
+    idle_scaling: false,
+};
+
 /// Every server, in the order the tables list them.
 pub const SERVERS: &[ServerSpec] = &[
     ServerSpec {
         name: "stage1-tcp-server",
         bin: "stage1-tcp-server",
         label: "stage 1",
-        kind: Kind::Echo,
-        hold: false,
-        args: &[],
-        runs: Runs::All,
-        hold_send: None,
         one_at_a_time: true,
-        idle_scaling: false,
+        ..PLAIN
     },
     ServerSpec {
         name: "stage3-epoll",
         bin: "stage3-epoll",
         label: "stage 3",
-        kind: Kind::Echo,
-        hold: true,
-        args: &[],
-        runs: Runs::All,
-        hold_send: None,
-        one_at_a_time: false,
+        hold: Hold::Idle,
         idle_scaling: true,
+        ..PLAIN
     },
     ServerSpec {
         name: "stage4-edge-triggered",
         bin: "stage4-edge-triggered",
         label: "stage 4",
-        kind: Kind::Echo,
-        hold: false,
-        args: &[],
-        runs: Runs::All,
-        hold_send: None,
-        one_at_a_time: false,
         idle_scaling: true,
+        ..PLAIN
     },
     // Stage 3 with poll(2) in place of epoll: the baseline of the ping-pong
     // runs among idle connections.
@@ -123,37 +129,23 @@ pub const SERVERS: &[ServerSpec] = &[
         name: "poll-echo",
         bin: "poll-echo",
         label: "poll-echo",
-        kind: Kind::Echo,
-        hold: false,
-        args: &[],
-        runs: Runs::All,
-        hold_send: None,
-        one_at_a_time: false,
         idle_scaling: true,
+        ..PLAIN
     },
     ServerSpec {
         name: "threads-echo",
         bin: "threads-echo",
         label: "threads-echo",
-        kind: Kind::Echo,
-        hold: true,
-        args: &[],
-        runs: Runs::All,
-        hold_send: None,
-        one_at_a_time: false,
-        idle_scaling: false,
+        hold: Hold::Idle,
+        ..PLAIN
     },
     ServerSpec {
         name: "stage5-chat",
         bin: "server",
         label: "stage 5",
         kind: Kind::Chat,
-        hold: true,
-        args: &[],
-        runs: Runs::All,
-        hold_send: None,
-        one_at_a_time: false,
-        idle_scaling: false,
+        hold: Hold::Idle,
+        ..PLAIN
     },
     // Stage 5 with its join and leave notices off: the connect target is
     // judged on this one, since the notices are fan-out, which the chat runs
@@ -163,12 +155,9 @@ pub const SERVERS: &[ServerSpec] = &[
         bin: "server",
         label: "stage 5, notices off",
         kind: Kind::Chat,
-        hold: false,
         args: &["--announce-limit", "1"],
         runs: Runs::Connect,
-        hold_send: None,
-        one_at_a_time: false,
-        idle_scaling: false,
+        ..PLAIN
     },
     // Stage 4 plus a welcome line: how much of the chat's connection rate
     // the greeting alone accounts for.
@@ -177,24 +166,16 @@ pub const SERVERS: &[ServerSpec] = &[
         bin: "greeting-echo",
         label: "greeting-echo",
         kind: Kind::GreetingEcho,
-        hold: false,
-        args: &[],
         runs: Runs::Connect,
-        hold_send: None,
-        one_at_a_time: false,
-        idle_scaling: false,
+        ..PLAIN
     },
     ServerSpec {
         name: "tokio-chat",
         bin: "tokio-chat",
         label: "tokio-chat",
         kind: Kind::Chat,
-        hold: true,
-        args: &[],
-        runs: Runs::All,
-        hold_send: None,
-        one_at_a_time: false,
-        idle_scaling: false,
+        hold: Hold::Idle,
+        ..PLAIN
     },
     // Redis 7 pub/sub used as a chat: the strongest single-threaded epoll
     // server there is, as a peer. Debian's `redis-server`, from the PATH.
@@ -203,12 +184,8 @@ pub const SERVERS: &[ServerSpec] = &[
         bin: crate::redis::REDIS_SERVER,
         label: "Redis pub/sub",
         kind: Kind::PubSub,
-        hold: true,
-        args: &[],
-        runs: Runs::All,
-        hold_send: None,
-        one_at_a_time: false,
-        idle_scaling: false,
+        hold: Hold::Idle,
+        ..PLAIN
     },
     // The same, its held connections subscribed to the channel, as a
     // chat's clients are: Redis keeps more for a subscriber.
@@ -217,12 +194,9 @@ pub const SERVERS: &[ServerSpec] = &[
         bin: crate::redis::REDIS_SERVER,
         label: "Redis pub/sub, subscribed",
         kind: Kind::PubSub,
-        hold: true,
-        args: &[],
+        hold: Hold::After("SUBSCRIBE chat"),
         runs: Runs::Hold,
-        hold_send: Some("SUBSCRIBE chat"),
-        one_at_a_time: false,
-        idle_scaling: false,
+        ..PLAIN
     },
 ];
 

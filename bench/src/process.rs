@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nix::unistd::{SysconfVar, sysconf};
@@ -73,7 +73,7 @@ impl Server {
         let mut command = Command::new(redis::REDIS_SERVER);
         pin(&mut command, cpu);
         let mut child = command
-            .args(redis_args(port))
+            .args(redis::args(port))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -86,23 +86,7 @@ impl Server {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             stderr,
         };
-        let started = Instant::now();
-        while !redis::answers(server.addr) {
-            if let Some(how) = server.exited() {
-                bail!(
-                    "{} exited before it answered PING: {how}",
-                    redis::REDIS_SERVER
-                );
-            }
-            if started.elapsed() > START_LIMIT {
-                bail!(
-                    "{} on port {port} did not answer PING within 10 s",
-                    redis::REDIS_SERVER
-                );
-            }
-            // Polling a process that gives no other sign it is ready.
-            thread::sleep(Duration::from_millis(20));
-        }
+        redis::wait_until_ready(server.addr, || server.exited())?;
         Ok(server)
     }
 
@@ -249,27 +233,6 @@ pub fn server_args<'a>(flags: &[&'a str]) -> Vec<&'a str> {
     args.extend_from_slice(flags);
     args.push("127.0.0.1:0");
     args
-}
-
-/// `redis-server`'s arguments: loopback only, nothing written to disk, and
-/// room for as many clients as the holds ask for (Redis lowers
-/// `maxclients` to what its descriptor limit allows, less 32 of its own).
-pub fn redis_args(port: u16) -> Vec<String> {
-    let port = port.to_string();
-    [
-        "--port",
-        &port,
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--maxclients",
-        "20000",
-    ]
-    .map(String::from)
-    .to_vec()
 }
 
 /// The end of what a child wrote to a pipe.

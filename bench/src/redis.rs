@@ -51,8 +51,7 @@ impl Redis {
         let mut command = Command::new(REDIS_SERVER);
         pin(&mut command, cpu);
         let child = command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(args(port))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -63,14 +62,7 @@ impl Redis {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             cpu,
         };
-        let started = Instant::now();
-        while !answers(redis.addr) {
-            if started.elapsed() > START_LIMIT {
-                bail!("redis-server on port {port} did not answer PING within 10 s");
-            }
-            // Polling a process that gives no other sign it is ready.
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_ready(redis.addr, || None)?;
         Ok(redis)
     }
 
@@ -141,6 +133,47 @@ impl Redis {
     pub fn cpu_seconds(&self) -> Option<f64> {
         cpu_split_of(self.pid()).map(|(user, system)| user + system)
     }
+}
+
+/// `redis-server`'s arguments: loopback only, nothing written to disk, and
+/// room for as many clients as the holds ask for (Redis lowers
+/// `maxclients` to what its descriptor limit allows, less 32 of its own).
+pub fn args(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxclients",
+        "20000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Wait until the Redis at `addr` answers PING, at most `START_LIMIT`;
+/// `exited` says how it ended, if it ended meanwhile.
+pub fn wait_until_ready(
+    addr: SocketAddr,
+    mut exited: impl FnMut() -> Option<String>,
+) -> Result<()> {
+    let started = Instant::now();
+    while !answers(addr) {
+        if let Some(how) = exited() {
+            bail!("{REDIS_SERVER} exited before it answered PING: {how}");
+        }
+        if started.elapsed() > START_LIMIT {
+            bail!("{REDIS_SERVER} on {addr} did not answer PING within 10 s");
+        }
+        // Polling a process that gives no other sign it is ready.
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Whether the Redis at `addr` answers PING with +PONG.

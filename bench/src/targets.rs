@@ -142,51 +142,87 @@ fn cluster_p99(ms: &[Measurement]) -> Target {
     paced_p99(key.into(), goal, &[run], CLUSTER_P99_US)
 }
 
+/// The p99s of one server's runs at one load: the median, the lowest and
+/// the highest, and whether every run sent at the rate asked.
+struct P99s {
+    median: f64,
+    lowest: f64,
+    highest: f64,
+    runs: usize,
+    rate_met: bool,
+}
+
+impl P99s {
+    fn of(runs: &[&Measurement]) -> P99s {
+        let ok: Vec<&Measurement> = runs.iter().copied().filter(|m| m.error.is_none()).collect();
+        let p99s: Vec<f64> = ok
+            .iter()
+            .filter_map(|m| m.figure("/latency/p99_us"))
+            .collect();
+        P99s {
+            median: median(&ok, |m| m.figure("/latency/p99_us")).unwrap_or(f64::INFINITY),
+            lowest: p99s.iter().copied().fold(f64::INFINITY, f64::min),
+            highest: p99s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            runs: p99s.len(),
+            rate_met: ok.iter().all(|m| {
+                m.tester
+                    .as_ref()
+                    .and_then(|j| j.get("rate_met"))
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false)
+            }),
+        }
+    }
+
+    fn range(&self) -> f64 {
+        self.highest - self.lowest
+    }
+}
+
+impl std::fmt::Display for P99s {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.3} ms ({:.3}–{:.3} over {} runs)",
+            self.median / 1000.0,
+            self.lowest / 1000.0,
+            self.highest / 1000.0,
+            self.runs
+        )
+    }
+}
+
 /// A latency target: the runs' median p99 at most `limit_us`, every run at
 /// the rate it was asked to keep.
 fn paced_p99(key: String, goal: String, runs: &[&Measurement], limit_us: f64) -> Target {
-    let p99 = median(runs, |m| m.figure("/latency/p99_us")).unwrap_or(f64::INFINITY);
+    let p99s = P99s::of(runs);
     let achieved = median(runs, |m| m.figure("/send_rate")).unwrap_or(0.0);
-    let rate_met = runs.iter().filter(|m| m.error.is_none()).all(|m| {
-        m.tester
-            .as_ref()
-            .and_then(|j| j.get("rate_met"))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
-    });
     // Of several runs, the median p99 and the lowest and highest.
-    let p99s: Vec<f64> = runs
-        .iter()
-        .filter(|m| m.error.is_none())
-        .filter_map(|m| m.figure("/latency/p99_us"))
-        .collect();
-    let rounds = match (
-        p99s.iter().copied().reduce(f64::min),
-        p99s.iter().copied().reduce(f64::max),
-    ) {
-        (Some(lo), Some(hi)) if p99s.len() > 1 => format!(
+    let rounds = if p99s.runs > 1 {
+        format!(
             " (the median of {} runs, {:.3}–{:.3} ms)",
-            p99s.len(),
-            lo / 1000.0,
-            hi / 1000.0
-        ),
-        _ => String::new(),
+            p99s.runs,
+            p99s.lowest / 1000.0,
+            p99s.highest / 1000.0
+        )
+    } else {
+        String::new()
     };
     Target {
         key,
         goal,
         measured: format!(
             "p99 {:.3} ms{rounds} at {achieved:.0} sends/s achieved{}",
-            p99 / 1000.0,
-            if rate_met {
+            p99s.median / 1000.0,
+            if p99s.rate_met {
                 ""
             } else {
                 " (below the asked rate)"
             }
         ),
-        ratio: Some(p99 / limit_us),
+        ratio: Some(p99s.median / limit_us),
         needs: "≤ 1".into(),
-        met: Some(p99 <= limit_us && rate_met),
+        met: Some(p99s.median <= limit_us && p99s.rate_met),
     }
 }
 
@@ -391,56 +427,6 @@ fn latency(ms: &[Measurement], clients: u32, rate: u64) -> Target {
         .filter(|m| m.server == STAGE5 && paced(&m.test))
         .collect();
     paced_p99("latency".into(), goal, &runs, P99_US)
-}
-
-/// The p99s of one server's runs at one load: the median, the lowest and
-/// the highest, and whether every run sent at the rate asked.
-struct P99s {
-    median: f64,
-    lowest: f64,
-    highest: f64,
-    runs: usize,
-    rate_met: bool,
-}
-
-impl P99s {
-    fn of(runs: &[&Measurement]) -> P99s {
-        let ok: Vec<&Measurement> = runs.iter().copied().filter(|m| m.error.is_none()).collect();
-        let p99s: Vec<f64> = ok
-            .iter()
-            .filter_map(|m| m.figure("/latency/p99_us"))
-            .collect();
-        P99s {
-            median: median(&ok, |m| m.figure("/latency/p99_us")).unwrap_or(f64::INFINITY),
-            lowest: p99s.iter().copied().fold(f64::INFINITY, f64::min),
-            highest: p99s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            runs: p99s.len(),
-            rate_met: ok.iter().all(|m| {
-                m.tester
-                    .as_ref()
-                    .and_then(|j| j.get("rate_met"))
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(false)
-            }),
-        }
-    }
-
-    fn range(&self) -> f64 {
-        self.highest - self.lowest
-    }
-}
-
-impl std::fmt::Display for P99s {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:.3} ms ({:.3}–{:.3} over {} runs)",
-            self.median / 1000.0,
-            self.lowest / 1000.0,
-            self.highest / 1000.0,
-            self.runs
-        )
-    }
 }
 
 /// Stage 5's tail against Redis pub/sub's at the latency target's load, in
