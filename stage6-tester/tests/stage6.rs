@@ -268,21 +268,17 @@ fn hold_keeps_connections_open_on_stage3() {
     let server = Server::start(stage3(), &["-q", "127.0.0.1:0"]);
     let idle_fds = sockets(server.pid());
     let pid = server.pid().to_string();
-    let mut child = KillOnDrop(
-        std::process::Command::new(tester())
-            .args(["hold", &server.addr.to_string(), "--connections", "150"])
-            .args(["--duration", "2s", "--server-pid", &pid, "--json"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the tester"),
-    );
-    // Read on a thread, so that a tester that writes more than a pipe holds
-    // is not blocked while the test waits for it to exit.
-    let mut stdout = child.0.stdout.take().unwrap();
-    let stdout = thread::spawn(move || {
-        let mut bytes = Vec::new();
-        stdout.read_to_end(&mut bytes).map(|_| bytes)
-    });
+    let addr = server.addr.to_string();
+    let hold = Background::start(&[
+        "hold",
+        &addr,
+        "--connections",
+        "150",
+        "--duration",
+        "2s",
+        "--server-pid",
+        &pid,
+    ]);
     // While the tester holds, the server really has all 150 connections.
     let mut seen = 0;
     let held = testkit::holds_within_timeout(|| {
@@ -294,10 +290,7 @@ fn hold_keeps_connections_open_on_stage3() {
         "the server had {seen} of the 150 connections the tester was to hold: \
          does the tester keep every connection open for --duration?"
     );
-    let status = testkit::wait_for_exit(&mut child.0);
-    assert!(status.success(), "tester hold failed: {status}");
-    let stdout = stdout.join().unwrap().expect("read the tester's stdout");
-    let report: Value = serde_json::from_slice(&stdout).unwrap();
+    let report = hold.report();
     assert_eq!(report["open"], 150, "{report}");
     assert_eq!(
         report["open_at_end"], 150,
@@ -321,6 +314,56 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A tester run (`--json`) left running while the test watches the server:
+/// its stdout is read on a thread, so that a tester that writes more than
+/// a pipe holds is not blocked meanwhile.
+struct Background {
+    subcommand: String,
+    child: KillOnDrop,
+    stdout: thread::JoinHandle<std::io::Result<Vec<u8>>>,
+}
+
+impl Background {
+    fn start(args: &[&str]) -> Background {
+        let mut child = KillOnDrop(
+            std::process::Command::new(tester())
+                .args(args)
+                .arg("--json")
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start the tester"),
+        );
+        let mut stdout = child.0.stdout.take().unwrap();
+        let stdout = thread::spawn(move || {
+            let mut bytes = Vec::new();
+            stdout.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        let subcommand = args[0].to_string();
+        Background {
+            subcommand,
+            child,
+            stdout,
+        }
+    }
+
+    /// Wait for the run to end (within the test's timeout), and return
+    /// its report.
+    fn report(mut self) -> Value {
+        let status = testkit::wait_for_exit(&mut self.child.0);
+        assert!(
+            status.success(),
+            "tester {} failed: {status}",
+            self.subcommand
+        );
+        let stdout = self
+            .stdout
+            .join()
+            .unwrap()
+            .expect("read the tester's stdout");
+        serde_json::from_slice(&stdout).unwrap()
     }
 }
 
@@ -489,19 +532,18 @@ fn hold_with_send_holds_subscribed_redis_clients() {
         return;
     };
     let addr = redis.arg();
-    let mut child = KillOnDrop(
-        std::process::Command::new(tester())
-            .args(["hold", &addr, "--connections", "60", "--workers", "2"])
-            .args(["--duration", "3s", "--send", "SUBSCRIBE room", "--json"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the tester"),
-    );
-    let mut stdout = child.0.stdout.take().unwrap();
-    let stdout = thread::spawn(move || {
-        let mut bytes = Vec::new();
-        stdout.read_to_end(&mut bytes).map(|_| bytes)
-    });
+    let hold = Background::start(&[
+        "hold",
+        &addr,
+        "--connections",
+        "60",
+        "--workers",
+        "2",
+        "--duration",
+        "3s",
+        "--send",
+        "SUBSCRIBE room",
+    ]);
     // Redis's own count of the channel's subscribers, while the tester holds.
     let numsub = "return redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2]";
     let mut seen = String::new();
@@ -513,10 +555,7 @@ fn hold_with_send_holds_subscribed_redis_clients() {
         held,
         "Redis counted {seen} subscribers of the 60 held: does each connection send --send's line?"
     );
-    let status = testkit::wait_for_exit(&mut child.0);
-    assert!(status.success(), "tester hold failed: {status}");
-    let stdout = stdout.join().unwrap().expect("read the tester's stdout");
-    let report: Value = serde_json::from_slice(&stdout).unwrap();
+    let report = hold.report();
     assert_eq!(report["open_at_end"], 60, "{report}");
     assert_eq!(report["settings"]["send"], "SUBSCRIBE room", "{report}");
 }
