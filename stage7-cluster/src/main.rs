@@ -1,8 +1,9 @@
-//! Stage 7: several stage 5 chat servers as one chat.
+//! Stage 7: several chat servers as one chat, which notices a node that dies.
 //!
 //! Without `--redis` this is stage 5's server. With `--redis HOST:PORT` it
 //! is one node of a cluster: its clients' lines and notices go to a Redis
-//! stream, the other nodes' come from it, and names are claimed in Redis.
+//! stream, kept until Redis confirms them, the other nodes' come from it,
+//! and names are claimed in Redis, unique across every node.
 //! Redis is two more sockets and a timer in the same epoll set
 //! (`src/cluster.rs`); the loop never waits for it. With `--reuseport`
 //! several nodes on one machine share one listening port.

@@ -58,3 +58,11 @@ mod stream;
 /// Stage 7c's checks: nothing lost silently.
 #[path = "../steps/lossless/tests/checks/lossless.rs"]
 mod lossless;
+
+/// Stage 7d's checks: names for the whole cluster.
+#[path = "../steps/names/tests/checks/names.rs"]
+mod names;
+
+/// Stage 7e's checks: leases, and a node that dies.
+#[path = "../steps/leases/tests/checks/leases.rs"]
+mod leases;
