@@ -57,7 +57,7 @@ pub fn run_all(
             ),
             _ => {
                 let bin = bin_dir.join(spec.bin);
-                let command = format!("{} {}", spec.bin, server_args(spec.args).join(" "));
+                let command = format!("{} {}", spec.bin, shell_words(&server_args(spec.args)));
                 (bin.clone(), bin.is_file(), command)
             }
         };
@@ -264,23 +264,21 @@ fn stage5_built(bin_dir: &Path) -> bool {
 
 /// The command line Redis is started with, as the results show it.
 fn redis_command() -> String {
-    let args: Vec<String> = redis::args(0)
-        .into_iter()
-        .map(|a| if a == "0" { "PORT".into() } else { a })
-        .collect();
+    let args = redis::args("PORT");
     format!("{} {}", redis::REDIS_SERVER, shell_words(&args))
 }
 
 /// Arguments as a shell reads them back: one that is empty or holds a
 /// space in single quotes (`--send 'SUBSCRIBE chat'`).
-fn shell_words(args: &[String]) -> String {
+fn shell_words<S: AsRef<str>>(args: &[S]) -> String {
     let quoted: Vec<String> = args
         .iter()
         .map(|a| {
+            let a = a.as_ref();
             if a.is_empty() || a.contains(char::is_whitespace) {
                 format!("'{a}'")
             } else {
-                a.clone()
+                a.to_string()
             }
         })
         .collect();

@@ -73,7 +73,7 @@ impl Server {
         let mut command = Command::new(redis::REDIS_SERVER);
         pin(&mut command, cpu);
         let mut child = command
-            .args(redis::args(port))
+            .args(redis::args(&port.to_string()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -51,18 +51,22 @@ impl Redis {
         let mut command = Command::new(REDIS_SERVER);
         pin(&mut command, cpu);
         let child = command
-            .args(args(port))
+            .args(args(&port.to_string()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {REDIS_SERVER}"))?;
-        let redis = Redis {
+        let mut redis = Redis {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             cpu,
         };
-        wait_until_ready(redis.addr, || None)?;
+        let addr = redis.addr;
+        wait_until_ready(addr, || {
+            let status = redis.child.try_wait().ok().flatten()?;
+            Some(status.to_string())
+        })?;
         Ok(redis)
     }
 
@@ -138,11 +142,10 @@ impl Redis {
 /// `redis-server`'s arguments: loopback only, nothing written to disk, and
 /// room for as many clients as the holds ask for (Redis lowers
 /// `maxclients` to what its descriptor limit allows, less 32 of its own).
-pub fn args(port: u16) -> Vec<String> {
-    let port = port.to_string();
+pub fn args(port: &str) -> Vec<String> {
     [
         "--port",
-        &port,
+        port,
         "--bind",
         "127.0.0.1",
         "--save",
