@@ -29,7 +29,7 @@
 //! | 7c lossless | 7b | same paths; the client table and the connection to Redis are 7a's, used by path; the outbox and the senders (`src/delivery.rs`) are new |
 //! | 7d names | 7c | same paths; the client table grows again from 7a's; the connection to Redis is 7a's, used by path |
 //! | 7e leases | 7d | same paths; the client table and what a node keeps are 7d's, used by path |
-//! | 7 | 7e | same paths; the connection to Redis is 7a's, used by path |
+//! | 7 | 7e | same paths; the client table is 7d's and the connection to Redis 7a's, used by path |
 //!
 //! A stage is every file of the stage it grows from, with its own in their
 //! place ([`effective_files`]): a step that changes only the client carries

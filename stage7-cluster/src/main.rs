@@ -745,7 +745,7 @@ impl Server {
             // chat: they are told its clients left. One the cluster let
             // go, the others were told of already.
             let notice = notice.or_else(|| match why {
-                Why::Expelled => None,
+                Why::Cluster(_) => None,
                 _ => Why::EndOfFile.notice(name),
             });
             cluster.left(fd, client.id(), name, notice);
@@ -914,13 +914,14 @@ impl Server {
                 }
                 Done::Refuse { fd, line } => {
                     let deadline = Instant::now() + LINGER;
-                    let fd = self.clients.refuse(fd, Why::NoName, deadline);
+                    let why = Why::Cluster("no name from the cluster");
+                    let fd = self.clients.refuse(fd, why, deadline);
                     self.deadlines.push_back((deadline, fd));
                     self.clients.queue_line(fd, line);
                 }
                 Done::Expel { fd, line } => {
                     self.clients.queue_line(fd, line);
-                    self.end(fd, Why::Expelled);
+                    self.end(fd, Why::Cluster("lost its place in the cluster"));
                 }
             }
         }

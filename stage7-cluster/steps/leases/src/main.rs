@@ -910,7 +910,8 @@ impl Server {
                 }
                 Done::Refuse { fd, line } => {
                     let deadline = Instant::now() + LINGER;
-                    let fd = self.clients.refuse(fd, Why::NoName, deadline);
+                    let why = Why::Cluster("no name from the cluster");
+                    let fd = self.clients.refuse(fd, why, deadline);
                     self.deadlines.push_back((deadline, fd));
                     self.clients.queue_line(fd, line);
                 }

@@ -52,9 +52,10 @@ pub enum Why {
     ServerFull,
     /// The server is shutting down.
     Shutdown,
-    /// The cluster gave it no name in time (Redis out of reach, or
-    /// refusing), so it was told to try again.
-    NoName,
+    /// The cluster let it go, for the reason given (no name in time, with
+    /// Redis out of reach or refusing). It is never announced: it never
+    /// joined, or the other servers know of it from the cluster.
+    Cluster(&'static str),
 }
 
 impl Why {
@@ -67,7 +68,7 @@ impl Why {
     /// What the others are told, or nothing when everyone is leaving.
     pub fn notice(self, name: &str) -> Option<String> {
         match self {
-            Why::Shutdown | Why::ServerFull | Why::NoName => None,
+            Why::Shutdown | Why::ServerFull | Why::Cluster(_) => None,
             Why::TooSlow => Some(format!("* {name} left (too slow)")),
             _ => Some(format!("* {name} left")),
         }
@@ -85,7 +86,7 @@ impl fmt::Display for Why {
             Why::LineTooLong => f.write_str("line too long"),
             Why::ServerFull => f.write_str("server full"),
             Why::Shutdown => f.write_str("shutdown"),
-            Why::NoName => f.write_str("no name from the cluster"),
+            Why::Cluster(why) => f.write_str(why),
         }
     }
 }
