@@ -63,6 +63,6 @@ mod lossless;
 #[path = "../steps/names/tests/checks/names.rs"]
 mod names;
 
-/// Stage 7e's checks: leases, and a node that dies.
+/// Stage 7f's checks: leases, and a node that dies.
 #[path = "../steps/leases/tests/checks/leases.rs"]
 mod leases;

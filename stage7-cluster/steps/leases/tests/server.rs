@@ -1,9 +1,9 @@
-//! Exercise checks for stage 7e, leases: without `--redis` it is stage 5's
+//! Exercise checks for stage 7f, leases: without `--redis` it is stage 5's
 //! server, so the checks of stage 5's steps (5a lines, 5b the chat, 5c
 //! commands, 5e a server you can leave running) run against it unchanged;
 //! with `--redis`, 7a's, 7b's, 7c's, 7d's and its own. Run them against
 //! your own server with
-//! `STAGE7E_BIN=/path/to/yours cargo test -p stage7e-leases`.
+//! `STAGE7F_BIN=/path/to/yours cargo test -p stage7f-leases`.
 
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ use testkit::built::{Design, EPOLLET, EPOLLIN, EPOLLRDHUP, Interest, Load, Meanw
 use chat::route;
 
 fn server_bin() -> PathBuf {
-    testkit::bin("STAGE7E_BIN", env!("CARGO_BIN_EXE_stage7e-leases"))
+    testkit::bin("STAGE7F_BIN", env!("CARGO_BIN_EXE_stage7f-leases"))
 }
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
@@ -21,7 +21,7 @@ testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 /// client edge-triggered with `EPOLLRDHUP`, and a client that never reads
 /// dropped before what it is owed grows without bound.
 const DESIGN: Design = Design {
-    stage: "stage 7e",
+    stage: "stage 7f",
     listener: Interest::at_least(EPOLLIN | EPOLLET),
     clients: Interest::at_least(EPOLLIN | EPOLLET | EPOLLRDHUP),
     load: Load::Chat,
