@@ -2,12 +2,12 @@
 //! event loop in `src/main.rs` so each can be read (and tested) alone; and
 //! the cluster: Redis as more descriptors in the same loop.
 
-// 7d's client table and what a node keeps, unchanged: used by path, not
-// copied.
+// 7d's client table and 7e's record of what a node keeps, unchanged: used
+// by path, not copied.
 #[path = "../../names/src/clients.rs"]
 pub mod clients;
 pub mod cluster;
-#[path = "../../names/src/delivery.rs"]
+#[path = "../../counts/src/delivery.rs"]
 pub mod delivery;
 // Stage 5's framer and output queue, unchanged: used by path, not copied.
 #[path = "../../../../stage5-chat/steps/lines/src/framer.rs"]

@@ -1,7 +1,7 @@
 //! Exercise checks for stage 7f, leases: without `--redis` it is stage 5's
 //! server, so the checks of stage 5's steps (5a lines, 5b the chat, 5c
 //! commands, 5e a server you can leave running) run against it unchanged;
-//! with `--redis`, 7a's, 7b's, 7c's, 7d's and its own. Run them against
+//! with `--redis`, 7a's to 7e's and its own. Run them against
 //! your own server with
 //! `STAGE7F_BIN=/path/to/yours cargo test -p stage7f-leases`.
 
@@ -60,6 +60,10 @@ mod lossless;
 /// Stage 7d's checks: names for the whole cluster.
 #[path = "../../names/tests/checks/names.rs"]
 mod names;
+
+/// Stage 7e's checks: the count of the whole cluster.
+#[path = "../../counts/tests/checks/counts.rs"]
+mod counts;
 
 /// Its own: leases, and a node that dies.
 #[path = "checks/leases.rs"]

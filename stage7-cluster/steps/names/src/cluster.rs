@@ -3,7 +3,7 @@
 //! through one Redis stream (`XADD`, and `XREAD BLOCK` on a connection of
 //! its own), names through a Redis hash.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -60,10 +60,11 @@ const FREE_NAME: &[u8] = b"if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] th
 /// hands it back with the reply.
 #[derive(Debug)]
 enum For {
-    /// `MULTI` and the `QUEUED`s, and requests whose reply tells nothing
-    /// new (checked all the same: an error is a refusal).
+    /// Requests whose reply tells nothing new (checked all the same: an
+    /// error is a refusal).
     Nothing,
-    /// `EXEC`: where the stream ends and every name, seen at one instant.
+    /// `XREVRANGE` at the first connect: where the stream ends, which is
+    /// where this node starts to read.
     Snapshot,
     /// The write with this id in the outbox.
     Write(u64),
@@ -71,9 +72,6 @@ enum For {
     Number(u64),
     /// `HGET` after `HSETNX`: whether the name is now ours.
     Owner(Claim),
-    /// `XREVRANGE` after a client's name is claimed: the last entry
-    /// before it joins, which this node reads before it lets it in.
-    Position(u64),
     /// `HGETALL` of the names for a client's `/who`.
     Who { fd: RawFd, ticket: u64 },
     /// `XREAD` of the stream.
@@ -132,8 +130,6 @@ struct Joining {
     fd: OwnedFd,
     number: Option<u64>,
     asked: bool,
-    /// Its name is claimed: it waits for the stream to be read this far.
-    claimed: bool,
     /// When it came: it waits at most `JOIN_WAIT`.
     since: Instant,
 }
@@ -177,17 +173,10 @@ pub struct Cluster {
     /// The last entry read, or `None` until the snapshot says where to
     /// start.
     last_id: Option<Vec<u8>>,
-    /// Clients with a name, waiting until this node has read the stream
-    /// up to where they joined, so that they are welcomed with the right
-    /// count and never told of someone who came before them.
-    catching_up: VecDeque<(StreamId, u64)>,
     /// What this node owes the stream and the names.
     outbox: Outbox,
     /// What it has read from every other node.
     senders: Senders,
-    /// How many clients each other node has, from the `+` and `-` of its
-    /// entries: the welcome's count needs no round trip.
-    others: HashMap<String, usize>,
     joining: BTreeMap<u64, Joining>,
     holds: HashMap<RawFd, Hold>,
     next_ticket: u64,
@@ -224,10 +213,8 @@ impl Cluster {
             contact: Contact::Starting,
             said_lost: None,
             last_id: None,
-            catching_up: VecDeque::new(),
             outbox: Outbox::default(),
             senders: Senders::default(),
-            others: HashMap::new(),
             joining: BTreeMap::new(),
             holds: HashMap::new(),
             next_ticket: 0,
@@ -377,19 +364,13 @@ impl Cluster {
     }
 
     /// The commands connection is up: the first time, ask where the
-    /// stream ends and every name, to read from there on; then send what
-    /// waited, or a `PING`. Contact is back with the first answer, not
-    /// with the connect: a frozen Redis's kernel still accepts
-    /// connections, and a Redis that refuses writes answers the oldest
-    /// with an error.
+    /// stream ends, to read from there on; then send what waited, or a
+    /// `PING`. Contact is back with the first answer, not with the
+    /// connect: a frozen Redis's kernel still accepts connections, and a
+    /// Redis that refuses writes answers the oldest with an error.
     fn on_connected(&mut self) {
         if self.contact == Contact::Starting {
-            // One transaction: the end of the stream and every name, with
-            // no other client's command between them.
-            self.commands.request(&[b"MULTI"], For::Nothing);
-            self.commands.request(&LAST_ENTRY, For::Nothing);
-            self.commands.request(&[b"HGETALL", NAMES], For::Nothing);
-            self.commands.request(&[b"EXEC"], For::Snapshot);
+            self.commands.request(&LAST_ENTRY, For::Snapshot);
         }
         if self.outbox.is_empty() {
             self.commands.request(&[b"PING"], For::Nothing);
@@ -424,11 +405,9 @@ impl Cluster {
         self.outbox.send_again(); // in order, once back
         for what in unanswered {
             match what {
-                For::Number(ticket)
-                | For::Owner(Claim::Join { ticket, .. })
-                | For::Position(ticket) => {
+                For::Number(ticket) | For::Owner(Claim::Join { ticket, .. }) => {
                     if let Some(joining) = self.joining.get_mut(&ticket) {
-                        (joining.asked, joining.claimed) = (false, false);
+                        joining.asked = false;
                     }
                 }
                 _ => {}
@@ -484,10 +463,7 @@ impl Cluster {
             For::Nothing => {}
             For::Snapshot => {
                 self.snapshot(&reply);
-                let others: usize = self.others.values().sum();
-                self.log(format_args!(
-                    "redis: in the cluster ({others} clients on other nodes)"
-                ));
+                self.log(format_args!("redis: in the cluster"));
             }
             For::Write(id) => self.outbox.confirmed(id),
             For::Number(ticket) => {
@@ -500,15 +476,6 @@ impl Cluster {
                 self.ask_names();
             }
             For::Owner(claim) => self.claimed(claim, &reply, clients, done),
-            For::Position(ticket) => {
-                if self.joining.get(&ticket).is_some_and(|j| j.claimed) {
-                    let last = reply.items().first().and_then(|e| e.items().first());
-                    let at = last
-                        .and_then(Value::bytes)
-                        .map_or(StreamId(0, 0), StreamId::parse);
-                    self.catching_up.push_back((at, ticket));
-                }
-            }
             For::Read => {
                 self.reader.healthy();
                 self.entries(&reply, clients);
@@ -539,25 +506,16 @@ impl Cluster {
         self.ask_names();
     }
 
-    /// `EXEC`'s reply: the stream's last entry (read from the one after)
-    /// and every name there is.
+    /// `XREVRANGE`'s reply: the stream's last entry, read from the one
+    /// after (from the start if there is none).
     fn snapshot(&mut self, reply: &Value) {
-        let [last, names] = reply.items() else {
-            self.last_id = Some(b"0-0".to_vec());
-            return;
-        };
-        let id = last
+        let id = reply
             .items()
             .first()
             .and_then(|entry| entry.items().first())
             .and_then(Value::bytes)
             .unwrap_or(b"0-0");
         self.last_id = Some(id.to_vec());
-        for (_, _, node) in names_by_number(names) {
-            if node != self.node {
-                *self.others.entry(node).or_default() += 1;
-            }
-        }
     }
 
     /// Write the writes Redis has not confirmed, oldest first: whenever
@@ -588,8 +546,8 @@ impl Cluster {
 
     /// Append an entry for the other nodes. Returns false when it cannot
     /// even wait: the outbox is full.
-    fn append(&mut self, text: Option<Vec<u8>>, roster: Option<String>) -> bool {
-        if let Err(not_forwarded) = self.outbox.append(text, roster) {
+    fn append(&mut self, text: Option<Vec<u8>>) -> bool {
+        if let Err(not_forwarded) = self.outbox.append(text) {
             if not_forwarded == 1 || not_forwarded.is_multiple_of(1000) {
                 self.log(format_args!(
                     "redis: backlog full: {not_forwarded} lines not forwarded"
@@ -608,7 +566,7 @@ impl Cluster {
         line.extend_from_slice(name.as_bytes());
         line.extend_from_slice(b": ");
         sanitize(text, &mut line);
-        self.append(Some(line), None)
+        self.append(Some(line))
     }
 
     /// A new connection waits for a cluster-wide name.
@@ -620,7 +578,6 @@ impl Cluster {
                 fd,
                 number: None,
                 asked: false,
-                claimed: false,
                 since: Instant::now(),
             },
         );
@@ -651,7 +608,6 @@ impl Cluster {
                 &name,
                 For::Owner(Claim::Join { ticket }),
             );
-            commands.request(&LAST_ENTRY, For::Position(ticket));
         }
         for (&fd, hold) in self.holds.iter_mut().filter(|(_, h)| !h.asked) {
             hold.asked = true;
@@ -692,7 +648,10 @@ impl Cluster {
                     joining.asked = false;
                     return self.ask_names();
                 }
-                joining.claimed = true;
+                if let Some(joining) = self.joining.remove(&ticket) {
+                    let fd = joining.fd;
+                    done.push(Done::Join { fd, number });
+                }
             }
             Claim::Nick {
                 ticket,
@@ -713,7 +672,7 @@ impl Cluster {
                 } else if let Ok(old) = clients.rename(fd, name.as_bytes()) {
                     let notice = format!("* {old} is now {name}");
                     clients.broadcast(&notice, None);
-                    self.append(Some(notice.into_bytes()), None);
+                    self.append(Some(notice.into_bytes()));
                     self.outbox.free(&old, self::owner(&self.node, number));
                     self.send_outbox();
                 }
@@ -723,34 +682,6 @@ impl Cluster {
                 });
             }
         }
-    }
-
-    /// Let in at most `max` of the clients whose place in the stream this
-    /// node has read. Replies come in the order of the requests, so their
-    /// places grow: only the front can be next.
-    pub fn let_in(&mut self, max: usize, done: &mut Vec<Done>) {
-        for _ in 0..max {
-            if !self.can_let_in() {
-                return;
-            }
-            let (_, ticket) = self.catching_up.pop_front().expect("can_let_in");
-            let Some(joining) = self.joining.remove(&ticket) else {
-                continue;
-            };
-            done.push(Done::Join {
-                fd: joining.fd,
-                number: joining.number.unwrap_or(0),
-            });
-        }
-    }
-
-    /// Whether a client with a name can be let in now.
-    pub fn can_let_in(&self) -> bool {
-        let read = self
-            .last_id
-            .as_deref()
-            .map_or(StreamId(0, 0), StreamId::parse);
-        self.catching_up.front().is_some_and(|&(at, _)| at <= read)
     }
 
     /// `/nick NEW` for a client: refused at once while out of contact,
@@ -808,24 +739,20 @@ impl Cluster {
         true
     }
 
-    /// A local client joined as `client<number>`: the others are told.
-    pub fn joined(&mut self, name: &str, number: u64, announce: bool) {
-        let notice = announce.then(|| format!("* {name} joined").into_bytes());
-        self.append(notice, Some(format!("+{number} {name}")));
+    /// A local client joined, and was announced: the others are told.
+    pub fn joined(&mut self, name: &str) {
+        self.append(Some(format!("* {name} joined").into_bytes()));
     }
 
     /// A local client left: the others are told, and its name is freed
     /// after (both kept until Redis confirms them).
     pub fn left(&mut self, fd: RawFd, number: u64, name: &str, notice: Option<String>) {
         self.holds.remove(&fd);
-        self.append(notice.map(String::into_bytes), Some(format!("-{number}")));
+        if let Some(notice) = notice {
+            self.append(Some(notice.into_bytes()));
+        }
         self.outbox.free(name, owner(&self.node, number));
         self.send_outbox();
-    }
-
-    /// Clients on every node.
-    pub fn online(&self, clients: &Clients) -> usize {
-        clients.online_count() + self.others.values().sum::<usize>()
     }
 
     /// Keep one `XREAD BLOCK` waiting on the reader connection.
@@ -866,8 +793,8 @@ impl Cluster {
     }
 
     /// One entry: skipped if it is ours (our clients had it at once) or
-    /// seen, else applied and delivered, after the count of what was
-    /// missed before it, if anything was.
+    /// seen, else delivered, after the count of what was missed before
+    /// it, if anything was.
     fn deliver(&mut self, entry: Fields, clients: &mut Clients) {
         let Some(node) = entry.node.filter(|n| *n != self.node) else {
             return;
@@ -879,21 +806,11 @@ impl Cluster {
         let Arrival::New { missed } = arrival else {
             return; // appended again after a lost reply
         };
-        let roster = entry.roster.as_deref().unwrap_or_default();
         if missed > 0 {
             self.log(format_args!(
                 "redis: {missed} lines of node {node} were lost"
             ));
             clients.broadcast(lost_notice(missed, &node), None);
-        }
-        let count = self.others.entry(node.clone()).or_default();
-        match roster.as_bytes().first() {
-            Some(b'+') => *count += 1,
-            Some(b'-') => *count = count.saturating_sub(1),
-            _ => {}
-        }
-        if *count == 0 {
-            self.others.remove(&node);
         }
         if let Some(text) = text {
             clients.broadcast(text, None);
@@ -909,7 +826,6 @@ impl Cluster {
             }
         }
         self.outbox.shrink();
-        redis::shrink(&mut self.catching_up);
     }
 
     /// Whether every entry is appended (for a shutdown that waits for it).
@@ -945,8 +861,6 @@ struct Fields {
     lines: u64,
     /// `t`: a line for every client.
     text: Option<Vec<u8>>,
-    /// `r`: how its node's count changes.
-    roster: Option<String>,
 }
 
 impl Fields {
@@ -962,7 +876,6 @@ impl Fields {
                 Some(b"s") => entry.seq = number(),
                 Some(b"l") => entry.lines = number(),
                 Some(b"t") => entry.text = Some(value.to_vec()),
-                Some(b"r") => entry.roster = Some(string()),
                 _ => {}
             }
         }
@@ -1002,19 +915,9 @@ fn names_by_number(reply: &Value) -> Vec<(u64, String, String)> {
     names
 }
 
-/// A stream entry's id, `MILLISECONDS-SEQUENCE`, in the order Redis gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct StreamId(u64, u64);
-
-impl StreamId {
-    fn parse(id: &[u8]) -> StreamId {
-        let id = String::from_utf8_lossy(id);
-        let (ms, seq) = id.split_once('-').unwrap_or((&id, "0"));
-        StreamId(ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-    }
-}
-
-/// `XADD chat:stream MAXLEN ~ 50000 * n NODE s SEQ l LINES [t TEXT] [r OP]`.
+/// `XADD chat:stream MAXLEN ~ 50000 * n NODE s SEQ l LINES [t TEXT]`:
+/// Redis gives the entry its id (`*`), which orders it after every entry
+/// before it.
 fn encode_append(link: &mut Link<For>, node: &str, entry: &Entry, what: For) {
     let (seq, lines) = (entry.seq.to_string(), entry.lines.to_string());
     let mut args: Vec<&[u8]> = vec![
@@ -1033,9 +936,6 @@ fn encode_append(link: &mut Link<For>, node: &str, entry: &Entry, what: For) {
     ];
     if let Some(text) = &entry.text {
         args.extend([&b"t"[..], text]);
-    }
-    if let Some(roster) = &entry.roster {
-        args.extend([&b"r"[..], roster.as_bytes()]);
     }
     link.request(&args, what);
 }
@@ -1074,10 +974,7 @@ mod tests {
         assert_eq!(entry.node.as_deref(), Some("a-1"));
         assert_eq!((entry.seq, entry.lines), (7, 3));
         assert_eq!(entry.text.as_deref(), Some(&b"client1: hi"[..]));
-        let joined = Fields::parse(&[bulk("n"), bulk("b"), bulk("r"), bulk("+2 client2")]);
-        assert_eq!(
-            (joined.text, joined.roster.as_deref()),
-            (None, Some("+2 client2"))
-        );
+        let notext = Fields::parse(&[bulk("n"), bulk("b")]);
+        assert_eq!(notext.text, None);
     }
 }

@@ -10,8 +10,7 @@ use std::collections::{HashMap, VecDeque};
 /// that ten nodes emptying full backlogs at once trim nothing unread.
 pub const MAX_BACKLOG: usize = 5000;
 
-/// One entry for the stream: what the other nodes deliver, and how their
-/// count of who is online changes.
+/// One entry for the stream: what the other nodes deliver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
@@ -20,8 +19,6 @@ pub struct Entry {
     pub lines: u64,
     /// A line for every client: `NAME: text` or a notice.
     pub text: Option<Vec<u8>>,
-    /// `+N NAME` joined, `-N` left.
-    pub roster: Option<String>,
 }
 
 /// A write Redis must confirm.
@@ -54,7 +51,7 @@ impl Outbox {
 
     /// Queue an entry, or, when the outbox is full, count it as not
     /// forwarded and return how many have not been.
-    pub fn append(&mut self, text: Option<Vec<u8>>, roster: Option<String>) -> Result<(), u64> {
+    pub fn append(&mut self, text: Option<Vec<u8>>) -> Result<(), u64> {
         if self.queue.len() >= MAX_BACKLOG {
             self.not_forwarded += 1;
             return Err(self.not_forwarded);
@@ -65,7 +62,6 @@ impl Outbox {
             seq: self.seq,
             lines: self.lines,
             text,
-            roster,
         };
         self.push(Write::Append(entry));
         Ok(())
@@ -187,7 +183,7 @@ mod tests {
     use super::*;
 
     fn line(outbox: &mut Outbox, text: &str) {
-        outbox.append(Some(text.as_bytes().to_vec()), None).unwrap();
+        outbox.append(Some(text.as_bytes().to_vec())).unwrap();
     }
 
     #[test]
@@ -211,8 +207,8 @@ mod tests {
         for n in 0..MAX_BACKLOG {
             line(&mut outbox, &n.to_string());
         }
-        assert_eq!(outbox.append(Some(b"x".to_vec()), None), Err(1));
-        assert_eq!(outbox.append(None, Some("-1".into())), Err(2));
+        assert_eq!(outbox.append(Some(b"x".to_vec())), Err(1));
+        assert_eq!(outbox.append(Some(b"y".to_vec())), Err(2));
         outbox.free("alice", "node 1".into());
         assert_eq!(outbox.unsent().count(), MAX_BACKLOG + 1);
         assert_eq!(
@@ -226,7 +222,7 @@ mod tests {
     fn entries_count_their_lines() {
         let mut outbox = Outbox::default();
         line(&mut outbox, "a");
-        outbox.append(None, Some("+1 client1".into())).unwrap();
+        outbox.append(None).unwrap();
         line(&mut outbox, "b");
         let lines: Vec<(u64, u64)> = outbox
             .unsent()
@@ -246,7 +242,7 @@ mod tests {
         assert_eq!(senders.arrive("a", 4, 2, true), Arrival::Repeat);
         // Entries 6 to 10 (lines 4 to 8) were trimmed; 11 is line 9.
         assert_eq!(senders.arrive("a", 11, 9, true), Arrival::New { missed: 5 });
-        // A gap of entries without lines (joins, leaves) loses no line.
+        // A gap of entries without lines loses no line.
         assert_eq!(
             senders.arrive("a", 14, 9, false),
             Arrival::New { missed: 0 }

@@ -352,7 +352,6 @@ fn run(args: &Args) -> Result<()> {
         if backlogged {
             server.accept_clients();
         }
-        server.let_in();
         server.expire_deadlines();
         // The one write per client per round, and Redis's.
         server.flush_all();
@@ -385,8 +384,7 @@ impl Server {
     /// How long `epoll_wait` may sleep: not at all while work is carried
     /// over, otherwise until the next deadline (or for ever).
     fn timeout(&self) -> EpollTimeout {
-        let named = self.cluster.as_ref().is_some_and(Cluster::can_let_in);
-        if !self.unread.is_empty() || self.accepting == Accepting::Backlogged || named {
+        if !self.unread.is_empty() || self.accepting == Accepting::Backlogged {
             return EpollTimeout::ZERO;
         }
         let retry = match self.accepting {
@@ -501,10 +499,7 @@ impl Server {
     /// Greet a client that has just joined, and tell the others; returns
     /// whether they were told.
     fn welcome(&mut self, fd: RawFd, name: &str) -> bool {
-        let online = match &self.cluster {
-            Some(cluster) => cluster.online(&self.clients),
-            None => self.clients.online_count(),
-        };
+        let online = self.clients.online_count();
         let welcome = format!("* welcome {name} ({online} online); /help lists the commands");
         self.clients.queue_line(fd, welcome);
         // Past the limit, N clients joining would cost N² notices.
@@ -868,18 +863,6 @@ impl Server {
         self.carry_out(done);
     }
 
-    /// Let in the clients whose names are ready, a round's share at a
-    /// time, as `accept_clients` does: between batches the round's output
-    /// is written, so join notices never pile up in every queue at once.
-    fn let_in(&mut self) {
-        let Some(cluster) = &mut self.cluster else {
-            return;
-        };
-        let mut done = Vec::new();
-        cluster.let_in(ACCEPTS_PER_ROUND, &mut done);
-        self.carry_out(done);
-    }
-
     /// What Redis's answers let the server do.
     fn carry_out(&mut self, done: Vec<Done>) {
         if done.is_empty() {
@@ -890,9 +873,10 @@ impl Server {
                 Done::Join { fd, number } => {
                     let name = format!("client{number}").into();
                     let (fd, name) = self.clients.join_as(fd, name, Some(number));
-                    let announce = self.welcome(fd, &name);
-                    if let Some(cluster) = &mut self.cluster {
-                        cluster.joined(&name, number, announce);
+                    if self.welcome(fd, &name)
+                        && let Some(cluster) = &mut self.cluster
+                    {
+                        cluster.joined(&name);
                     }
                     if self.shutdown.is_some() {
                         // Its name came after SIGTERM: it leaves with the rest.
