@@ -63,10 +63,10 @@ mod lossless;
 #[path = "../steps/names/tests/checks/names.rs"]
 mod names;
 
-/// Stage 7e's checks: the count of the whole cluster.
+/// Stage 7f's checks: the count of the whole cluster.
 #[path = "../steps/counts/tests/checks/counts.rs"]
 mod counts;
 
-/// Stage 7f's checks: leases, and a node that dies.
+/// Stage 7g's checks: leases, and a node that dies.
 #[path = "../steps/leases/tests/checks/leases.rs"]
 mod leases;

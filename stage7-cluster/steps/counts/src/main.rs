@@ -1,4 +1,4 @@
-//! Stage 7e: several chat servers as one chat, which counts all of it.
+//! Stage 7f: several chat servers as one chat, which counts all of it.
 //!
 //! Without `--redis` this is stage 5's server. With `--redis HOST:PORT` it
 //! is one node of a cluster: its clients' lines and notices go to a Redis
@@ -29,10 +29,10 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage7e_counts::clients::{Client, Clients, Phase, Why};
-use stage7e_counts::cluster::{self, Cluster, Done};
-use stage7e_counts::framer::{LineTooLong, split_lines};
-use stage7e_counts::sanitize::sanitize;
+use stage7f_counts::clients::{Client, Clients, Phase, Why};
+use stage7f_counts::cluster::{self, Cluster, Done};
+use stage7f_counts::framer::{LineTooLong, split_lines};
+use stage7f_counts::sanitize::sanitize;
 
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and
@@ -52,7 +52,7 @@ const HELP: [&str; 4] = [
 ];
 
 const USAGE: &str = "\
-usage: stage7e-counts [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
+usage: stage7f-counts [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
                       [--announce-limit N] [--redis HOST:PORT] [--reuseport] [ADDR]
 
 An edge-triggered epoll chat server: every line a client sends goes to

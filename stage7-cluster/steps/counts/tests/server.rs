@@ -1,9 +1,9 @@
-//! Exercise checks for stage 7e, the count of the whole cluster: without
+//! Exercise checks for stage 7f, the count of the whole cluster: without
 //! `--redis` it is stage 5's server, so the checks of stage 5's steps (5a
 //! lines, 5b the chat, 5c commands, 5e a server you can leave running) run
 //! against it unchanged; with `--redis`, 7a's to 7d's and its own.
 //! Run them against your own server with
-//! `STAGE7E_BIN=/path/to/yours cargo test -p stage7e-counts`.
+//! `STAGE7F_BIN=/path/to/yours cargo test -p stage7f-counts`.
 
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ use testkit::built::{Design, EPOLLET, EPOLLIN, EPOLLRDHUP, Interest, Load, Meanw
 use chat::route;
 
 fn server_bin() -> PathBuf {
-    testkit::bin("STAGE7E_BIN", env!("CARGO_BIN_EXE_stage7e-counts"))
+    testkit::bin("STAGE7F_BIN", env!("CARGO_BIN_EXE_stage7f-counts"))
 }
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
@@ -21,7 +21,7 @@ testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 /// client edge-triggered with `EPOLLRDHUP`, and a client that never reads
 /// dropped before what it is owed grows without bound.
 const DESIGN: Design = Design {
-    stage: "stage 7e",
+    stage: "stage 7f",
     listener: Interest::at_least(EPOLLIN | EPOLLET),
     clients: Interest::at_least(EPOLLIN | EPOLLET | EPOLLRDHUP),
     load: Load::Chat,

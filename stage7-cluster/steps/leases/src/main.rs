@@ -1,4 +1,4 @@
-//! Stage 7f: several chat servers as one chat, which notices a node that dies.
+//! Stage 7g: several chat servers as one chat, which notices a node that dies.
 //!
 //! Without `--redis` this is stage 5's server. With `--redis HOST:PORT` it
 //! is one node of a cluster: its clients' lines and notices go to a Redis
@@ -28,10 +28,10 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage7f_leases::clients::{Client, Clients, Phase, Why};
-use stage7f_leases::cluster::{self, Cluster, Done};
-use stage7f_leases::framer::{LineTooLong, split_lines};
-use stage7f_leases::sanitize::sanitize;
+use stage7g_leases::clients::{Client, Clients, Phase, Why};
+use stage7g_leases::cluster::{self, Cluster, Done};
+use stage7g_leases::framer::{LineTooLong, split_lines};
+use stage7g_leases::sanitize::sanitize;
 
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and
@@ -51,7 +51,7 @@ const HELP: [&str; 4] = [
 ];
 
 const USAGE: &str = "\
-usage: stage7f-leases [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
+usage: stage7g-leases [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
                       [--announce-limit N] [--redis HOST:PORT] [--reuseport] [ADDR]
 
 An edge-triggered epoll chat server: every line a client sends goes to

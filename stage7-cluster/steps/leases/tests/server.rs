@@ -1,9 +1,9 @@
-//! Exercise checks for stage 7f, leases: without `--redis` it is stage 5's
+//! Exercise checks for stage 7g, leases: without `--redis` it is stage 5's
 //! server, so the checks of stage 5's steps (5a lines, 5b the chat, 5c
 //! commands, 5e a server you can leave running) run against it unchanged;
-//! with `--redis`, 7a's to 7e's and its own. Run them against
+//! with `--redis`, 7a's to 7f's and its own. Run them against
 //! your own server with
-//! `STAGE7F_BIN=/path/to/yours cargo test -p stage7f-leases`.
+//! `STAGE7G_BIN=/path/to/yours cargo test -p stage7g-leases`.
 
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ use testkit::built::{Design, EPOLLET, EPOLLIN, EPOLLRDHUP, Interest, Load, Meanw
 use chat::route;
 
 fn server_bin() -> PathBuf {
-    testkit::bin("STAGE7F_BIN", env!("CARGO_BIN_EXE_stage7f-leases"))
+    testkit::bin("STAGE7G_BIN", env!("CARGO_BIN_EXE_stage7g-leases"))
 }
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
@@ -21,7 +21,7 @@ testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 /// client edge-triggered with `EPOLLRDHUP`, and a client that never reads
 /// dropped before what it is owed grows without bound.
 const DESIGN: Design = Design {
-    stage: "stage 7f",
+    stage: "stage 7g",
     listener: Interest::at_least(EPOLLIN | EPOLLET),
     clients: Interest::at_least(EPOLLIN | EPOLLET | EPOLLRDHUP),
     load: Load::Chat,
@@ -61,7 +61,7 @@ mod lossless;
 #[path = "../../names/tests/checks/names.rs"]
 mod names;
 
-/// Stage 7e's checks: the count of the whole cluster.
+/// Stage 7f's checks: the count of the whole cluster.
 #[path = "../../counts/tests/checks/counts.rs"]
 mod counts;
 

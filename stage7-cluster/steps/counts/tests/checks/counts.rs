@@ -1,4 +1,4 @@
-//! The checks of stage 7e, the count of the whole cluster: a client is
+//! The checks of stage 7f, the count of the whole cluster: a client is
 //! welcomed with the number of clients on every node, and that number
 //! follows who joins and who leaves anywhere. Each check starts a
 //! `redis-server` of its own (so numbers count from client1) and servers

@@ -1,4 +1,4 @@
-//! The checks of stage 7f, leases: a node that dies is found by the
+//! The checks of stage 7g, leases: a node that dies is found by the
 //! others, and every surviving node's clients hear who left with it, once,
 //! whatever the number of nodes; its names are free again. Each check
 //! starts a `redis-server` of its own and servers with `--redis`, reads
