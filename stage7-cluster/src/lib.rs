@@ -2,7 +2,7 @@
 //! event loop in `src/main.rs` so each can be read (and tested) alone; and
 //! the cluster: Redis as more descriptors in the same loop.
 
-// 7d's client table, unchanged: used by path, not copied.
+// 7e's client table, unchanged: used by path, not copied.
 #[path = "../steps/names/src/clients.rs"]
 pub mod clients;
 pub mod cluster;

@@ -59,7 +59,11 @@ mod stream;
 #[path = "../steps/lossless/tests/checks/lossless.rs"]
 mod lossless;
 
-/// Stage 7d's checks: names for the whole cluster.
+/// Stage 7d's checks: numbers for the whole cluster.
+#[path = "../steps/numbers/tests/checks/numbers.rs"]
+mod numbers;
+
+/// Stage 7e's checks: names for the whole cluster.
 #[path = "../steps/names/tests/checks/names.rs"]
 mod names;
 

@@ -14,8 +14,8 @@ use workbook::mistakes::{self, Mistake};
 
 /// The stages whose chapters have a table of mistakes with patches.
 const STAGES: &[&str] = &[
-    "4", "4b", "5a", "5b", "5c", "5d", "5e", "5f", "5g", "5", "7a", "7b", "7c", "7d", "7f", "7g",
-    "7",
+    "4", "4b", "5a", "5b", "5c", "5d", "5e", "5f", "5g", "5", "7a", "7b", "7c", "7d", "7e", "7f",
+    "7g", "7",
 ];
 
 /// The most one planted step's checks may run.

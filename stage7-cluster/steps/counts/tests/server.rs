@@ -1,7 +1,7 @@
 //! Exercise checks for stage 7f, the count of the whole cluster: without
 //! `--redis` it is stage 5's server, so the checks of stage 5's steps (5a
 //! lines, 5b the chat, 5c commands, 5e a server you can leave running) run
-//! against it unchanged; with `--redis`, 7a's to 7d's and its own.
+//! against it unchanged; with `--redis`, 7a's to 7e's and its own.
 //! Run them against your own server with
 //! `STAGE7F_BIN=/path/to/yours cargo test -p stage7f-counts`.
 
@@ -57,7 +57,11 @@ mod stream;
 #[path = "../../lossless/tests/checks/lossless.rs"]
 mod lossless;
 
-/// Stage 7d's checks: names for the whole cluster.
+/// Stage 7d's checks: numbers for the whole cluster.
+#[path = "../../numbers/tests/checks/numbers.rs"]
+mod numbers;
+
+/// Stage 7e's checks: names for the whole cluster.
 #[path = "../../names/tests/checks/names.rs"]
 mod names;
 

@@ -57,7 +57,11 @@ mod stream;
 #[path = "../../lossless/tests/checks/lossless.rs"]
 mod lossless;
 
-/// Stage 7d's checks: names for the whole cluster.
+/// Stage 7d's checks: numbers for the whole cluster.
+#[path = "../../numbers/tests/checks/numbers.rs"]
+mod numbers;
+
+/// Stage 7e's checks: names for the whole cluster.
 #[path = "../../names/tests/checks/names.rs"]
 mod names;
 

@@ -1,4 +1,4 @@
-//! Stage 7d: several chat servers as one chat, with names for all of it.
+//! Stage 7e: several chat servers as one chat, with names for all of it.
 //!
 //! Without `--redis` this is stage 5's server. With `--redis HOST:PORT` it
 //! is one node of a cluster: its clients' lines and notices go to a Redis
@@ -28,10 +28,10 @@ use nix::sys::socket::{
 };
 use nix::unistd::read;
 
-use stage7d_names::clients::{Client, Clients, Phase, Why};
-use stage7d_names::cluster::{self, Cluster, Done};
-use stage7d_names::framer::{LineTooLong, split_lines};
-use stage7d_names::sanitize::sanitize;
+use stage7e_names::clients::{Client, Clients, Phase, Why};
+use stage7e_names::cluster::{self, Cluster, Done};
+use stage7e_names::framer::{LineTooLong, split_lines};
+use stage7e_names::sanitize::sanitize;
 
 /// `eprintln!`, except that a line which cannot be written is lost instead
 /// of ending the program: `eprintln!` panics when the write fails, and
@@ -51,7 +51,7 @@ const HELP: [&str; 4] = [
 ];
 
 const USAGE: &str = "\
-usage: stage7d-names [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
+usage: stage7e-names [-q] [--max-clients N] [--max-queue BYTES] [--max-line BYTES]
                       [--announce-limit N] [--redis HOST:PORT] [--reuseport] [ADDR]
 
 An edge-triggered epoll chat server: every line a client sends goes to

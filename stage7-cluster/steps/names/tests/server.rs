@@ -1,9 +1,9 @@
-//! Exercise checks for stage 7d, names for the whole cluster: without
+//! Exercise checks for stage 7e, names for the whole cluster: without
 //! `--redis` it is stage 5's server, so the checks of stage 5's steps (5a
 //! lines, 5b the chat, 5c commands, 5e a server you can leave running) run
-//! against it unchanged; with `--redis`, 7a's, 7b's, 7c's and its own.
+//! against it unchanged; with `--redis`, 7a's to 7d's and its own.
 //! Run them against your own server with
-//! `STAGE7D_BIN=/path/to/yours cargo test -p stage7d-names`.
+//! `STAGE7E_BIN=/path/to/yours cargo test -p stage7e-names`.
 
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ use testkit::built::{Design, EPOLLET, EPOLLIN, EPOLLRDHUP, Interest, Load, Meanw
 use chat::route;
 
 fn server_bin() -> PathBuf {
-    testkit::bin("STAGE7D_BIN", env!("CARGO_BIN_EXE_stage7d-names"))
+    testkit::bin("STAGE7E_BIN", env!("CARGO_BIN_EXE_stage7e-names"))
 }
 
 testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
@@ -21,7 +21,7 @@ testkit::server_conventions!(server_bin(), testkit::conventions::welcome_probe);
 /// client edge-triggered with `EPOLLRDHUP`, and a client that never reads
 /// dropped before what it is owed grows without bound.
 const DESIGN: Design = Design {
-    stage: "stage 7d",
+    stage: "stage 7e",
     listener: Interest::at_least(EPOLLIN | EPOLLET),
     clients: Interest::at_least(EPOLLIN | EPOLLET | EPOLLRDHUP),
     load: Load::Chat,
@@ -56,6 +56,10 @@ mod stream;
 /// Stage 7c's checks: nothing lost silently.
 #[path = "../../lossless/tests/checks/lossless.rs"]
 mod lossless;
+
+/// Stage 7d's checks: numbers for the whole cluster.
+#[path = "../../numbers/tests/checks/numbers.rs"]
+mod numbers;
 
 /// Its own: names for the whole cluster.
 #[path = "checks/names.rs"]

@@ -1,4 +1,4 @@
-//! The checks of stage 7d, names for the whole cluster: a client's number
+//! The checks of stage 7e, names for the whole cluster: a client's number
 //! and name are unique across every node, `/nick` is claimed in Redis
 //! while its sender alone waits, and `/who` covers every node. Each check starts a `redis-server` of its own (so numbers
 //! count from client1) and servers with `--redis`, reads only what clients

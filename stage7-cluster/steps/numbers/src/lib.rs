@@ -1,0 +1,20 @@
+//! The pieces of the chat server that are plain data, kept apart from the
+//! event loop in `src/main.rs` so each can be read (and tested) alone; and
+//! the cluster: Redis as more descriptors in the same loop.
+
+pub mod clients;
+pub mod cluster;
+// 7c's record of what a node keeps, unchanged: used by path, not copied.
+#[path = "../../lossless/src/delivery.rs"]
+pub mod delivery;
+// Stage 5's framer and output queue, unchanged: used by path, not copied.
+#[path = "../../../../stage5-chat/steps/lines/src/framer.rs"]
+pub mod framer;
+#[path = "../../../../stage5-chat/src/queue.rs"]
+pub mod queue;
+// 7a's connection to Redis, unchanged: used by path, not copied.
+#[path = "../../link/src/redis.rs"]
+pub mod redis;
+// Stage 5's sanitizer, unchanged: used by path, not copied.
+#[path = "../../../../stage5-chat/steps/commands/src/sanitize.rs"]
+pub mod sanitize;
