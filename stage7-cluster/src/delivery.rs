@@ -13,8 +13,7 @@ pub const MAX_BACKLOG: usize = 5000;
 /// and forgets them before every node read them.
 pub const RETAIN: usize = 1000;
 
-/// One entry for the stream: what the other nodes deliver, and how their
-/// count of who is online changes.
+/// One entry for the stream: what the other nodes deliver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
@@ -263,7 +262,7 @@ mod tests {
         assert_eq!(senders.arrive("a", 4, 2, true), Arrival::Repeat);
         // Entries 6 to 10 (lines 4 to 8) were trimmed; 11 is line 9.
         assert_eq!(senders.arrive("a", 11, 9, true), Arrival::New { missed: 5 });
-        // A gap of entries without lines (joins, leaves) loses no line.
+        // A gap of entries without lines loses no line.
         assert_eq!(
             senders.arrive("a", 14, 9, false),
             Arrival::New { missed: 0 }

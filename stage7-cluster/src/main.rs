@@ -680,10 +680,12 @@ impl Server {
             None => (command, &b""[..]),
         };
         let reply = match word {
-            b"nick" if self.cluster.is_some() => match self.cluster_nick(fd, arg) {
-                Ok(()) => return ControlFlow::Continue(()),
-                Err(reply) => reply,
-            },
+            b"nick" | b"who" if self.cluster.is_some() => {
+                match self.cluster_wait(fd, (word == b"nick").then_some(arg)) {
+                    Ok(()) => return ControlFlow::Continue(()), // it waits for Redis
+                    Err(reply) => reply,
+                }
+            }
             b"nick" => match self.clients.rename(fd, arg) {
                 Ok(old) => {
                     let new = String::from_utf8_lossy(arg);
@@ -693,13 +695,6 @@ impl Server {
                 }
                 Err(err) => err.reply(arg),
             },
-            b"who" if self.cluster.is_some() => {
-                let number = self.clients.get(fd).map_or(0, Client::id);
-                match self.cluster.as_mut().map(|c| c.who(fd, number)) {
-                    Some(Err(error)) => error.as_bytes().to_vec(),
-                    _ => return ControlFlow::Continue(()), // it waits for Redis
-                }
-            }
             b"who" => format!("* online: {}", self.clients.names().join(", ")).into_bytes(),
             b"help" => {
                 for line in HELP {
@@ -931,7 +926,7 @@ impl Server {
     }
 
     /// Write what the cluster queued for Redis; a connection lost on the
-    /// way may answer clients that waited for it.
+    /// way is told to the clients.
     fn flush_cluster(&mut self) {
         let Some(cluster) = &mut self.cluster else {
             return;
@@ -941,17 +936,18 @@ impl Server {
         self.carry_out(done);
     }
 
-    /// `/nick` in a cluster: checked here, then claimed in Redis while the
-    /// client waits.
-    fn cluster_nick(&mut self, fd: RawFd, arg: &[u8]) -> Result<(), Vec<u8>> {
+    /// `/nick` or `/who` in a cluster: the client waits for Redis, for the
+    /// claim of a name checked here first, or for every name.
+    fn cluster_wait(&mut self, fd: RawFd, nick: Option<&[u8]>) -> Result<(), Vec<u8>> {
         let Some(cluster) = &mut self.cluster else {
             return Ok(());
         };
-        // Free here first: a name a local client has needs no round trip.
-        let name = self.clients.check_name(arg).map_err(|err| err.reply(arg))?;
+        // Checked here first: a name a local client has needs no round trip.
+        let check = |arg| self.clients.check_name(arg).map_err(|err| err.reply(arg));
+        let name = nick.map(check).transpose()?;
         let number = self.clients.get(fd).map_or(0, Client::id);
         cluster
-            .nick(fd, number, name)
+            .wait(fd, number, name)
             .map_err(|e| e.as_bytes().to_vec())
     }
 

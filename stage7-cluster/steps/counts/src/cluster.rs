@@ -1,9 +1,9 @@
 //! One node of a cluster of chat servers, joined through Redis: two more
 //! connections and a timer in the server's epoll set. Lines and notices go
 //! through one Redis stream (`XADD`, and `XREAD BLOCK` on a connection of
-//! its own), names through a Redis hash.
+//! its own), names through a Redis hash (`src/names.rs`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -15,8 +15,9 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::unistd::read;
 
-use crate::clients::{Clients, NickError};
+use crate::clients::Clients;
 use crate::delivery::{Arrival, Entry, Outbox, Senders, Write, lost_notice};
+use crate::names::{Ask, FREE_NAME, NAMES, Names, OUT_OF_CONTACT, owner};
 use crate::redis::{self, Link, State, Value};
 use crate::sanitize::sanitize;
 
@@ -27,17 +28,13 @@ pub const TIMER: u64 = u64::MAX - 4;
 
 /// The stream every node appends to and reads.
 const STREAM: &[u8] = b"chat:stream";
-/// Every name in the cluster: name -> "NODE NUMBER".
-const NAMES: &[u8] = b"chat:names";
-/// The last `client<N>` number handed out.
-const NEXT: &[u8] = b"chat:next";
 /// The stream is trimmed to about this many entries (`MAXLEN ~`: Redis
 /// trims whole blocks, which is cheap). It must hold at least what every
 /// node's outbox may append at once after an outage, or a reader that is
 /// behind loses entries (and says so): ten nodes of `MAX_BACKLOG`.
 const STREAM_LENGTH: &[u8] = b"50000";
 /// The stream's last entry: where it ends at that instant.
-const LAST_ENTRY: [&[u8]; 6] = [b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"];
+pub const LAST_ENTRY: [&[u8]; 6] = [b"XREVRANGE", STREAM, b"+", b"-", b"COUNT", b"1"];
 /// Entries per `XREAD`, and how long one waits for the first: well below
 /// the wait for a reply, which counts from the end of the block.
 const READ_COUNT: &[u8] = b"100";
@@ -52,45 +49,21 @@ const TICK: Duration = Duration::from_millis(100);
 /// cluster cannot take it now, and closed.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
 
-/// Frees a name only if it is still the one this owner claimed.
-const FREE_NAME: &[u8] = b"if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
-    return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
-
 /// What a request was for: the link keeps one per request, in order, and
 /// hands it back with the reply.
 #[derive(Debug)]
 enum For {
-    /// `MULTI` and the `QUEUED`s, and requests whose reply tells nothing
-    /// new (checked all the same: an error is a refusal).
+    /// Requests whose reply tells nothing new (checked all the same: an
+    /// error is a refusal).
     Nothing,
     /// `EXEC`: where the stream ends and every name, seen at one instant.
     Snapshot,
     /// The write with this id in the outbox.
     Write(u64),
-    /// `INCR` for the client waiting with this ticket.
-    Number(u64),
-    /// `HGET` after `HSETNX`: whether the name is now ours.
-    Owner(Claim),
-    /// `XREVRANGE` after a client's name is claimed: the last entry
-    /// before it joins, which this node reads before it lets it in.
-    Position(u64),
-    /// `HGETALL` of the names for a client's `/who`.
-    Who { fd: RawFd, ticket: u64 },
+    /// A request about names (`src/names.rs`).
+    Names(Ask),
     /// `XREAD` of the stream.
     Read,
-}
-
-#[derive(Debug)]
-enum Claim {
-    Join {
-        ticket: u64,
-    },
-    Nick {
-        ticket: u64,
-        fd: RawFd,
-        number: u64,
-        name: String,
-    },
 }
 
 /// Where the node is with the other servers.
@@ -127,37 +100,12 @@ impl fmt::Display for Loss {
     }
 }
 
-/// A connection waiting for its name before it joins.
-struct Joining {
-    fd: OwnedFd,
-    number: Option<u64>,
-    asked: bool,
-    /// Its name is claimed: it waits for the stream to be read this far.
-    claimed: bool,
-    /// When it came: it waits at most `JOIN_WAIT`.
-    since: Instant,
-}
-
-/// A client whose `/nick` or `/who` waits for Redis: its input waits
-/// with it.
-struct Hold {
-    ticket: u64,
-    /// The client's `client<N>` number.
-    number: u64,
-    /// The name it asked for with `/nick`, or `None` for `/who`.
-    name: Option<String>,
-    asked: bool,
-    /// Input read after the command, handled once the answer is in.
-    input: Vec<u8>,
-}
-
 /// What the server must do once Redis has answered.
 pub enum Done {
     /// A waiting connection has its name: it joins the chat as
     /// `client<number>`.
     Join { fd: OwnedFd, number: u64 },
-    /// A `/nick` or `/who` was answered (the reply is queued): go on with
-    /// the input that waited.
+    /// A `/nick` or `/who` is answered: go on with the input that waited.
     Resume { fd: RawFd, input: Vec<u8> },
     /// A waiting connection gets no name: tell it `line`, and close it.
     Refuse { fd: OwnedFd, line: &'static str },
@@ -177,10 +125,6 @@ pub struct Cluster {
     /// The last entry read, or `None` until the snapshot says where to
     /// start.
     last_id: Option<Vec<u8>>,
-    /// Clients with a name, waiting until this node has read the stream
-    /// up to where they joined, so that they are welcomed with the right
-    /// count and never told of someone who came before them.
-    catching_up: VecDeque<(StreamId, u64)>,
     /// What this node owes the stream and the names.
     outbox: Outbox,
     /// What it has read from every other node.
@@ -188,9 +132,7 @@ pub struct Cluster {
     /// How many clients each other node has, from the `+` and `-` of its
     /// entries: the welcome's count needs no round trip.
     others: HashMap<String, usize>,
-    joining: BTreeMap<u64, Joining>,
-    holds: HashMap<RawFd, Hold>,
-    next_ticket: u64,
+    names: Names,
     quiet: bool,
     said_unreachable: bool,
 }
@@ -224,13 +166,10 @@ impl Cluster {
             contact: Contact::Starting,
             said_lost: None,
             last_id: None,
-            catching_up: VecDeque::new(),
             outbox: Outbox::default(),
             senders: Senders::default(),
             others: HashMap::new(),
-            joining: BTreeMap::new(),
-            holds: HashMap::new(),
-            next_ticket: 0,
+            names: Names::default(),
             quiet,
             said_unreachable: false,
         };
@@ -336,6 +275,31 @@ impl Cluster {
         }
     }
 
+    fn reply(&mut self, what: For, reply: Value, clients: &mut Clients, done: &mut Vec<Done>) {
+        match what {
+            For::Nothing => {}
+            For::Snapshot => {
+                self.snapshot(&reply);
+                self.log(format_args!("redis: in the cluster"));
+            }
+            For::Write(id) => self.outbox.confirmed(id),
+            For::Names(ask) => {
+                let (names, outbox) = (&mut self.names, &mut self.outbox);
+                let renamed = names.answer(ask, &reply, &self.node, clients, outbox, done);
+                if let Some(renamed) = renamed {
+                    self.append(Some(renamed.notice.into_bytes()), None);
+                    self.outbox.free(&renamed.old, renamed.owner);
+                }
+                self.ask_names();
+                self.send_outbox();
+            }
+            For::Read => {
+                self.reader.healthy();
+                self.entries(&reply, clients);
+            }
+        }
+    }
+
     /// Every tick: read what came (a node back from a pause may see its
     /// timer before its sockets), give up a connection whose reply is
     /// late, reconnect what is down, and every second ask Redis something,
@@ -377,11 +341,10 @@ impl Cluster {
     }
 
     /// The commands connection is up: the first time, ask where the
-    /// stream ends and every name, to read from there on; then send what
-    /// waited, or a `PING`. Contact is back with the first answer, not
-    /// with the connect: a frozen Redis's kernel still accepts
-    /// connections, and a Redis that refuses writes answers the oldest
-    /// with an error.
+    /// stream ends and who is in it; then send what waited, or a
+    /// `PING`. Contact is back with the first answer, not with the
+    /// connect: a frozen Redis's kernel still accepts connections, and a
+    /// Redis that refuses writes answers the oldest with an error.
     fn on_connected(&mut self) {
         if self.contact == Contact::Starting {
             // One transaction: the end of the stream and every name, with
@@ -422,31 +385,12 @@ impl Cluster {
             return;
         }
         self.outbox.send_again(); // in order, once back
-        for what in unanswered {
-            match what {
-                For::Number(ticket)
-                | For::Owner(Claim::Join { ticket, .. })
-                | For::Position(ticket) => {
-                    if let Some(joining) = self.joining.get_mut(&ticket) {
-                        (joining.asked, joining.claimed) = (false, false);
-                    }
-                }
-                _ => {}
-            }
-        }
-        // A client waiting for `/nick` or `/who` is answered now, not
-        // when Redis is back: it may never be.
-        for (fd, hold) in std::mem::take(&mut self.holds) {
-            if let Some(name) = &hold.name
-                && hold.asked
-            {
-                // Its claim may have taken the name: free it if so.
-                self.outbox.free(name, owner(&self.node, hold.number));
-            }
-            clients.queue_line(fd, OUT_OF_CONTACT);
-            let input = hold.input;
-            done.push(Done::Resume { fd, input });
-        }
+        let unanswered = unanswered.into_iter().filter_map(|what| match what {
+            For::Names(ask) => Some(ask),
+            _ => None,
+        });
+        let (names, outbox) = (&mut self.names, &mut self.outbox);
+        names.lost(unanswered, &self.node, clients, outbox, done);
         if self.contact == Contact::Ready {
             self.contact = Contact::Lost;
             clients.broadcast("* lost contact with the other servers", None);
@@ -456,75 +400,10 @@ impl Cluster {
     /// Connections that waited too long for a name are told so and
     /// closed: their slot and their descriptor are not held for ever.
     fn expire_joins(&mut self, done: &mut Vec<Done>) {
-        let mut freed = false;
-        while let Some(entry) = self.joining.first_entry()
-            && entry.get().since.elapsed() >= JOIN_WAIT
-        {
-            let joining = entry.remove();
-            if let Some(number) = joining.number {
-                let name = format!("client{number}");
-                self.outbox.free(&name, owner(&self.node, number));
-                freed = true;
-            }
-            let line = "* error: the other servers cannot take a new client now; try again soon";
-            done.push(Done::Refuse {
-                fd: joining.fd,
-                line,
-            });
-        }
-        // The names freed above go now, not with the next write: until they
-        // do, /who would list a client that is not there.
-        if freed {
-            self.send_outbox();
-        }
-    }
-
-    fn reply(&mut self, what: For, reply: Value, clients: &mut Clients, done: &mut Vec<Done>) {
-        match what {
-            For::Nothing => {}
-            For::Snapshot => {
-                self.snapshot(&reply);
-                let others: usize = self.others.values().sum();
-                self.log(format_args!(
-                    "redis: in the cluster ({others} clients on other nodes)"
-                ));
-            }
-            For::Write(id) => self.outbox.confirmed(id),
-            For::Number(ticket) => {
-                let Value::Integer(n) = reply else { return };
-                let Some(joining) = self.joining.get_mut(&ticket) else {
-                    return;
-                };
-                joining.number = Some(n as u64);
-                joining.asked = false;
-                self.ask_names();
-            }
-            For::Owner(claim) => self.claimed(claim, &reply, clients, done),
-            For::Position(ticket) => {
-                if self.joining.get(&ticket).is_some_and(|j| j.claimed) {
-                    let last = reply.items().first().and_then(|e| e.items().first());
-                    let at = last
-                        .and_then(Value::bytes)
-                        .map_or(StreamId(0, 0), StreamId::parse);
-                    self.catching_up.push_back((at, ticket));
-                }
-            }
-            For::Read => {
-                self.reader.healthy();
-                self.entries(&reply, clients);
-            }
-            For::Who { fd, ticket } => {
-                let Some(hold) = self.answered(fd, ticket) else {
-                    return;
-                };
-                let names: Vec<_> = names_by_number(&reply).into_iter().map(|n| n.1).collect();
-                clients.queue_line(fd, format!("* online: {}", names.join(", ")));
-                done.push(Done::Resume {
-                    fd,
-                    input: hold.input,
-                });
-            }
-        }
+        let (names, outbox) = (&mut self.names, &mut self.outbox);
+        names.expire(Instant::now(), JOIN_WAIT, &self.node, outbox, done);
+        // Names freed go now: until they do, /who lists clients not there.
+        self.send_outbox();
     }
 
     /// Back in contact: say so (once), the backoff starts again from its
@@ -553,7 +432,7 @@ impl Cluster {
             .and_then(Value::bytes)
             .unwrap_or(b"0-0");
         self.last_id = Some(id.to_vec());
-        for (_, _, node) in names_by_number(names) {
+        for (_, _, node) in crate::names::names_by_number(names) {
             if node != self.node {
                 *self.others.entry(node).or_default() += 1;
             }
@@ -572,14 +451,8 @@ impl Cluster {
             match write {
                 Write::Append(entry) => encode_append(&mut self.commands, &self.node, entry, what),
                 Write::Free { name, owner } => {
-                    let args: [&[u8]; 6] = [
-                        b"EVAL",
-                        FREE_NAME,
-                        b"1",
-                        NAMES,
-                        name.as_bytes(),
-                        owner.as_bytes(),
-                    ];
+                    let (name, owner) = (name.as_bytes(), owner.as_bytes());
+                    let args: [&[u8]; 6] = [b"EVAL", FREE_NAME, b"1", NAMES, name, owner];
                     self.commands.request(&args, what);
                 }
             }
@@ -613,199 +486,57 @@ impl Cluster {
 
     /// A new connection waits for a cluster-wide name.
     pub fn join(&mut self, fd: OwnedFd) {
-        self.next_ticket += 1;
-        self.joining.insert(
-            self.next_ticket,
-            Joining {
-                fd,
-                number: None,
-                asked: false,
-                claimed: false,
-                since: Instant::now(),
-            },
-        );
+        self.names.join(fd, Instant::now());
         self.ask_names();
     }
 
     /// Connections waiting for a name, counted against `--max-clients`.
     pub fn waiting(&self) -> usize {
-        self.joining.len()
+        self.names.waiting()
     }
 
-    /// Ask Redis for what the waiting connections and `/nick`s need.
+    /// Ask Redis for what the waiting connections and clients need next.
     fn ask_names(&mut self) {
         if !self.is_ready() {
             return;
         }
-        let (commands, node) = (&mut self.commands, &self.node);
-        for (&ticket, joining) in self.joining.iter_mut().filter(|(_, j)| !j.asked) {
-            joining.asked = true;
-            let Some(number) = joining.number else {
-                commands.request(&[b"INCR", NEXT], For::Number(ticket));
-                continue;
-            };
-            let name = format!("client{number}");
-            claim(
-                commands,
-                &owner(node, number),
-                &name,
-                For::Owner(Claim::Join { ticket }),
-            );
-            commands.request(&LAST_ENTRY, For::Position(ticket));
-        }
-        for (&fd, hold) in self.holds.iter_mut().filter(|(_, h)| !h.asked) {
-            hold.asked = true;
-            let (ticket, number) = (hold.ticket, hold.number);
-            let Some(name) = hold.name.clone() else {
-                commands.request(&[b"HGETALL", NAMES], For::Who { fd, ticket });
-                continue;
-            };
-            let owner = owner(node, number);
-            let what = For::Owner(Claim::Nick {
-                ticket,
-                fd,
-                number,
-                name: name.clone(),
-            });
-            claim(commands, &owner, &name, what);
-        }
+        let commands = &mut self.commands;
+        self.names.ask(&self.node, |args, ask| {
+            commands.request(args, ask.map_or(For::Nothing, For::Names));
+        });
     }
 
-    /// The answer to a claim of a name.
-    fn claimed(
-        &mut self,
-        claim: Claim,
-        owner: &Value,
-        clients: &mut Clients,
-        done: &mut Vec<Done>,
-    ) {
-        let ours = |number: u64| owner.bytes() == Some(self::owner(&self.node, number).as_bytes());
-        match claim {
-            Claim::Join { ticket } => {
-                let Some(joining) = self.joining.get_mut(&ticket) else {
-                    return;
-                };
-                let number = joining.number.unwrap_or(0);
-                if !ours(number) {
-                    // Someone took `client<N>` with /nick: the next number.
-                    joining.number = None;
-                    joining.asked = false;
-                    return self.ask_names();
-                }
-                joining.claimed = true;
-            }
-            Claim::Nick {
-                ticket,
-                fd,
-                number,
-                name,
-            } => {
-                let taken = !ours(number);
-                let Some(hold) = self.answered(fd, ticket) else {
-                    if !taken {
-                        self.outbox.free(&name, self::owner(&self.node, number));
-                        self.send_outbox();
-                    }
-                    return;
-                };
-                if taken {
-                    clients.queue_line(fd, NickError::Taken.reply(name.as_bytes()));
-                } else if let Ok(old) = clients.rename(fd, name.as_bytes()) {
-                    let notice = format!("* {old} is now {name}");
-                    clients.broadcast(&notice, None);
-                    self.append(Some(notice.into_bytes()), None);
-                    self.outbox.free(&old, self::owner(&self.node, number));
-                    self.send_outbox();
-                }
-                done.push(Done::Resume {
-                    fd,
-                    input: hold.input,
-                });
-            }
-        }
-    }
-
-    /// Let in at most `max` of the clients whose place in the stream this
-    /// node has read. Replies come in the order of the requests, so their
-    /// places grow: only the front can be next.
-    pub fn let_in(&mut self, max: usize, done: &mut Vec<Done>) {
-        for _ in 0..max {
-            if !self.can_let_in() {
-                return;
-            }
-            let (_, ticket) = self.catching_up.pop_front().expect("can_let_in");
-            let Some(joining) = self.joining.remove(&ticket) else {
-                continue;
-            };
-            done.push(Done::Join {
-                fd: joining.fd,
-                number: joining.number.unwrap_or(0),
-            });
-        }
-    }
-
-    /// Whether a client with a name can be let in now.
-    pub fn can_let_in(&self) -> bool {
-        let read = self
-            .last_id
-            .as_deref()
-            .map_or(StreamId(0, 0), StreamId::parse);
-        self.catching_up.front().is_some_and(|&(at, _)| at <= read)
-    }
-
-    /// `/nick NEW` for a client: refused at once while out of contact,
-    /// otherwise the client waits, alone, for Redis's answer.
-    pub fn nick(&mut self, fd: RawFd, number: u64, name: &str) -> Result<(), &'static str> {
-        self.wait(fd, number, Some(name.to_string()))
-    }
-
-    /// `/who` for a client: every name in Redis, in the order of their
-    /// numbers; the client waits for it as for `/nick`.
-    pub fn who(&mut self, fd: RawFd, number: u64) -> Result<(), &'static str> {
-        self.wait(fd, number, None)
-    }
-
-    fn wait(&mut self, fd: RawFd, number: u64, name: Option<String>) -> Result<(), &'static str> {
+    /// `/nick NAME`, or `/who` without a name: refused at once while out
+    /// of contact; otherwise the client waits, alone, for Redis's answer.
+    pub fn wait(&mut self, fd: RawFd, number: u64, nick: Option<&str>) -> Result<(), &'static str> {
         if !self.is_ready() {
             return Err(OUT_OF_CONTACT);
         }
-        self.next_ticket += 1;
-        let hold = Hold {
-            ticket: self.next_ticket,
-            number,
-            name,
-            asked: false,
-            input: Vec::new(),
-        };
-        self.holds.insert(fd, hold);
+        self.names.wait(fd, number, nick.map(str::to_string));
         self.ask_names();
         Ok(())
     }
 
-    /// The hold an answer is for, taken out; `None` if its client left
-    /// meanwhile (the fd may be a newer client's by now).
-    fn answered(&mut self, fd: RawFd, ticket: u64) -> Option<Hold> {
-        if self.holds.get(&fd).is_none_or(|h| h.ticket != ticket) {
-            return None;
-        }
-        self.holds.remove(&fd)
-    }
-
     /// Whether the client's input waits for an answer from Redis.
     pub fn holds(&self, fd: RawFd) -> bool {
-        self.holds.contains_key(&fd)
+        self.names.holds(fd)
     }
 
-    /// Keep the input of a client that waits, to be handled after the
-    /// answer; false if it does not wait.
+    /// Keep a waiting client's input for after the answer; false if none.
     pub fn hold(&mut self, fd: RawFd, input: &[&[u8]]) -> bool {
-        let Some(hold) = self.holds.get_mut(&fd) else {
-            return false;
-        };
-        for part in input {
-            hold.input.extend_from_slice(part);
-        }
-        true
+        self.names.hold(fd, input)
+    }
+
+    /// Let in at most `max` clients whose place in the stream is read.
+    pub fn let_in(&mut self, max: usize, done: &mut Vec<Done>) {
+        let read = self.last_id.as_deref().map(StreamId::parse);
+        self.names.let_in(max, read, done);
+    }
+
+    /// Whether a client with a name can be let in now.
+    pub fn can_let_in(&self) -> bool {
+        let read = self.last_id.as_deref().map(StreamId::parse);
+        self.names.can_let_in(read)
     }
 
     /// A local client joined as `client<number>`: the others are told.
@@ -817,7 +548,7 @@ impl Cluster {
     /// A local client left: the others are told, and its name is freed
     /// after (both kept until Redis confirms them).
     pub fn left(&mut self, fd: RawFd, number: u64, name: &str, notice: Option<String>) {
-        self.holds.remove(&fd);
+        self.names.left(fd);
         self.append(notice.map(String::into_bytes), Some(format!("-{number}")));
         self.outbox.free(name, owner(&self.node, number));
         self.send_outbox();
@@ -866,8 +597,8 @@ impl Cluster {
     }
 
     /// One entry: skipped if it is ours (our clients had it at once) or
-    /// seen, else applied and delivered, after the count of what was
-    /// missed before it, if anything was.
+    /// seen, else delivered, after the count of what was missed before
+    /// it, if anything was.
     fn deliver(&mut self, entry: Fields, clients: &mut Clients) {
         let Some(node) = entry.node.filter(|n| *n != self.node) else {
             return;
@@ -909,7 +640,6 @@ impl Cluster {
             }
         }
         self.outbox.shrink();
-        redis::shrink(&mut self.catching_up);
     }
 
     /// Whether every entry is appended (for a shutdown that waits for it).
@@ -917,9 +647,6 @@ impl Cluster {
         self.outbox.is_empty() || !self.is_ready()
     }
 }
-
-/// What a client waiting for Redis is told when it cannot be answered.
-const OUT_OF_CONTACT: &str = "* error: out of contact with the other servers; try again soon";
 
 /// Whether a reply says Redis did not do what was asked: an error, or a
 /// transaction with an error inside.
@@ -970,44 +697,12 @@ impl Fields {
     }
 }
 
-/// Who holds a name in Redis: a node's client `number`.
-fn owner(node: &str, number: u64) -> String {
-    format!("{node} {number}")
-}
-
-/// Take `name` for `owner` if it is free (`HSETNX`), and ask who has it
-/// (`HGET`), which is right even when an earlier `HSETNX` of ours took it
-/// and its reply was lost with the connection.
-fn claim(commands: &mut Link<For>, owner: &str, name: &str, what: For) {
-    let hsetnx: [&[u8]; 4] = [b"HSETNX", NAMES, name.as_bytes(), owner.as_bytes()];
-    commands.request(&hsetnx, For::Nothing);
-    commands.request(&[b"HGET", NAMES, name.as_bytes()], what);
-}
-
-/// `(number, name, node)` for every name in an `HGETALL` of the names,
-/// in the order of the numbers.
-fn names_by_number(reply: &Value) -> Vec<(u64, String, String)> {
-    let mut names: Vec<_> = reply
-        .items()
-        .chunks(2)
-        .filter_map(|pair| {
-            let [name, owner] = pair else { return None };
-            let owner = std::str::from_utf8(owner.bytes()?).ok()?;
-            let (node, number) = owner.split_once(' ')?;
-            let name = String::from_utf8_lossy(name.bytes()?).into_owned();
-            Some((number.parse().ok()?, name, node.to_string()))
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 /// A stream entry's id, `MILLISECONDS-SEQUENCE`, in the order Redis gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct StreamId(u64, u64);
+pub struct StreamId(pub u64, pub u64);
 
 impl StreamId {
-    fn parse(id: &[u8]) -> StreamId {
+    pub fn parse(id: &[u8]) -> StreamId {
         let id = String::from_utf8_lossy(id);
         let (ms, seq) = id.split_once('-').unwrap_or((&id, "0"));
         StreamId(ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
@@ -1044,10 +739,6 @@ fn encode_append(link: &mut Link<For>, node: &str, entry: &Entry, what: For) {
 mod tests {
     use super::*;
 
-    fn bulk(s: &str) -> Value {
-        Value::Bulk(Some(s.as_bytes().to_vec()))
-    }
-
     #[test]
     fn an_error_anywhere_in_a_reply_is_a_refusal() {
         assert_eq!(refusal(&Value::Integer(1)), None);
@@ -1058,6 +749,10 @@ mod tests {
         assert!(refusal(&exec).is_some(), "an error inside EXEC's reply");
     }
 
+    fn bulk(s: &str) -> Value {
+        Value::Bulk(Some(s.as_bytes().to_vec()))
+    }
+
     #[test]
     fn an_entry_names_its_fields() {
         let fields = [
@@ -1065,14 +760,14 @@ mod tests {
             bulk("a-1"),
             bulk("s"),
             bulk("7"),
-            bulk("l"),
-            bulk("3"),
+            bulk("x"),
+            bulk("a field of a later step"),
             bulk("t"),
             bulk("client1: hi"),
         ];
         let entry = Fields::parse(&fields);
         assert_eq!(entry.node.as_deref(), Some("a-1"));
-        assert_eq!((entry.seq, entry.lines), (7, 3));
+        assert_eq!(entry.seq, 7);
         assert_eq!(entry.text.as_deref(), Some(&b"client1: hi"[..]));
         let joined = Fields::parse(&[bulk("n"), bulk("b"), bulk("r"), bulk("+2 client2")]);
         assert_eq!(

@@ -384,6 +384,24 @@ impl Clients {
         online.iter().map(|c| Rc::clone(&c.name)).collect()
     }
 
+    /// `new` as a `&str` if a client may take it as its name here: 1-32
+    /// of `A-Za-z0-9_-`, and no client in the chat has it.
+    pub fn check_name<'a>(&self, new: &'a [u8]) -> Result<&'a str, NickError> {
+        let valid = (1..=32).contains(&new.len())
+            && new
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        // Valid names are ASCII, so this cannot fail.
+        let new = std::str::from_utf8(new)
+            .ok()
+            .filter(|_| valid)
+            .ok_or(NickError::Invalid)?;
+        if self.names.contains_key(new) {
+            return Err(NickError::Taken);
+        }
+        Ok(new)
+    }
+
     /// `/nick`: rename the client `fd` to `new`; returns the old name.
     pub fn rename(&mut self, fd: RawFd, new: &[u8]) -> Result<Rc<str>, NickError> {
         let new: Rc<str> = self.check_name(new)?.into();
@@ -395,24 +413,6 @@ impl Clients {
         self.names.remove(&old);
         self.names.insert(new, fd);
         Ok(old)
-    }
-
-    /// `name` as a `&str` if a client may take it here: 1-32 of
-    /// `A-Za-z0-9_-`, and no client in the chat has it.
-    pub fn check_name<'a>(&self, name: &'a [u8]) -> Result<&'a str, NickError> {
-        let valid = (1..=32).contains(&name.len())
-            && name
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        // Valid names are ASCII, so this cannot fail.
-        let name = std::str::from_utf8(name)
-            .ok()
-            .filter(|_| valid)
-            .ok_or(NickError::Invalid)?;
-        if self.names.contains_key(name) {
-            return Err(NickError::Taken);
-        }
-        Ok(name)
     }
 
     /// Queue `text` and a newline for the client `fd`, and mark it dirty.

@@ -5,6 +5,7 @@
 pub mod clients;
 pub mod cluster;
 pub mod delivery;
+pub mod names;
 // Stage 5's framer and output queue, unchanged: used by path, not copied.
 #[path = "../../../../stage5-chat/steps/lines/src/framer.rs"]
 pub mod framer;
