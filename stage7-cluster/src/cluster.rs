@@ -146,6 +146,87 @@ impl fmt::Display for Loss {
     }
 }
 
+/// The log: a line for each change in the node's contact with Redis,
+/// none with `-q`. A state that lasts (Redis away, Redis refusing) is
+/// said once, not at every retry.
+struct Log {
+    quiet: bool,
+    /// A connect failed and was said: not again until one succeeds.
+    said_unreachable: bool,
+    /// The last loss said since contact was last ready.
+    said_lost: Option<String>,
+}
+
+impl Log {
+    fn new(quiet: bool) -> Log {
+        Log {
+            quiet,
+            said_unreachable: false,
+            said_lost: None,
+        }
+    }
+
+    /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
+    fn line(&self, line: fmt::Arguments<'_>) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
+
+    /// A connect failed: said once until a connect succeeds, as it is
+    /// tried again every half second while Redis is away.
+    fn unreachable(&mut self, why: &str) {
+        if !self.said_unreachable {
+            self.said_unreachable = true;
+            self.line(format_args!("redis: cannot connect ({why}); retrying"));
+        }
+    }
+
+    /// A connect succeeded: the next failure is news.
+    fn connected(&mut self) {
+        self.said_unreachable = false;
+    }
+
+    /// A connection was lost: said unless it is the loss said last.
+    fn lost(&mut self, why: String) {
+        if self.said_lost.as_ref() != Some(&why) {
+            self.line(format_args!("redis: connection lost ({why})"));
+            self.said_lost = Some(why);
+        }
+    }
+
+    /// In contact again: the next loss is news.
+    fn in_contact(&mut self) {
+        self.said_lost = None;
+    }
+}
+
+/// The connection that reads the stream, and how far it has read.
+struct Reader {
+    link: Link<For>,
+    /// The last entry read, or `None` until the snapshot says where to
+    /// start.
+    last_id: Option<Vec<u8>>,
+    /// What it has read from every other node.
+    senders: Senders,
+}
+
+/// What this node knows of the other nodes.
+struct Others {
+    /// Clients per node, from the `+`, `-` and `#` of its entries: the
+    /// welcome's count needs no round trip; a node with clients has its
+    /// lease watched.
+    clients: HashMap<String, usize>,
+    /// Nodes taken for dead: their entries are ignored until one says
+    /// they are back (`#`), so a node that was only paused leaves no
+    /// ghost lines.
+    gone: HashSet<String>,
+    /// When a node's lease was first seen missing.
+    missing: HashMap<String, Instant>,
+    /// `--announce-limit`: a dead node's clients are named only up to it.
+    announce_limit: usize,
+}
+
 /// What the server must do once Redis has answered.
 pub enum Done {
     /// A waiting connection has its name: it joins the chat as
@@ -163,34 +244,15 @@ pub enum Done {
 pub struct Cluster {
     node: String,
     commands: Link<For>,
-    reader: Link<For>,
+    reader: Reader,
     timer: TimerFd,
     next_renewal: Instant,
     contact: Contact,
-    /// The last loss logged since contact was last ready: a Redis that
-    /// keeps refusing is logged once, not at every retry.
-    said_lost: Option<String>,
-    /// The last entry read, or `None` until the snapshot says where to
-    /// start.
-    last_id: Option<Vec<u8>>,
+    log: Log,
     /// What this node owes the stream and the names.
     outbox: Outbox,
-    /// What it has read from every other node.
-    senders: Senders,
-    /// How many clients each other node has, from the `+`, `-` and `#`
-    /// of its entries: the welcome's count needs no round trip, and a
-    /// node with clients is one whose lease is watched.
-    others: HashMap<String, usize>,
-    /// Nodes taken for dead: their entries are ignored until one says
-    /// they are back (`#`), so a node that was only paused leaves no
-    /// ghost lines.
-    gone: HashSet<String>,
-    /// When a node's lease was first seen missing.
-    missing: HashMap<String, Instant>,
+    others: Others,
     names: Names,
-    announce_limit: usize,
-    quiet: bool,
-    said_unreachable: bool,
 }
 
 impl Cluster {
@@ -221,40 +283,26 @@ impl Cluster {
         let mut cluster = Cluster {
             node,
             commands: Link::new(addr, COMMANDS),
-            reader: Link::new(addr, READER),
+            reader: Reader {
+                link: Link::new(addr, READER),
+                last_id: None,
+                senders: Senders::default(),
+            },
             timer,
             next_renewal: Instant::now(),
             contact: Contact::Starting,
-            said_lost: None,
-            last_id: None,
+            log: Log::new(quiet),
             outbox: Outbox::default(),
-            senders: Senders::default(),
-            others: HashMap::new(),
-            gone: HashSet::new(),
-            missing: HashMap::new(),
+            others: Others {
+                clients: HashMap::new(),
+                gone: HashSet::new(),
+                missing: HashMap::new(),
+                announce_limit,
+            },
             names: Names::default(),
-            announce_limit,
-            quiet,
-            said_unreachable: false,
         };
         cluster.reconnect(epoll);
         Ok(cluster)
-    }
-
-    /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
-    fn log(&self, line: fmt::Arguments<'_>) {
-        if !self.quiet {
-            let _ = writeln!(std::io::stderr(), "{line}");
-        }
-    }
-
-    /// A connect failed: logged once until a connect succeeds, as it is
-    /// tried again every half second while Redis is away.
-    fn unreachable(&mut self, why: &str) {
-        if !self.said_unreachable {
-            self.said_unreachable = true;
-            self.log(format_args!("redis: cannot connect ({why}); retrying"));
-        }
     }
 
     fn lease_key(node: &str) -> Vec<u8> {
@@ -269,7 +317,7 @@ impl Cluster {
         if token == COMMANDS {
             &mut self.commands
         } else {
-            &mut self.reader
+            &mut self.reader.link
         }
     }
 
@@ -315,13 +363,13 @@ impl Cluster {
         let link = self.link(token);
         let progress = link.ready(events, scratch);
         if progress.connected {
-            self.said_unreachable = false;
+            self.log.connected();
             let which = if token == COMMANDS {
                 "commands"
             } else {
                 "stream"
             };
-            self.log(format_args!("redis: connected ({which})"));
+            self.log.line(format_args!("redis: connected ({which})"));
             if token == COMMANDS {
                 self.on_connected(clients);
             }
@@ -349,7 +397,7 @@ impl Cluster {
             For::Lease => self.leased(&reply, clients, done),
             For::Snapshot => {
                 self.snapshot(&reply);
-                self.log(format_args!("redis: in the cluster"));
+                self.log.line(format_args!("redis: in the cluster"));
                 self.in_contact(clients);
             }
             For::Write(id) => self.outbox.confirmed(id),
@@ -365,28 +413,29 @@ impl Cluster {
             }
             For::Alive(node) => {
                 if let Some(lease) = reply.bytes() {
-                    self.missing.remove(&node);
+                    self.others.missing.remove(&node);
                     return self.recount(&node, lease);
                 }
                 let Contact::Ready { since } = self.contact else {
                     return;
                 };
-                let first_missing = *self.missing.entry(node.clone()).or_insert(Instant::now());
+                let missing = self.others.missing.entry(node.clone());
+                let first_missing = *missing.or_insert(Instant::now());
                 if since.elapsed() >= GRACE && first_missing.elapsed() >= TICK {
                     self.node_lost(&node);
                 }
             }
             For::Gone(node) => {
-                self.missing.remove(&node);
+                self.others.missing.remove(&node);
                 if reply != Value::Integer(-1) {
                     // Gone; its clients are announced when the entry of
                     // whoever freed their names is read.
-                    self.others.remove(&node);
-                    self.gone.insert(node);
+                    self.others.clients.remove(&node);
+                    self.others.gone.insert(node);
                 }
             }
             For::Read => {
-                self.reader.healthy();
+                self.reader.link.healthy();
                 self.entries(&reply, clients);
             }
         }
@@ -419,7 +468,7 @@ impl Cluster {
         }
         self.next_renewal = now + RENEW;
         self.lease(clients);
-        let nodes: Vec<String> = self.others.keys().cloned().collect();
+        let nodes: Vec<String> = self.others.clients.keys().cloned().collect();
         for node in nodes {
             let key = Self::lease_key(&node);
             self.commands.request(&[b"GET", &key], For::Alive(node));
@@ -447,7 +496,7 @@ impl Cluster {
             if matches!(link.state(), State::Down { .. })
                 && let Err(err) = link.connect(epoll)
             {
-                self.unreachable(&err.to_string());
+                self.log.unreachable(&err.to_string());
             }
         }
     }
@@ -485,10 +534,9 @@ impl Cluster {
         unanswered.extend(link.drop_connection(epoll));
         let why = why.to_string();
         if !was_up {
-            self.unreachable(&why);
-        } else if self.said_lost.as_ref() != Some(&why) {
-            self.log(format_args!("redis: connection lost ({why})"));
-            self.said_lost = Some(why);
+            self.log.unreachable(&why);
+        } else {
+            self.log.lost(why);
         }
         if token != COMMANDS {
             return;
@@ -530,7 +578,8 @@ impl Cluster {
         if *dead == Value::Integer(1) {
             self.lost_place(clients, done);
         } else if *before == Value::Bulk(None) && !first {
-            self.log(format_args!("redis: it forgot this node; putting it back"));
+            self.log
+                .line(format_args!("redis: it forgot this node; putting it back"));
             self.restore(clients);
         }
         if matches!(self.contact, Contact::Claiming { first: false }) {
@@ -546,7 +595,7 @@ impl Cluster {
         self.contact = Contact::Ready {
             since: Instant::now(),
         };
-        self.said_lost = None;
+        self.log.in_contact();
         self.commands.healthy();
         self.send_outbox();
         self.ask_names();
@@ -556,7 +605,7 @@ impl Cluster {
     /// and every name there is.
     fn snapshot(&mut self, reply: &Value) {
         let [last, names] = reply.items() else {
-            self.last_id = Some(b"0-0".to_vec());
+            self.reader.last_id = Some(b"0-0".to_vec());
             return;
         };
         let id = last
@@ -565,10 +614,10 @@ impl Cluster {
             .and_then(|entry| entry.items().first())
             .and_then(Value::bytes)
             .unwrap_or(b"0-0");
-        self.last_id = Some(id.to_vec());
+        self.reader.last_id = Some(id.to_vec());
         for (_, _, node) in crate::names::names_by_number(names) {
             if node != self.node {
-                *self.others.entry(node).or_default() += 1;
+                *self.others.clients.entry(node).or_default() += 1;
             }
         }
     }
@@ -611,7 +660,7 @@ impl Cluster {
     /// told and let go, and the node starts again with none: no ghost, and
     /// no name held twice.
     fn lost_place(&mut self, clients: &Clients, done: &mut Vec<Done>) {
-        self.log(format_args!(
+        self.log.line(format_args!(
             "redis: the others took this node for dead; letting its clients go"
         ));
         for fd in clients.online_fds() {
@@ -646,7 +695,7 @@ impl Cluster {
     fn append(&mut self, text: Option<Vec<u8>>, roster: Option<String>) -> bool {
         if let Err(not_forwarded) = self.outbox.append(text, roster) {
             if not_forwarded == 1 || not_forwarded.is_multiple_of(1000) {
-                self.log(format_args!(
+                self.log.line(format_args!(
                     "redis: backlog full: {not_forwarded} lines not forwarded"
                 ));
             }
@@ -711,13 +760,13 @@ impl Cluster {
 
     /// Let in at most `max` clients whose place in the stream is read.
     pub fn let_in(&mut self, max: usize, done: &mut Vec<Done>) {
-        let read = self.last_id.as_deref().map(StreamId::parse);
+        let read = self.reader.last_id.as_deref().map(StreamId::parse);
         self.names.let_in(max, read, done);
     }
 
     /// Whether a client with a name can be let in now.
     pub fn can_let_in(&self) -> bool {
-        let read = self.last_id.as_deref().map(StreamId::parse);
+        let read = self.reader.last_id.as_deref().map(StreamId::parse);
         self.names.can_let_in(read)
     }
 
@@ -738,7 +787,7 @@ impl Cluster {
 
     /// Clients on every node.
     pub fn online(&self, clients: &Clients) -> usize {
-        clients.online_count() + self.others.values().sum::<usize>()
+        clients.online_count() + self.others.clients.values().sum::<usize>()
     }
 
     /// A lease says how many clients its node had as of its entry `seq`:
@@ -751,23 +800,23 @@ impl Cluster {
             return;
         };
         if let (Ok(seq), Ok(count)) = (seq.parse::<u64>(), count.parse::<usize>())
-            && self.senders.last(node) == Some(seq)
-            && !self.gone.contains(node)
+            && self.reader.senders.last(node) == Some(seq)
+            && !self.others.gone.contains(node)
         {
-            self.others.insert(node.to_string(), count);
+            self.others.clients.insert(node.to_string(), count);
         }
     }
 
     /// Keep one `XREAD BLOCK` waiting on the reader connection.
     fn read_stream(&mut self) {
-        let Some(last_id) = &self.last_id else {
+        let Some(last_id) = &self.reader.last_id else {
             return;
         };
-        if !self.reader.is_up() || self.reader.in_flight() > 0 {
+        if !self.reader.link.is_up() || self.reader.link.in_flight() > 0 {
             return;
         }
         let last_id = last_id.clone();
-        self.reader.request_blocking(
+        self.reader.link.request_blocking(
             &[
                 b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", READ_BLOCK, b"STREAMS", STREAM, &last_id,
             ],
@@ -787,7 +836,7 @@ impl Cluster {
                     continue;
                 };
                 if let Some(id) = id.bytes() {
-                    self.last_id = Some(id.to_vec());
+                    self.reader.last_id = Some(id.to_vec());
                 }
                 let fields = Fields::parse(fields.items());
                 self.deliver(fields, clients);
@@ -807,25 +856,26 @@ impl Cluster {
         };
         let text = entry.text.as_deref();
         let arrival = self
+            .reader
             .senders
             .arrive(&node, entry.seq, entry.lines, text.is_some());
         let Arrival::New { missed } = arrival else {
             return; // appended again after a lost reply, or a restart
         };
         let roster = entry.roster.as_deref().unwrap_or_default();
-        if self.gone.contains(&node) {
+        if self.others.gone.contains(&node) {
             if !roster.starts_with('#') {
                 return; // a node that was paused, before it found out
             }
-            self.gone.remove(&node);
+            self.others.gone.remove(&node);
         }
         if missed > 0 {
-            self.log(format_args!(
+            self.log.line(format_args!(
                 "redis: {missed} lines of node {node} were lost"
             ));
             clients.broadcast(lost_notice(missed, &node), None);
         }
-        let count = self.others.entry(node.clone()).or_default();
+        let count = self.others.clients.entry(node.clone()).or_default();
         match roster.as_bytes().first() {
             Some(b'+') => *count += 1,
             Some(b'-') => *count = count.saturating_sub(1),
@@ -833,7 +883,7 @@ impl Cluster {
             _ => {}
         }
         if *count == 0 {
-            self.others.remove(&node);
+            self.others.clients.remove(&node);
         }
         if let Some(text) = text {
             clients.broadcast(text, None);
@@ -846,15 +896,15 @@ impl Cluster {
         if dead == self.node {
             return; // our lease says so too, and the lease is acted on
         }
-        self.others.remove(dead);
-        self.missing.remove(dead);
-        self.gone.insert(dead.to_string());
+        self.others.clients.remove(dead);
+        self.others.missing.remove(dead);
+        self.others.gone.insert(dead.to_string());
         let names: Vec<&str> = who.split(' ').filter(|n| !n.is_empty()).collect();
-        self.log(format_args!(
+        self.log.line(format_args!(
             "redis: node {dead} is gone ({} clients)",
             names.len()
         ));
-        if self.online(clients) + names.len() > self.announce_limit {
+        if self.online(clients) + names.len() > self.others.announce_limit {
             return;
         }
         for name in names {
@@ -865,7 +915,7 @@ impl Cluster {
     /// Another node's lease is gone: its clients left with it. Redis frees
     /// their names and writes who they were, for every node to read.
     fn node_lost(&mut self, node: &str) {
-        self.missing.remove(node);
+        self.others.missing.remove(node);
         let (lease, dead) = (Self::lease_key(node), Self::dead_key(node));
         self.commands.request(
             &[

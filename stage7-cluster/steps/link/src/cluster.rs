@@ -80,17 +80,70 @@ impl fmt::Display for Loss {
 }
 // ANCHOR_END: contact
 
+// ANCHOR: log
+/// The log: a line for each change in the node's contact with Redis,
+/// none with `-q`. A state that lasts (Redis away, Redis refusing) is
+/// said once, not at every retry.
+struct Log {
+    quiet: bool,
+    /// A connect failed and was said: not again until one succeeds.
+    said_unreachable: bool,
+    /// The last loss said since contact was last ready.
+    said_lost: Option<String>,
+}
+
+impl Log {
+    fn new(quiet: bool) -> Log {
+        Log {
+            quiet,
+            said_unreachable: false,
+            said_lost: None,
+        }
+    }
+
+    /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
+    fn line(&self, line: fmt::Arguments<'_>) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
+
+    /// A connect failed: said once until a connect succeeds, as it is
+    /// tried again every half second while Redis is away.
+    fn unreachable(&mut self, why: &str) {
+        if !self.said_unreachable {
+            self.said_unreachable = true;
+            self.line(format_args!("redis: cannot connect ({why}); retrying"));
+        }
+    }
+
+    /// A connect succeeded: the next failure is news.
+    fn connected(&mut self) {
+        self.said_unreachable = false;
+    }
+
+    /// A connection was lost: said unless it is the loss said last.
+    fn lost(&mut self, why: String) {
+        if self.said_lost.as_ref() != Some(&why) {
+            self.line(format_args!("redis: connection lost ({why})"));
+            self.said_lost = Some(why);
+        }
+    }
+
+    /// In contact again: the next loss is news.
+    fn in_contact(&mut self) {
+        self.said_lost = None;
+    }
+}
+// ANCHOR_END: log
+
 // ANCHOR: cluster
 pub struct Cluster {
     node: String,
     commands: Link<For>,
     timer: TimerFd,
     contact: Contact,
-    /// The last loss logged since contact was last ready: a Redis that
-    /// keeps refusing is logged once, not at every retry.
-    said_lost: Option<String>,
-    quiet: bool,
-    said_unreachable: bool,
+    log: Log,
 }
 // ANCHOR_END: cluster
 
@@ -120,9 +173,7 @@ impl Cluster {
             commands: Link::new(addr, COMMANDS),
             timer,
             contact: Contact::Starting,
-            said_lost: None,
-            quiet,
-            said_unreachable: false,
+            log: Log::new(quiet),
         };
         cluster.reconnect(epoll);
         Ok(cluster)
@@ -130,22 +181,6 @@ impl Cluster {
     // ANCHOR_END: new
 
     // ANCHOR: helpers
-    /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
-    fn log(&self, line: fmt::Arguments<'_>) {
-        if !self.quiet {
-            let _ = writeln!(std::io::stderr(), "{line}");
-        }
-    }
-
-    /// A connect failed: logged once until a connect succeeds, as it is
-    /// tried again every half second while Redis is away.
-    fn unreachable(&mut self, why: &str) {
-        if !self.said_unreachable {
-            self.said_unreachable = true;
-            self.log(format_args!("redis: cannot connect ({why}); retrying"));
-        }
-    }
-
     fn is_ready(&self) -> bool {
         self.contact == Contact::Ready
     }
@@ -174,8 +209,8 @@ impl Cluster {
     fn serve(&mut self, events: EpollFlags, epoll: &Epoll, scratch: &mut [u8]) {
         let progress = self.commands.ready(events, scratch);
         if progress.connected {
-            self.said_unreachable = false;
-            self.log(format_args!("redis: connected"));
+            self.log.connected();
+            self.log.line(format_args!("redis: connected"));
             self.in_contact();
         }
         let mut loss = progress.lost.map(Loss::Io);
@@ -219,7 +254,7 @@ impl Cluster {
         if matches!(self.commands.state(), State::Down { .. })
             && let Err(err) = self.commands.connect(epoll)
         {
-            self.unreachable(&err.to_string());
+            self.log.unreachable(&err.to_string());
         }
     }
     // ANCHOR_END: tick
@@ -232,10 +267,9 @@ impl Cluster {
         self.commands.drop_connection(epoll);
         let why = why.to_string();
         if !was_up {
-            self.unreachable(&why);
-        } else if self.said_lost.as_ref() != Some(&why) {
-            self.log(format_args!("redis: connection lost ({why})"));
-            self.said_lost = Some(why);
+            self.log.unreachable(&why);
+        } else {
+            self.log.lost(why);
         }
         if self.contact == Contact::Ready {
             self.contact = Contact::Lost;
@@ -245,7 +279,7 @@ impl Cluster {
     /// In contact: lines go to the stream again.
     fn in_contact(&mut self) {
         self.contact = Contact::Ready;
-        self.said_lost = None;
+        self.log.in_contact();
         self.commands.healthy();
     }
     // ANCHOR_END: lost

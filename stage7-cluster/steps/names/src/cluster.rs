@@ -100,6 +100,71 @@ impl fmt::Display for Loss {
     }
 }
 
+/// The log: a line for each change in the node's contact with Redis,
+/// none with `-q`. A state that lasts (Redis away, Redis refusing) is
+/// said once, not at every retry.
+struct Log {
+    quiet: bool,
+    /// A connect failed and was said: not again until one succeeds.
+    said_unreachable: bool,
+    /// The last loss said since contact was last ready.
+    said_lost: Option<String>,
+}
+
+impl Log {
+    fn new(quiet: bool) -> Log {
+        Log {
+            quiet,
+            said_unreachable: false,
+            said_lost: None,
+        }
+    }
+
+    /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
+    fn line(&self, line: fmt::Arguments<'_>) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
+
+    /// A connect failed: said once until a connect succeeds, as it is
+    /// tried again every half second while Redis is away.
+    fn unreachable(&mut self, why: &str) {
+        if !self.said_unreachable {
+            self.said_unreachable = true;
+            self.line(format_args!("redis: cannot connect ({why}); retrying"));
+        }
+    }
+
+    /// A connect succeeded: the next failure is news.
+    fn connected(&mut self) {
+        self.said_unreachable = false;
+    }
+
+    /// A connection was lost: said unless it is the loss said last.
+    fn lost(&mut self, why: String) {
+        if self.said_lost.as_ref() != Some(&why) {
+            self.line(format_args!("redis: connection lost ({why})"));
+            self.said_lost = Some(why);
+        }
+    }
+
+    /// In contact again: the next loss is news.
+    fn in_contact(&mut self) {
+        self.said_lost = None;
+    }
+}
+
+/// The connection that reads the stream, and how far it has read.
+struct Reader {
+    link: Link<For>,
+    /// The last entry read, or `None` until the snapshot says where to
+    /// start.
+    last_id: Option<Vec<u8>>,
+    /// What it has read from every other node.
+    senders: Senders,
+}
+
 /// What the server must do once Redis has answered.
 pub enum Done {
     /// A waiting connection has its name: it joins the chat as
@@ -114,24 +179,15 @@ pub enum Done {
 pub struct Cluster {
     node: String,
     commands: Link<For>,
-    reader: Link<For>,
+    reader: Reader,
     timer: TimerFd,
     /// When the next request to show Redis still answers is due.
     next_renewal: Instant,
     contact: Contact,
-    /// The last loss logged since contact was last ready: a Redis that
-    /// keeps refusing is logged once, not at every retry.
-    said_lost: Option<String>,
-    /// The last entry read, or `None` until the snapshot says where to
-    /// start.
-    last_id: Option<Vec<u8>>,
+    log: Log,
     /// What this node owes the stream and the names.
     outbox: Outbox,
-    /// What it has read from every other node.
-    senders: Senders,
     names: Names,
-    quiet: bool,
-    said_unreachable: bool,
 }
 
 impl Cluster {
@@ -157,43 +213,27 @@ impl Cluster {
         let mut cluster = Cluster {
             node,
             commands: Link::new(addr, COMMANDS),
-            reader: Link::new(addr, READER),
+            reader: Reader {
+                link: Link::new(addr, READER),
+                last_id: None,
+                senders: Senders::default(),
+            },
             timer,
             next_renewal: Instant::now(),
             contact: Contact::Starting,
-            said_lost: None,
-            last_id: None,
+            log: Log::new(quiet),
             outbox: Outbox::default(),
-            senders: Senders::default(),
             names: Names::default(),
-            quiet,
-            said_unreachable: false,
         };
         cluster.reconnect(epoll);
         Ok(cluster)
-    }
-
-    /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
-    fn log(&self, line: fmt::Arguments<'_>) {
-        if !self.quiet {
-            let _ = writeln!(std::io::stderr(), "{line}");
-        }
-    }
-
-    /// A connect failed: logged once until a connect succeeds, as it is
-    /// tried again every half second while Redis is away.
-    fn unreachable(&mut self, why: &str) {
-        if !self.said_unreachable {
-            self.said_unreachable = true;
-            self.log(format_args!("redis: cannot connect ({why}); retrying"));
-        }
     }
 
     fn link(&mut self, token: u64) -> &mut Link<For> {
         if token == COMMANDS {
             &mut self.commands
         } else {
-            &mut self.reader
+            &mut self.reader.link
         }
     }
 
@@ -240,13 +280,13 @@ impl Cluster {
         let link = self.link(token);
         let progress = link.ready(events, scratch);
         if progress.connected {
-            self.said_unreachable = false;
+            self.log.connected();
             let which = if token == COMMANDS {
                 "commands"
             } else {
                 "stream"
             };
-            self.log(format_args!("redis: connected ({which})"));
+            self.log.line(format_args!("redis: connected ({which})"));
             if token == COMMANDS {
                 self.on_connected();
             }
@@ -276,7 +316,7 @@ impl Cluster {
             For::Nothing => {}
             For::Snapshot => {
                 self.snapshot(&reply);
-                self.log(format_args!("redis: in the cluster"));
+                self.log.line(format_args!("redis: in the cluster"));
             }
             For::Write(id) => self.outbox.confirmed(id),
             For::Names(ask) => {
@@ -290,7 +330,7 @@ impl Cluster {
                 self.send_outbox();
             }
             For::Read => {
-                self.reader.healthy();
+                self.reader.link.healthy();
                 self.entries(&reply, clients);
             }
         }
@@ -331,7 +371,7 @@ impl Cluster {
             if matches!(link.state(), State::Down { .. })
                 && let Err(err) = link.connect(epoll)
             {
-                self.unreachable(&err.to_string());
+                self.log.unreachable(&err.to_string());
             }
         }
     }
@@ -367,10 +407,9 @@ impl Cluster {
         unanswered.extend(link.drop_connection(epoll));
         let why = why.to_string();
         if !was_up {
-            self.unreachable(&why);
-        } else if self.said_lost.as_ref() != Some(&why) {
-            self.log(format_args!("redis: connection lost ({why})"));
-            self.said_lost = Some(why);
+            self.log.unreachable(&why);
+        } else {
+            self.log.lost(why);
         }
         if token != COMMANDS {
             return;
@@ -404,7 +443,7 @@ impl Cluster {
             clients.broadcast("* back in contact", None);
         }
         self.contact = Contact::Ready;
-        self.said_lost = None;
+        self.log.in_contact();
         self.commands.healthy();
         self.ask_names();
     }
@@ -418,7 +457,7 @@ impl Cluster {
             .and_then(|entry| entry.items().first())
             .and_then(Value::bytes)
             .unwrap_or(b"0-0");
-        self.last_id = Some(id.to_vec());
+        self.reader.last_id = Some(id.to_vec());
     }
 
     /// Write the writes Redis has not confirmed, oldest first: whenever
@@ -446,7 +485,7 @@ impl Cluster {
     fn append(&mut self, text: Option<Vec<u8>>) -> bool {
         if let Err(not_forwarded) = self.outbox.append(text) {
             if not_forwarded == 1 || not_forwarded.is_multiple_of(1000) {
-                self.log(format_args!(
+                self.log.line(format_args!(
                     "redis: backlog full: {not_forwarded} lines not forwarded"
                 ));
             }
@@ -527,14 +566,14 @@ impl Cluster {
 
     /// Keep one `XREAD BLOCK` waiting on the reader connection.
     fn read_stream(&mut self) {
-        let Some(last_id) = &self.last_id else {
+        let Some(last_id) = &self.reader.last_id else {
             return;
         };
-        if !self.reader.is_up() || self.reader.in_flight() > 0 {
+        if !self.reader.link.is_up() || self.reader.link.in_flight() > 0 {
             return;
         }
         let last_id = last_id.clone();
-        self.reader.request_blocking(
+        self.reader.link.request_blocking(
             &[
                 b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", READ_BLOCK, b"STREAMS", STREAM, &last_id,
             ],
@@ -554,7 +593,7 @@ impl Cluster {
                     continue;
                 };
                 if let Some(id) = id.bytes() {
-                    self.last_id = Some(id.to_vec());
+                    self.reader.last_id = Some(id.to_vec());
                 }
                 let fields = Fields::parse(fields.items());
                 self.deliver(fields, clients);
@@ -571,13 +610,14 @@ impl Cluster {
         };
         let text = entry.text.as_deref();
         let arrival = self
+            .reader
             .senders
             .arrive(&node, entry.seq, entry.lines, text.is_some());
         let Arrival::New { missed } = arrival else {
             return; // appended again after a lost reply
         };
         if missed > 0 {
-            self.log(format_args!(
+            self.log.line(format_args!(
                 "redis: {missed} lines of node {node} were lost"
             ));
             clients.broadcast(lost_notice(missed, &node), None);

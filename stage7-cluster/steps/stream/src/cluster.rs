@@ -86,20 +86,76 @@ impl fmt::Display for Loss {
     }
 }
 
-pub struct Cluster {
-    node: String,
-    commands: Link<For>,
-    reader: Link<For>,
-    timer: TimerFd,
-    contact: Contact,
-    /// The last loss logged since contact was last ready: a Redis that
-    /// keeps refusing is logged once, not at every retry.
+/// The log: a line for each change in the node's contact with Redis,
+/// none with `-q`. A state that lasts (Redis away, Redis refusing) is
+/// said once, not at every retry.
+struct Log {
+    quiet: bool,
+    /// A connect failed and was said: not again until one succeeds.
+    said_unreachable: bool,
+    /// The last loss said since contact was last ready.
     said_lost: Option<String>,
+}
+
+impl Log {
+    fn new(quiet: bool) -> Log {
+        Log {
+            quiet,
+            said_unreachable: false,
+            said_lost: None,
+        }
+    }
+
+    /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
+    fn line(&self, line: fmt::Arguments<'_>) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
+
+    /// A connect failed: said once until a connect succeeds, as it is
+    /// tried again every half second while Redis is away.
+    fn unreachable(&mut self, why: &str) {
+        if !self.said_unreachable {
+            self.said_unreachable = true;
+            self.line(format_args!("redis: cannot connect ({why}); retrying"));
+        }
+    }
+
+    /// A connect succeeded: the next failure is news.
+    fn connected(&mut self) {
+        self.said_unreachable = false;
+    }
+
+    /// A connection was lost: said unless it is the loss said last.
+    fn lost(&mut self, why: String) {
+        if self.said_lost.as_ref() != Some(&why) {
+            self.line(format_args!("redis: connection lost ({why})"));
+            self.said_lost = Some(why);
+        }
+    }
+
+    /// In contact again: the next loss is news.
+    fn in_contact(&mut self) {
+        self.said_lost = None;
+    }
+}
+
+/// The connection that reads the stream, and how far it has read.
+struct Reader {
+    link: Link<For>,
     /// The last entry read, or `None` until the snapshot says where to
     /// start.
     last_id: Option<Vec<u8>>,
-    quiet: bool,
-    said_unreachable: bool,
+}
+
+pub struct Cluster {
+    node: String,
+    commands: Link<For>,
+    reader: Reader,
+    timer: TimerFd,
+    contact: Contact,
+    log: Log,
 }
 
 impl Cluster {
@@ -125,39 +181,23 @@ impl Cluster {
         let mut cluster = Cluster {
             node,
             commands: Link::new(addr, COMMANDS),
-            reader: Link::new(addr, READER),
+            reader: Reader {
+                link: Link::new(addr, READER),
+                last_id: None,
+            },
             timer,
             contact: Contact::Starting,
-            said_lost: None,
-            last_id: None,
-            quiet,
-            said_unreachable: false,
+            log: Log::new(quiet),
         };
         cluster.reconnect(epoll);
         Ok(cluster)
-    }
-
-    /// A line of the log, unless `-q`; lost, not fatal, if stderr is gone.
-    fn log(&self, line: fmt::Arguments<'_>) {
-        if !self.quiet {
-            let _ = writeln!(std::io::stderr(), "{line}");
-        }
-    }
-
-    /// A connect failed: logged once until a connect succeeds, as it is
-    /// tried again every half second while Redis is away.
-    fn unreachable(&mut self, why: &str) {
-        if !self.said_unreachable {
-            self.said_unreachable = true;
-            self.log(format_args!("redis: cannot connect ({why}); retrying"));
-        }
     }
 
     fn link(&mut self, token: u64) -> &mut Link<For> {
         if token == COMMANDS {
             &mut self.commands
         } else {
-            &mut self.reader
+            &mut self.reader.link
         }
     }
 
@@ -201,13 +241,13 @@ impl Cluster {
         let link = self.link(token);
         let progress = link.ready(events, scratch);
         if progress.connected {
-            self.said_unreachable = false;
+            self.log.connected();
             let which = if token == COMMANDS {
                 "commands"
             } else {
                 "stream"
             };
-            self.log(format_args!("redis: connected ({which})"));
+            self.log.line(format_args!("redis: connected ({which})"));
             if token == COMMANDS {
                 self.on_connected(clients);
             }
@@ -232,10 +272,10 @@ impl Cluster {
             For::Nothing => {}
             For::Snapshot => {
                 self.snapshot(&reply);
-                self.log(format_args!("redis: in the cluster"));
+                self.log.line(format_args!("redis: in the cluster"));
             }
             For::Read => {
-                self.reader.healthy();
+                self.reader.link.healthy();
                 self.entries(&reply, clients);
             }
         }
@@ -263,7 +303,7 @@ impl Cluster {
             if matches!(link.state(), State::Down { .. })
                 && let Err(err) = link.connect(epoll)
             {
-                self.unreachable(&err.to_string());
+                self.log.unreachable(&err.to_string());
             }
         }
     }
@@ -287,10 +327,9 @@ impl Cluster {
         link.drop_connection(epoll);
         let why = why.to_string();
         if !was_up {
-            self.unreachable(&why);
-        } else if self.said_lost.as_ref() != Some(&why) {
-            self.log(format_args!("redis: connection lost ({why})"));
-            self.said_lost = Some(why);
+            self.log.unreachable(&why);
+        } else {
+            self.log.lost(why);
         }
         if token != COMMANDS {
             return;
@@ -307,7 +346,7 @@ impl Cluster {
             clients.broadcast("* back in contact", None);
         }
         self.contact = Contact::Ready;
-        self.said_lost = None;
+        self.log.in_contact();
         self.commands.healthy();
     }
 
@@ -320,7 +359,7 @@ impl Cluster {
             .and_then(|entry| entry.items().first())
             .and_then(Value::bytes)
             .unwrap_or(b"0-0");
-        self.last_id = Some(id.to_vec());
+        self.reader.last_id = Some(id.to_vec());
     }
 
     /// A local client's chat line, for the other nodes; false when it
@@ -339,14 +378,14 @@ impl Cluster {
 
     /// Keep one `XREAD BLOCK` waiting on the reader connection.
     fn read_stream(&mut self) {
-        let Some(last_id) = &self.last_id else {
+        let Some(last_id) = &self.reader.last_id else {
             return;
         };
-        if !self.reader.is_up() || self.reader.in_flight() > 0 {
+        if !self.reader.link.is_up() || self.reader.link.in_flight() > 0 {
             return;
         }
         let last_id = last_id.clone();
-        self.reader.request_blocking(
+        self.reader.link.request_blocking(
             &[
                 b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", READ_BLOCK, b"STREAMS", STREAM, &last_id,
             ],
@@ -366,7 +405,7 @@ impl Cluster {
                     continue;
                 };
                 if let Some(id) = id.bytes() {
-                    self.last_id = Some(id.to_vec());
+                    self.reader.last_id = Some(id.to_vec());
                 }
                 let fields = Fields::parse(fields.items());
                 self.deliver(fields, clients);
