@@ -201,6 +201,15 @@ impl Log {
     }
 }
 
+/// The connection every request goes on, and what waits to go on it.
+struct Commands {
+    link: Link<For>,
+    /// What this node owes Redis: writes not confirmed yet.
+    outbox: Outbox,
+    /// When the next request to show Redis still answers is due.
+    next_renewal: Instant,
+}
+
 /// The connection that reads the stream, and how far it has read.
 struct Reader {
     link: Link<For>,
@@ -243,14 +252,11 @@ pub enum Done {
 
 pub struct Cluster {
     node: String,
-    commands: Link<For>,
+    commands: Commands,
     reader: Reader,
     timer: TimerFd,
-    next_renewal: Instant,
     contact: Contact,
     log: Log,
-    /// What this node owes the stream and the names.
-    outbox: Outbox,
     others: Others,
     names: Names,
 }
@@ -282,17 +288,19 @@ impl Cluster {
         let node = format!("{:x}-{}", nanos & 0xffff_ffff_ffff, std::process::id());
         let mut cluster = Cluster {
             node,
-            commands: Link::new(addr, COMMANDS),
+            commands: Commands {
+                link: Link::new(addr, COMMANDS),
+                outbox: Outbox::default(),
+                next_renewal: Instant::now(),
+            },
             reader: Reader {
                 link: Link::new(addr, READER),
                 last_id: None,
                 senders: Senders::default(),
             },
             timer,
-            next_renewal: Instant::now(),
             contact: Contact::Starting,
             log: Log::new(quiet),
-            outbox: Outbox::default(),
             others: Others {
                 clients: HashMap::new(),
                 gone: HashSet::new(),
@@ -315,7 +323,7 @@ impl Cluster {
 
     fn link(&mut self, token: u64) -> &mut Link<For> {
         if token == COMMANDS {
-            &mut self.commands
+            &mut self.commands.link
         } else {
             &mut self.reader.link
         }
@@ -400,13 +408,13 @@ impl Cluster {
                 self.log.line(format_args!("redis: in the cluster"));
                 self.in_contact(clients);
             }
-            For::Write(id) => self.outbox.confirmed(id),
+            For::Write(id) => self.commands.outbox.confirmed(id),
             For::Names(ask) => {
-                let (names, outbox) = (&mut self.names, &mut self.outbox);
+                let (names, outbox) = (&mut self.names, &mut self.commands.outbox);
                 let renamed = names.answer(ask, &reply, &self.node, clients, outbox, done);
                 if let Some(renamed) = renamed {
                     self.append(Some(renamed.notice.into_bytes()), None);
-                    self.outbox.free(&renamed.old, renamed.owner);
+                    self.commands.outbox.free(&renamed.old, renamed.owner);
                 }
                 self.ask_names();
                 self.send_outbox();
@@ -463,15 +471,16 @@ impl Cluster {
         }
         self.expire_joins(done);
         self.reconnect(epoll);
-        if now < self.next_renewal || !self.is_ready() {
+        if now < self.commands.next_renewal || !self.is_ready() {
             return;
         }
-        self.next_renewal = now + RENEW;
+        self.commands.next_renewal = now + RENEW;
         self.lease(clients);
         let nodes: Vec<String> = self.others.clients.keys().cloned().collect();
+        let link = &mut self.commands.link;
         for node in nodes {
             let key = Self::lease_key(&node);
-            self.commands.request(&[b"GET", &key], For::Alive(node));
+            link.request(&[b"GET", &key], For::Alive(node));
         }
     }
 
@@ -482,12 +491,12 @@ impl Cluster {
     /// the others correct their count with it.
     fn lease(&mut self, clients: &Clients) {
         let (lease, dead) = (Self::lease_key(&self.node), Self::dead_key(&self.node));
-        let value = format!("{} {}", self.outbox.seq(), clients.online_count());
-        self.commands.request(&[b"MULTI"], For::Nothing);
-        self.commands.request(&[b"DEL", &dead], For::Nothing);
+        let value = format!("{} {}", self.commands.outbox.seq(), clients.online_count());
+        self.commands.link.request(&[b"MULTI"], For::Nothing);
+        self.commands.link.request(&[b"DEL", &dead], For::Nothing);
         let set: [&[u8]; 6] = [b"SET", &lease, value.as_bytes(), b"PX", LEASE_MS, b"GET"];
-        self.commands.request(&set, For::Nothing);
-        self.commands.request(&[b"EXEC"], For::Lease);
+        self.commands.link.request(&set, For::Nothing);
+        self.commands.link.request(&[b"EXEC"], For::Lease);
     }
 
     fn reconnect(&mut self, epoll: &Epoll) {
@@ -511,10 +520,11 @@ impl Cluster {
         if first {
             // One transaction: the end of the stream and every name, with
             // no other client's command between them.
-            self.commands.request(&[b"MULTI"], For::Nothing);
-            self.commands.request(&LAST_ENTRY, For::Nothing);
-            self.commands.request(&[b"HGETALL", NAMES], For::Nothing);
-            self.commands.request(&[b"EXEC"], For::Snapshot);
+            let link = &mut self.commands.link;
+            link.request(&[b"MULTI"], For::Nothing);
+            link.request(&LAST_ENTRY, For::Nothing);
+            link.request(&[b"HGETALL", NAMES], For::Nothing);
+            link.request(&[b"EXEC"], For::Snapshot);
         }
     }
 
@@ -541,12 +551,12 @@ impl Cluster {
         if token != COMMANDS {
             return;
         }
-        self.outbox.send_again(); // in order, once back
+        self.commands.outbox.send_again(); // in order, once back
         let unanswered = unanswered.into_iter().filter_map(|what| match what {
             For::Names(ask) => Some(ask),
             _ => None,
         });
-        let (names, outbox) = (&mut self.names, &mut self.outbox);
+        let (names, outbox) = (&mut self.names, &mut self.commands.outbox);
         names.lost(unanswered, &self.node, clients, outbox, done);
         match self.contact {
             Contact::Claiming { first: true } => self.contact = Contact::Starting,
@@ -563,7 +573,7 @@ impl Cluster {
     /// Connections that waited too long for a name are told so and
     /// closed: their slot and their descriptor are not held for ever.
     fn expire_joins(&mut self, done: &mut Vec<Done>) {
-        let (names, outbox) = (&mut self.names, &mut self.outbox);
+        let (names, outbox) = (&mut self.names, &mut self.commands.outbox);
         names.expire(Instant::now(), JOIN_WAIT, &self.node, outbox, done);
         // Names freed go now: until they do, /who lists clients not there.
         self.send_outbox();
@@ -596,7 +606,7 @@ impl Cluster {
             since: Instant::now(),
         };
         self.log.in_contact();
-        self.commands.healthy();
+        self.commands.link.healthy();
         self.send_outbox();
         self.ask_names();
     }
@@ -637,20 +647,23 @@ impl Cluster {
         for (number, name) in &locals {
             let owner = owner(&self.node, *number);
             let hsetnx: [&[u8]; 4] = [b"HSETNX", NAMES, name.as_bytes(), owner.as_bytes()];
-            self.commands.request(&hsetnx, For::Nothing);
+            self.commands.link.request(&hsetnx, For::Nothing);
         }
         if let Some((highest, _)) = locals.last() {
             let highest = highest.to_string();
-            self.commands.request(
+            self.commands.link.request(
                 &[b"EVAL", RAISE_NEXT, b"1", NEXT, highest.as_bytes()],
                 For::Nothing,
             );
         }
-        for entry in self.outbox.retained() {
-            encode_append(&mut self.commands, &self.node, entry, For::Nothing);
+        for entry in self.commands.outbox.retained() {
+            encode_append(&mut self.commands.link, &self.node, entry, For::Nothing);
         }
         // Nodes that took this one for dead have forgotten its clients.
-        let _ = self.outbox.append(None, Some(format!("#{}", locals.len())));
+        let _ = self
+            .commands
+            .outbox
+            .append(None, Some(format!("#{}", locals.len())));
         self.send_outbox();
     }
 
@@ -668,7 +681,7 @@ impl Cluster {
             done.push(Done::Expel { fd, line });
         }
         // The others read our entries again from this one on.
-        let _ = self.outbox.append(None, Some("#0".to_string()));
+        let _ = self.commands.outbox.append(None, Some("#0".to_string()));
         self.send_outbox();
     }
 
@@ -677,14 +690,16 @@ impl Cluster {
         if !self.is_ready() {
             return;
         }
-        for (id, write) in self.outbox.unsent() {
+        for (id, write) in self.commands.outbox.unsent() {
             let what = For::Write(*id);
             match write {
-                Write::Append(entry) => encode_append(&mut self.commands, &self.node, entry, what),
+                Write::Append(entry) => {
+                    encode_append(&mut self.commands.link, &self.node, entry, what)
+                }
                 Write::Free { name, owner } => {
                     let (name, owner) = (name.as_bytes(), owner.as_bytes());
                     let args: [&[u8]; 6] = [b"EVAL", FREE_NAME, b"1", NAMES, name, owner];
-                    self.commands.request(&args, what);
+                    self.commands.link.request(&args, what);
                 }
             }
         }
@@ -693,7 +708,7 @@ impl Cluster {
     /// Append an entry for the other nodes. Returns false when it cannot
     /// even wait: the outbox is full.
     fn append(&mut self, text: Option<Vec<u8>>, roster: Option<String>) -> bool {
-        if let Err(not_forwarded) = self.outbox.append(text, roster) {
+        if let Err(not_forwarded) = self.commands.outbox.append(text, roster) {
             if not_forwarded == 1 || not_forwarded.is_multiple_of(1000) {
                 self.log.line(format_args!(
                     "redis: backlog full: {not_forwarded} lines not forwarded"
@@ -731,7 +746,7 @@ impl Cluster {
         if !self.is_ready() {
             return;
         }
-        let commands = &mut self.commands;
+        let commands = &mut self.commands.link;
         self.names.ask(&self.node, |args, ask| {
             commands.request(args, ask.map_or(For::Nothing, For::Names));
         });
@@ -781,7 +796,7 @@ impl Cluster {
     pub fn left(&mut self, fd: RawFd, number: u64, name: &str, notice: Option<String>) {
         self.names.left(fd);
         self.append(notice.map(String::into_bytes), Some(format!("-{number}")));
-        self.outbox.free(name, owner(&self.node, number));
+        self.commands.outbox.free(name, owner(&self.node, number));
         self.send_outbox();
     }
 
@@ -917,7 +932,7 @@ impl Cluster {
     fn node_lost(&mut self, node: &str) {
         self.others.missing.remove(node);
         let (lease, dead) = (Self::lease_key(node), Self::dead_key(node));
-        self.commands.request(
+        self.commands.link.request(
             &[
                 b"EVAL",
                 GONE,
@@ -943,12 +958,12 @@ impl Cluster {
                 self.lost(token, Loss::Io(err), Vec::new(), epoll, clients, done);
             }
         }
-        self.outbox.shrink();
+        self.commands.outbox.shrink();
     }
 
     /// Whether every entry is appended (for a shutdown that waits for it).
     pub fn is_drained(&self) -> bool {
-        self.outbox.is_empty() || !self.is_ready()
+        self.commands.outbox.is_empty() || !self.is_ready()
     }
 }
 

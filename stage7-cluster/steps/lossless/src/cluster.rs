@@ -148,6 +148,15 @@ impl Log {
     }
 }
 
+/// The connection every request goes on, and what waits to go on it.
+struct Commands {
+    link: Link<For>,
+    /// What this node owes Redis: writes not confirmed yet.
+    outbox: Outbox,
+    /// When the next request to show Redis still answers is due.
+    next_renewal: Instant,
+}
+
 /// The connection that reads the stream, and how far it has read.
 struct Reader {
     link: Link<For>,
@@ -160,15 +169,11 @@ struct Reader {
 
 pub struct Cluster {
     node: String,
-    commands: Link<For>,
+    commands: Commands,
     reader: Reader,
     timer: TimerFd,
-    /// When the next request to show Redis still answers is due.
-    next_renewal: Instant,
     contact: Contact,
     log: Log,
-    /// What this node owes the stream.
-    outbox: Outbox,
 }
 
 impl Cluster {
@@ -193,17 +198,19 @@ impl Cluster {
         let node = format!("{:x}-{}", nanos & 0xffff_ffff_ffff, std::process::id());
         let mut cluster = Cluster {
             node,
-            commands: Link::new(addr, COMMANDS),
+            commands: Commands {
+                link: Link::new(addr, COMMANDS),
+                outbox: Outbox::default(),
+                next_renewal: Instant::now(),
+            },
             reader: Reader {
                 link: Link::new(addr, READER),
                 last_id: None,
                 senders: Senders::default(),
             },
             timer,
-            next_renewal: Instant::now(),
             contact: Contact::Starting,
             log: Log::new(quiet),
-            outbox: Outbox::default(),
         };
         cluster.reconnect(epoll);
         Ok(cluster)
@@ -211,7 +218,7 @@ impl Cluster {
 
     fn link(&mut self, token: u64) -> &mut Link<For> {
         if token == COMMANDS {
-            &mut self.commands
+            &mut self.commands.link
         } else {
             &mut self.reader.link
         }
@@ -294,7 +301,7 @@ impl Cluster {
                 self.snapshot(&reply);
                 self.log.line(format_args!("redis: in the cluster"));
             }
-            For::Write(id) => self.outbox.confirmed(id),
+            For::Write(id) => self.commands.outbox.confirmed(id),
             For::Read => {
                 self.reader.link.healthy();
                 self.entries(&reply, clients);
@@ -317,11 +324,11 @@ impl Cluster {
             }
         }
         self.reconnect(epoll);
-        if now < self.next_renewal || !self.is_ready() {
+        if now < self.commands.next_renewal || !self.is_ready() {
             return;
         }
-        self.next_renewal = now + RENEW;
-        self.commands.request(&[b"PING"], For::Nothing);
+        self.commands.next_renewal = now + RENEW;
+        self.commands.link.request(&[b"PING"], For::Nothing);
     }
 
     fn reconnect(&mut self, epoll: &Epoll) {
@@ -342,10 +349,10 @@ impl Cluster {
     /// Redis that refuses writes answers the oldest with an error.
     fn on_connected(&mut self) {
         if self.contact == Contact::Starting {
-            self.commands.request(&LAST_ENTRY, For::Snapshot);
+            self.commands.link.request(&LAST_ENTRY, For::Snapshot);
         }
-        if self.outbox.is_empty() {
-            self.commands.request(&[b"PING"], For::Nothing);
+        if self.commands.outbox.is_empty() {
+            self.commands.link.request(&[b"PING"], For::Nothing);
         }
         self.send_outbox();
     }
@@ -368,7 +375,7 @@ impl Cluster {
         if token != COMMANDS {
             return;
         }
-        self.outbox.send_again(); // in order, once back
+        self.commands.outbox.send_again(); // in order, once back
         if self.contact == Contact::Ready {
             self.contact = Contact::Lost;
             clients.broadcast("* lost contact with the other servers", None);
@@ -383,7 +390,7 @@ impl Cluster {
         }
         self.contact = Contact::Ready;
         self.log.in_contact();
-        self.commands.healthy();
+        self.commands.link.healthy();
     }
 
     /// `XREVRANGE`'s reply: the stream's last entry, read from the one
@@ -402,13 +409,15 @@ impl Cluster {
     /// the connection is up, so that the first of them, after a reconnect,
     /// is what tells whether Redis takes writes again.
     fn send_outbox(&mut self) {
-        if !self.commands.is_up() {
+        if !self.commands.link.is_up() {
             return;
         }
-        for (id, write) in self.outbox.unsent() {
+        for (id, write) in self.commands.outbox.unsent() {
             let what = For::Write(*id);
             match write {
-                Write::Append(entry) => encode_append(&mut self.commands, &self.node, entry, what),
+                Write::Append(entry) => {
+                    encode_append(&mut self.commands.link, &self.node, entry, what)
+                }
             }
         }
     }
@@ -416,7 +425,7 @@ impl Cluster {
     /// Append an entry for the other nodes. Returns false when it cannot
     /// even wait: the outbox is full.
     fn append(&mut self, text: Option<Vec<u8>>) -> bool {
-        if let Err(not_forwarded) = self.outbox.append(text) {
+        if let Err(not_forwarded) = self.commands.outbox.append(text) {
             if not_forwarded == 1 || not_forwarded.is_multiple_of(1000) {
                 self.log.line(format_args!(
                     "redis: backlog full: {not_forwarded} lines not forwarded"
@@ -509,12 +518,12 @@ impl Cluster {
                 self.lost(token, Loss::Io(err), epoll, clients);
             }
         }
-        self.outbox.shrink();
+        self.commands.outbox.shrink();
     }
 
     /// Whether every entry is appended (for a shutdown that waits for it).
     pub fn is_drained(&self) -> bool {
-        self.outbox.is_empty() || !self.is_ready()
+        self.commands.outbox.is_empty() || !self.is_ready()
     }
 }
 

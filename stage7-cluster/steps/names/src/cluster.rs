@@ -155,6 +155,15 @@ impl Log {
     }
 }
 
+/// The connection every request goes on, and what waits to go on it.
+struct Commands {
+    link: Link<For>,
+    /// What this node owes Redis: writes not confirmed yet.
+    outbox: Outbox,
+    /// When the next request to show Redis still answers is due.
+    next_renewal: Instant,
+}
+
 /// The connection that reads the stream, and how far it has read.
 struct Reader {
     link: Link<For>,
@@ -178,15 +187,11 @@ pub enum Done {
 
 pub struct Cluster {
     node: String,
-    commands: Link<For>,
+    commands: Commands,
     reader: Reader,
     timer: TimerFd,
-    /// When the next request to show Redis still answers is due.
-    next_renewal: Instant,
     contact: Contact,
     log: Log,
-    /// What this node owes the stream and the names.
-    outbox: Outbox,
     names: Names,
 }
 
@@ -212,17 +217,19 @@ impl Cluster {
         let node = format!("{:x}-{}", nanos & 0xffff_ffff_ffff, std::process::id());
         let mut cluster = Cluster {
             node,
-            commands: Link::new(addr, COMMANDS),
+            commands: Commands {
+                link: Link::new(addr, COMMANDS),
+                outbox: Outbox::default(),
+                next_renewal: Instant::now(),
+            },
             reader: Reader {
                 link: Link::new(addr, READER),
                 last_id: None,
                 senders: Senders::default(),
             },
             timer,
-            next_renewal: Instant::now(),
             contact: Contact::Starting,
             log: Log::new(quiet),
-            outbox: Outbox::default(),
             names: Names::default(),
         };
         cluster.reconnect(epoll);
@@ -231,7 +238,7 @@ impl Cluster {
 
     fn link(&mut self, token: u64) -> &mut Link<For> {
         if token == COMMANDS {
-            &mut self.commands
+            &mut self.commands.link
         } else {
             &mut self.reader.link
         }
@@ -318,13 +325,13 @@ impl Cluster {
                 self.snapshot(&reply);
                 self.log.line(format_args!("redis: in the cluster"));
             }
-            For::Write(id) => self.outbox.confirmed(id),
+            For::Write(id) => self.commands.outbox.confirmed(id),
             For::Names(ask) => {
-                let (names, outbox) = (&mut self.names, &mut self.outbox);
+                let (names, outbox) = (&mut self.names, &mut self.commands.outbox);
                 let renamed = names.answer(ask, &reply, &self.node, clients, outbox, done);
                 if let Some(renamed) = renamed {
                     self.append(Some(renamed.notice.into_bytes()));
-                    self.outbox.free(&renamed.old, renamed.owner);
+                    self.commands.outbox.free(&renamed.old, renamed.owner);
                 }
                 self.ask_names();
                 self.send_outbox();
@@ -358,11 +365,11 @@ impl Cluster {
         }
         self.expire_joins(done);
         self.reconnect(epoll);
-        if now < self.next_renewal || !self.is_ready() {
+        if now < self.commands.next_renewal || !self.is_ready() {
             return;
         }
-        self.next_renewal = now + RENEW;
-        self.commands.request(&[b"PING"], For::Nothing);
+        self.commands.next_renewal = now + RENEW;
+        self.commands.link.request(&[b"PING"], For::Nothing);
     }
 
     fn reconnect(&mut self, epoll: &Epoll) {
@@ -383,10 +390,10 @@ impl Cluster {
     /// Redis that refuses writes answers the oldest with an error.
     fn on_connected(&mut self) {
         if self.contact == Contact::Starting {
-            self.commands.request(&LAST_ENTRY, For::Snapshot);
+            self.commands.link.request(&LAST_ENTRY, For::Snapshot);
         }
-        if self.outbox.is_empty() {
-            self.commands.request(&[b"PING"], For::Nothing);
+        if self.commands.outbox.is_empty() {
+            self.commands.link.request(&[b"PING"], For::Nothing);
         }
         self.send_outbox();
     }
@@ -414,12 +421,12 @@ impl Cluster {
         if token != COMMANDS {
             return;
         }
-        self.outbox.send_again(); // in order, once back
+        self.commands.outbox.send_again(); // in order, once back
         let unanswered = unanswered.into_iter().filter_map(|what| match what {
             For::Names(ask) => Some(ask),
             _ => None,
         });
-        let (names, outbox) = (&mut self.names, &mut self.outbox);
+        let (names, outbox) = (&mut self.names, &mut self.commands.outbox);
         names.lost(unanswered, &self.node, clients, outbox, done);
         if self.contact == Contact::Ready {
             self.contact = Contact::Lost;
@@ -430,7 +437,7 @@ impl Cluster {
     /// Connections that waited too long for a name are told so and
     /// closed: their slot and their descriptor are not held for ever.
     fn expire_joins(&mut self, done: &mut Vec<Done>) {
-        let (names, outbox) = (&mut self.names, &mut self.outbox);
+        let (names, outbox) = (&mut self.names, &mut self.commands.outbox);
         names.expire(Instant::now(), JOIN_WAIT, &self.node, outbox, done);
         // Names freed go now: until they do, /who lists clients not there.
         self.send_outbox();
@@ -444,7 +451,7 @@ impl Cluster {
         }
         self.contact = Contact::Ready;
         self.log.in_contact();
-        self.commands.healthy();
+        self.commands.link.healthy();
         self.ask_names();
     }
 
@@ -464,17 +471,19 @@ impl Cluster {
     /// the connection is up, so that the first of them, after a reconnect,
     /// is what tells whether Redis takes writes again.
     fn send_outbox(&mut self) {
-        if !self.commands.is_up() {
+        if !self.commands.link.is_up() {
             return;
         }
-        for (id, write) in self.outbox.unsent() {
+        for (id, write) in self.commands.outbox.unsent() {
             let what = For::Write(*id);
             match write {
-                Write::Append(entry) => encode_append(&mut self.commands, &self.node, entry, what),
+                Write::Append(entry) => {
+                    encode_append(&mut self.commands.link, &self.node, entry, what)
+                }
                 Write::Free { name, owner } => {
                     let (name, owner) = (name.as_bytes(), owner.as_bytes());
                     let args: [&[u8]; 6] = [b"EVAL", FREE_NAME, b"1", NAMES, name, owner];
-                    self.commands.request(&args, what);
+                    self.commands.link.request(&args, what);
                 }
             }
         }
@@ -483,7 +492,7 @@ impl Cluster {
     /// Append an entry for the other nodes. Returns false when it cannot
     /// even wait: the outbox is full.
     fn append(&mut self, text: Option<Vec<u8>>) -> bool {
-        if let Err(not_forwarded) = self.outbox.append(text) {
+        if let Err(not_forwarded) = self.commands.outbox.append(text) {
             if not_forwarded == 1 || not_forwarded.is_multiple_of(1000) {
                 self.log.line(format_args!(
                     "redis: backlog full: {not_forwarded} lines not forwarded"
@@ -521,7 +530,7 @@ impl Cluster {
         if !self.is_ready() {
             return;
         }
-        let commands = &mut self.commands;
+        let commands = &mut self.commands.link;
         self.names.ask(&self.node, |args, ask| {
             commands.request(args, ask.map_or(For::Nothing, For::Names));
         });
@@ -560,7 +569,7 @@ impl Cluster {
         if let Some(notice) = notice {
             self.append(Some(notice.into_bytes()));
         }
-        self.outbox.free(name, owner(&self.node, number));
+        self.commands.outbox.free(name, owner(&self.node, number));
         self.send_outbox();
     }
 
@@ -635,12 +644,12 @@ impl Cluster {
                 self.lost(token, Loss::Io(err), Vec::new(), epoll, clients, done);
             }
         }
-        self.outbox.shrink();
+        self.commands.outbox.shrink();
     }
 
     /// Whether every entry is appended (for a shutdown that waits for it).
     pub fn is_drained(&self) -> bool {
-        self.outbox.is_empty() || !self.is_ready()
+        self.commands.outbox.is_empty() || !self.is_ready()
     }
 }
 

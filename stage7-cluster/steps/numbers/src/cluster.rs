@@ -157,6 +157,15 @@ impl Log {
     }
 }
 
+/// The connection every request goes on, and what waits to go on it.
+struct Commands {
+    link: Link<For>,
+    /// What this node owes Redis: writes not confirmed yet.
+    outbox: Outbox,
+    /// When the next request to show Redis still answers is due.
+    next_renewal: Instant,
+}
+
 /// The connection that reads the stream, and how far it has read.
 struct Reader {
     link: Link<For>,
@@ -186,15 +195,11 @@ pub enum Done {
 
 pub struct Cluster {
     node: String,
-    commands: Link<For>,
+    commands: Commands,
     reader: Reader,
     timer: TimerFd,
-    /// When the next request to show Redis still answers is due.
-    next_renewal: Instant,
     contact: Contact,
     log: Log,
-    /// What this node owes the stream.
-    outbox: Outbox,
     joining: BTreeMap<u64, Joining>,
     next_ticket: u64,
 }
@@ -221,17 +226,19 @@ impl Cluster {
         let node = format!("{:x}-{}", nanos & 0xffff_ffff_ffff, std::process::id());
         let mut cluster = Cluster {
             node,
-            commands: Link::new(addr, COMMANDS),
+            commands: Commands {
+                link: Link::new(addr, COMMANDS),
+                outbox: Outbox::default(),
+                next_renewal: Instant::now(),
+            },
             reader: Reader {
                 link: Link::new(addr, READER),
                 last_id: None,
                 senders: Senders::default(),
             },
             timer,
-            next_renewal: Instant::now(),
             contact: Contact::Starting,
             log: Log::new(quiet),
-            outbox: Outbox::default(),
             joining: BTreeMap::new(),
             next_ticket: 0,
         };
@@ -241,7 +248,7 @@ impl Cluster {
 
     fn link(&mut self, token: u64) -> &mut Link<For> {
         if token == COMMANDS {
-            &mut self.commands
+            &mut self.commands.link
         } else {
             &mut self.reader.link
         }
@@ -328,7 +335,7 @@ impl Cluster {
                 self.snapshot(&reply);
                 self.log.line(format_args!("redis: in the cluster"));
             }
-            For::Write(id) => self.outbox.confirmed(id),
+            For::Write(id) => self.commands.outbox.confirmed(id),
             For::Number(ticket) => {
                 let Value::Integer(n) = reply else { return };
                 // Its number is its own: it joins now (a ticket no longer
@@ -370,11 +377,11 @@ impl Cluster {
         }
         self.expire_joins(done);
         self.reconnect(epoll);
-        if now < self.next_renewal || !self.is_ready() {
+        if now < self.commands.next_renewal || !self.is_ready() {
             return;
         }
-        self.next_renewal = now + RENEW;
-        self.commands.request(&[b"PING"], For::Nothing);
+        self.commands.next_renewal = now + RENEW;
+        self.commands.link.request(&[b"PING"], For::Nothing);
     }
 
     fn reconnect(&mut self, epoll: &Epoll) {
@@ -395,10 +402,10 @@ impl Cluster {
     /// Redis that refuses writes answers the oldest with an error.
     fn on_connected(&mut self) {
         if self.contact == Contact::Starting {
-            self.commands.request(&LAST_ENTRY, For::Snapshot);
+            self.commands.link.request(&LAST_ENTRY, For::Snapshot);
         }
-        if self.outbox.is_empty() {
-            self.commands.request(&[b"PING"], For::Nothing);
+        if self.commands.outbox.is_empty() {
+            self.commands.link.request(&[b"PING"], For::Nothing);
         }
         self.send_outbox();
     }
@@ -425,7 +432,7 @@ impl Cluster {
         if token != COMMANDS {
             return;
         }
-        self.outbox.send_again(); // in order, once back
+        self.commands.outbox.send_again(); // in order, once back
         for what in unanswered {
             if let For::Number(ticket) = what
                 && let Some(joining) = self.joining.get_mut(&ticket)
@@ -462,7 +469,7 @@ impl Cluster {
         }
         self.contact = Contact::Ready;
         self.log.in_contact();
-        self.commands.healthy();
+        self.commands.link.healthy();
         self.ask_names();
     }
 
@@ -482,13 +489,15 @@ impl Cluster {
     /// the connection is up, so that the first of them, after a reconnect,
     /// is what tells whether Redis takes writes again.
     fn send_outbox(&mut self) {
-        if !self.commands.is_up() {
+        if !self.commands.link.is_up() {
             return;
         }
-        for (id, write) in self.outbox.unsent() {
+        for (id, write) in self.commands.outbox.unsent() {
             let what = For::Write(*id);
             match write {
-                Write::Append(entry) => encode_append(&mut self.commands, &self.node, entry, what),
+                Write::Append(entry) => {
+                    encode_append(&mut self.commands.link, &self.node, entry, what)
+                }
             }
         }
     }
@@ -496,7 +505,7 @@ impl Cluster {
     /// Append an entry for the other nodes. Returns false when it cannot
     /// even wait: the outbox is full.
     fn append(&mut self, text: Option<Vec<u8>>) -> bool {
-        if let Err(not_forwarded) = self.outbox.append(text) {
+        if let Err(not_forwarded) = self.commands.outbox.append(text) {
             if not_forwarded == 1 || not_forwarded.is_multiple_of(1000) {
                 self.log.line(format_args!(
                     "redis: backlog full: {not_forwarded} lines not forwarded"
@@ -543,7 +552,7 @@ impl Cluster {
         if !self.is_ready() {
             return;
         }
-        let commands = &mut self.commands;
+        let commands = &mut self.commands.link;
         for (&ticket, joining) in self.joining.iter_mut().filter(|(_, j)| !j.asked) {
             joining.asked = true;
             commands.request(&[b"INCR", NEXT], For::Number(ticket));
@@ -632,12 +641,12 @@ impl Cluster {
                 self.lost(token, Loss::Io(err), Vec::new(), epoll, clients);
             }
         }
-        self.outbox.shrink();
+        self.commands.outbox.shrink();
     }
 
     /// Whether every entry is appended (for a shutdown that waits for it).
     pub fn is_drained(&self) -> bool {
-        self.outbox.is_empty() || !self.is_ready()
+        self.commands.outbox.is_empty() || !self.is_ready()
     }
 }
 
