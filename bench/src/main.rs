@@ -19,6 +19,7 @@ mod process;
 mod redis;
 mod results;
 mod summary;
+mod syscalls;
 mod table;
 mod targets;
 

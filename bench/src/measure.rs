@@ -22,6 +22,7 @@ use crate::plan::{
 use crate::process::{Server, count_lines, process_up, run_tester, server_args};
 use crate::redis;
 use crate::results::{Measurement, RunInfo, ServerInfo, ServerLog, Test};
+use crate::syscalls;
 
 /// What every run shares: the profile's numbers, the tester, the CPUs,
 /// the folder server logs go to, and the part to run alone, if any.
@@ -330,13 +331,25 @@ fn run_one(m: &mut Measurement, bench: &Bench, spec: &ServerSpec, bin: &Path) ->
     if matches!(m.test, Test::Connect { .. }) {
         m.time_wait_before = time_wait_sockets();
     }
+    // Counting starts before the tester does and stops when it ends, so
+    // the count covers the run the other figures describe.
+    let counter = match m.test {
+        Test::Chat { .. } => Some(syscalls::Counter::attach(server.pid())),
+        _ => None,
+    };
     let (server_before, before) = (server.cpu_seconds(), Snapshot::take());
     let run = run_tester(
         bench.tester,
         &args,
         bench.numbers.run_limit,
         bench.pinning.tester_cpu,
-    )?;
+    );
+    match counter.map(|c| c.and_then(syscalls::Counter::stop)) {
+        Some(Ok(n)) => m.server_syscalls = Some(n),
+        Some(Err(why)) => m.server_syscalls_absent = Some(why),
+        None => {}
+    }
+    let run = run?;
     m.tester = run.json;
     record_server(m, &server, server_before, before);
     // A server that died mid-run explains the tester's errors better than

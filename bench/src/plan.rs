@@ -177,6 +177,16 @@ pub const SERVERS: &[ServerSpec] = &[
         hold: Hold::Idle,
         ..PLAIN
     },
+    // Stage 5 on io_uring instead of epoll: the same protocol and output
+    // queues, the loop handing the kernel whole operations instead.
+    ServerSpec {
+        name: URING,
+        bin: "uring-chat",
+        label: "uring-chat",
+        kind: Kind::Chat,
+        hold: Hold::Idle,
+        ..PLAIN
+    },
     // Redis 7 pub/sub used as a chat: the strongest single-threaded epoll
     // server there is, as a peer. Debian's `redis-server`, from the PATH.
     ServerSpec {
@@ -211,6 +221,8 @@ pub const STAGE5: &str = "stage5-chat";
 pub const STAGE5_NOTICES_OFF: &str = "stage5-chat-notices-off";
 /// The baseline stage 5's fan-out is compared with.
 pub const TOKIO: &str = "tokio-chat";
+/// Stage 5 on io_uring: its provided buffer ring is reported beside its figures.
+pub const URING: &str = "uring-chat";
 
 /// The numbers of one profile.
 pub struct Numbers {

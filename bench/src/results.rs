@@ -138,6 +138,13 @@ pub struct Measurement {
     /// What else used the machine's CPUs while the run went on.
     #[serde(default)]
     pub noise: Option<Noise>,
+    /// Chat runs: system calls the server made during the tester's run
+    /// (`perf stat -e raw_syscalls:sys_enter -p PID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_syscalls: Option<u64>,
+    /// Chat runs without that count: why (no perf, perf could not attach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_syscalls_absent: Option<String>,
     /// Why the run gave no figures (or faulty ones).
     pub error: Option<String>,
     /// Runs with the server's logging on (chaos): what the server logged.
@@ -193,6 +200,8 @@ impl Measurement {
             server_user_cpu_s: None,
             time_wait_before: None,
             noise: None,
+            server_syscalls: None,
+            server_syscalls_absent: None,
             error: None,
             server_log: None,
             run: None,
@@ -212,6 +221,12 @@ impl Measurement {
         // Less than one clock tick of CPU reads as 0: no figure, not a free run.
         let cpu = self.server_cpu_s.filter(|&s| s > 0.0)?;
         Some(cpu * 1e9 / n)
+    }
+
+    /// The server's system calls per `figure` (`/delivered`).
+    pub fn syscalls_per(&self, pointer: &str) -> Option<f64> {
+        let n = self.figure(pointer).filter(|&n| n > 0.0)?;
+        Some(self.server_syscalls? as f64 / n)
     }
 
     /// Server CPU time in user space per `figure`, in ns. Clock ticks, like

@@ -3,7 +3,13 @@
 
 use std::fmt::Write as _;
 
+use crate::plan::URING;
 use crate::results::{Measurement, Results, Test, median};
+
+/// uring-chat's buffer ring sizes, from its own source file: the figure
+/// shown is the one its code has, not a copy that could drift.
+#[path = "../../compare/uring-chat/src/buffers.rs"]
+mod uring_buffers;
 
 /// A part of results.md: writes its tables and notes.
 type Section = fn(&mut String, &Results);
@@ -566,16 +572,16 @@ fn chat(out: &mut String, r: &Results, unpaced: bool) {
         out.push_str(
             "Every client sends as fast as its window allows. Where a row has several runs it \
              shows their median, and the lowest and highest deliveries/s.\n\n\
-             | server | clients | runs | deliveries/s | lowest–highest | server CPU per delivery | server peak RSS |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+             | server | clients | runs | deliveries/s | lowest–highest | server CPU per delivery | system calls per delivery | server peak RSS |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
     } else {
         out.push_str(
             "Sends at a fixed rate across all clients, fewer per client the more clients there \
              are, so each load is the same deliveries/s at every client count. The latency \
              target's load is run several times; its rows show the median of the runs.\n\n\
-             | server | clients | sends/s | deliveries/s | p50 | p99 | server CPU per delivery |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+             | server | clients | sends/s | deliveries/s | p50 | p99 | server CPU per delivery | system calls per delivery |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
     }
     for (server, clients, rate) in keys {
@@ -595,6 +601,7 @@ fn chat(out: &mut String, r: &Results, unpaced: bool) {
             )
         };
         let cpu = median(&runs, |m| m.cpu_ns_per("/delivered")).map_or("—".into(), nanos);
+        let calls = median(&runs, |m| m.syscalls_per("/delivered")).map_or("—".into(), per_line);
         if unpaced {
             let rates: Vec<f64> = ok
                 .iter()
@@ -612,7 +619,7 @@ fn chat(out: &mut String, r: &Results, unpaced: bool) {
             let peak = ok.iter().filter_map(|m| m.server_peak_rss).max();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {range} | {cpu} | {} |",
+                "| {} | {} | {} | {} | {range} | {cpu} | {calls} | {} |",
                 r.label(server),
                 count(f64::from(clients)),
                 runs.len(),
@@ -622,7 +629,7 @@ fn chat(out: &mut String, r: &Results, unpaced: bool) {
         } else {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {cpu} |",
+                "| {} | {} | {} | {} | {} | {} | {cpu} | {calls} |",
                 r.label(server),
                 count(f64::from(clients)),
                 count(rate as f64),
@@ -633,6 +640,53 @@ fn chat(out: &mut String, r: &Results, unpaced: bool) {
         }
     }
     out.push('\n');
+    chat_notes(out, r, unpaced);
+}
+
+/// How the system calls were counted, why a run has no count, and (after
+/// the unpaced table) what uring-chat's buffer ring costs.
+fn chat_notes(out: &mut String, r: &Results, unpaced: bool) {
+    let chat_runs = || {
+        r.measurements
+            .iter()
+            .filter(move |m| matches!(m.test, Test::Chat { rate, .. } if (rate == 0) == unpaced))
+    };
+    if unpaced {
+        out.push_str(
+            "*System calls per delivery*: the server's calls during the run, counted by \
+             `perf stat -e raw_syscalls:sys_enter -p PID` attached for the tester's run, \
+             over the lines delivered; an `io_uring_enter` counts as one call, however many \
+             operations it submits or reaps.\n\n",
+        );
+    }
+    let mut reasons: Vec<&str> = Vec::new();
+    for m in chat_runs() {
+        if let Some(why) = m.server_syscalls_absent.as_deref()
+            && !reasons.contains(&why)
+        {
+            reasons.push(why);
+        }
+    }
+    for why in reasons {
+        let _ = writeln!(
+            out,
+            "System calls not counted in some runs: {}.\n",
+            cell(why)
+        );
+    }
+    if unpaced && chat_runs().any(|m| m.server == URING) {
+        let bytes = usize::from(uring_buffers::BUFFERS) * uring_buffers::BUF_SIZE;
+        let _ = writeln!(
+            out,
+            "uring-chat's provided buffer ring, which every receive takes its buffer from: \
+             {} buffers × {} bytes = {}, whatever the number of clients (constants of its \
+             code, not measured; its pages count in its RSS once the kernel has written \
+             into them).\n",
+            count(f64::from(uring_buffers::BUFFERS)),
+            count(uring_buffers::BUF_SIZE as f64),
+            mib(bytes as f64)
+        );
+    }
 }
 
 fn join(out: &mut String, r: &Results) {
@@ -1158,6 +1212,17 @@ fn nanos(ns: f64) -> String {
 /// `12.95 M`: deliveries a second, in millions.
 fn millions(n: f64) -> String {
     format!("{:.2} M", n / 1e6)
+}
+
+/// A count per line delivered, to two significant digits: `0.35`,
+/// `0.0017` (an unpaced run delivers each line to every other client, so
+/// its calls per delivery are small), `3.1`, `12`.
+fn per_line(n: f64) -> String {
+    if n <= 0.0 {
+        return "0".into();
+    }
+    let decimals = (1 - n.log10().floor() as i32).max(0) as usize;
+    format!("{n:.decimals$}")
 }
 
 /// `17,204`

@@ -24,6 +24,7 @@ const SERVERS: &[(&str, &str, &str)] = &[
     ("stage5-chat-notices-off", "server", "stage 5, notices off"),
     ("greeting-echo", "greeting-echo", "greeting-echo"),
     ("tokio-chat", "tokio-chat", "tokio-chat"),
+    ("uring-chat", "uring-chat", "uring-chat"),
 ];
 
 /// The targets' keys, in the order results.json lists them.
@@ -116,7 +117,7 @@ fn smoke_run_writes_every_figure_table_and_chart() {
         }
         if matches!(
             name,
-            "stage3-epoll" | "threads-echo" | "stage5-chat" | "tokio-chat"
+            "stage3-epoll" | "threads-echo" | "stage5-chat" | "tokio-chat" | "uring-chat"
         ) {
             expected.push("hold");
         }
@@ -157,6 +158,16 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             );
             if m["test"] == "chaos" {
                 check_chaos_run(m, out.path());
+            }
+            if m["test"] == "chat" {
+                // Counted, or absent with the reason (no perf, no
+                // permission): never neither, whichever it is here.
+                let counted = m["server_syscalls"].is_u64();
+                let absent = m["server_syscalls_absent"].is_string();
+                assert!(
+                    counted != absent,
+                    "{name}: syscalls neither counted nor excused: {m}"
+                );
             }
             assert!(m["server_peak_rss"].is_u64(), "{name}: no peak RSS in {m}");
             assert!(m["server_cpu_s"].is_number(), "{name}: no CPU time in {m}");
@@ -279,6 +290,21 @@ fn smoke_run_writes_every_figure_table_and_chart() {
             "results.md lacks {label}"
         );
     }
+    // Both chat tables have the system-calls column, and uring-chat's
+    // buffer ring is stated beside them.
+    for anchor in ["chat_unpaced", "chat_paced"] {
+        let part = table
+            .split_once(&format!("// ANCHOR: {anchor}\n"))
+            .and_then(|(_, rest)| rest.split_once("// ANCHOR_END"))
+            .unwrap()
+            .0;
+        let header = part.lines().find(|l| l.starts_with("| server |")).unwrap();
+        assert!(header.contains("| system calls per delivery |"), "{header}");
+    }
+    assert!(
+        table.contains("uring-chat's provided buffer ring"),
+        "{table}"
+    );
 
     for chart in [
         "held.svg",
