@@ -656,7 +656,9 @@ fn chat_notes(out: &mut String, r: &Results, unpaced: bool) {
             "*System calls per delivery*: the server's calls during the run, counted by \
              `perf stat -e raw_syscalls:sys_enter -p PID` attached for the tester's run, \
              over the lines delivered; an `io_uring_enter` counts as one call, however many \
-             operations it submits or reaps.\n\n",
+             operations it submits or reaps. The tracepoint costs the server time at every \
+             call, so the runs at the targets' client count are not counted (—), and the \
+             counted runs' other figures include that cost.\n\n",
         );
     }
     let mut reasons: Vec<&str> = Vec::new();
